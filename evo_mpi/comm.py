@@ -1,0 +1,167 @@
+"""The only module that touches mpi4py.
+
+A narrow interface (:class:`Comm`) with a single-process path that needs no
+MPI at all, and two ways to move member state between ranks:
+
+* ``p2p``: only ranks owning a needed winner send (``Isend``), only ranks
+  owning a loser receive (``Irecv``); one message per (winner, receiving rank).
+* ``collective``: every needed winner is broadcast from its owner (``Ibcast``).
+
+State travels as contiguous ``uint8`` numpy buffers through mpi4py's
+upper-case (buffer) calls; nothing is pickled on that path. Waits poll
+non-blocking requests with a capped back-off sleep so a rank waiting for slow
+peers does not burn a core.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+try:  # pragma: no cover - exercised implicitly by every test
+    from mpi4py import MPI
+except ImportError:  # pragma: no cover - only without mpi4py installed
+    MPI = None
+
+BACKENDS = ("p2p", "collective")
+
+# Poll without sleeping this long before backing off (keeps small exchanges fast).
+_SPIN_S = 2e-4
+_MAX_SLEEP_S = 2e-3
+
+
+class Comm:
+    """Population communicator over ``MPI.COMM_WORLD`` or a single process."""
+
+    def __init__(self, comm: Any | None = None) -> None:
+        if comm is None and MPI is not None:
+            comm = MPI.COMM_WORLD
+        self._comm = comm
+        self.rank: int = comm.Get_rank() if comm is not None else 0
+        self.size: int = comm.Get_size() if comm is not None else 1
+
+    @property
+    def uses_mpi(self) -> bool:
+        """True when other ranks exist."""
+        return self._comm is not None and self.size > 1
+
+    # -- small, pickled metadata -------------------------------------------------
+    def bcast_obj(self, obj: Any, root: int = 0) -> Any:
+        """Broadcast a small picklable object."""
+        return self._comm.bcast(obj, root=root) if self.uses_mpi else obj
+
+    def allreduce_max(self, value: float) -> float:
+        """Maximum of a scalar over all ranks."""
+        if not self.uses_mpi:
+            return value
+        return float(self._comm.allreduce(value, op=MPI.MAX))
+
+    def barrier(self) -> None:
+        """Wait for every rank (polling, not spinning)."""
+        if self.uses_mpi:
+            _wait([self._comm.Ibarrier()])
+
+    def abort(self, code: int) -> None:
+        """End every rank of the job now (used on an unhandled error)."""
+        if self.uses_mpi:
+            self._comm.Abort(code)
+
+    # -- buffers -----------------------------------------------------------------
+    def allgather(self, local: np.ndarray) -> np.ndarray:
+        """Concatenate every rank's equally shaped float64 rows, in rank order."""
+        local = np.ascontiguousarray(local, dtype=np.float64)
+        if not self.uses_mpi:
+            return local.copy()
+        out = np.empty((self.size * local.shape[0],) + local.shape[1:], dtype=np.float64)
+        _wait([self._comm.Iallgather(local, out)])
+        return out
+
+    def move(
+        self,
+        plan: Mapping[int, int],
+        owner: Callable[[int], int],
+        pack: Callable[[int], np.ndarray],
+        nbytes: int,
+        backend: str,
+    ) -> dict[int, np.ndarray]:
+        """Deliver each winner's packed state to every rank holding one of its losers.
+
+        Args:
+            plan: ``{loser: winner}`` over the whole population (same on all ranks).
+            owner: Member id -> rank that holds it.
+            pack: Packs a *local* member's state into a contiguous uint8 buffer.
+            nbytes: Size of every packed state (all members share one layout).
+            backend: ``p2p`` or ``collective``.
+
+        Returns:
+            ``{winner: buffer}`` for every winner with a loser on this rank.
+            Winners on this rank are packed locally, without MPI. All winners
+            are packed before anything is overwritten, so a member that is both
+            a winner and a loser hands on its pre-exploit state.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+        me = self.rank
+        wanted = sorted({w for loser, w in plan.items() if owner(loser) == me})
+        # (winner, destination rank) pairs that must cross ranks.
+        remote = sorted({(w, owner(loser)) for loser, w in plan.items() if owner(w) != owner(loser)})
+        to_send = sorted({w for w, dst in remote if owner(w) == me})
+        packed = {w: pack(w) for w in sorted(set(wanted) | set(to_send)) if owner(w) == me}
+        for w, buf in packed.items():
+            if buf.nbytes != nbytes:
+                raise ValueError(f"member {w} packs {buf.nbytes} bytes, expected {nbytes}")
+        received: dict[int, np.ndarray] = {}
+        if remote and self.uses_mpi:
+            if backend == "p2p":
+                received = self._p2p(remote, owner, packed, nbytes)
+            else:
+                received = self._collective(remote, owner, packed, nbytes)
+        return {w: packed[w] if owner(w) == me else received[w] for w in wanted}
+
+    def _p2p(
+        self,
+        remote: Iterable[tuple[int, int]],
+        owner: Callable[[int], int],
+        packed: Mapping[int, np.ndarray],
+        nbytes: int,
+    ) -> dict[int, np.ndarray]:
+        me = self.rank
+        requests = []
+        received: dict[int, np.ndarray] = {}
+        for w, dst in remote:
+            if dst == me and w not in received:
+                received[w] = np.empty(nbytes, dtype=np.uint8)
+                requests.append(self._comm.Irecv(received[w], source=owner(w), tag=w))
+            if owner(w) == me:
+                requests.append(self._comm.Isend(packed[w], dest=dst, tag=w))
+        _wait(requests)
+        return received
+
+    def _collective(
+        self,
+        remote: Iterable[tuple[int, int]],
+        owner: Callable[[int], int],
+        packed: Mapping[int, np.ndarray],
+        nbytes: int,
+    ) -> dict[int, np.ndarray]:
+        received: dict[int, np.ndarray] = {}
+        for w in sorted({w for w, _ in remote}):
+            buf = packed[w] if owner(w) == self.rank else np.empty(nbytes, dtype=np.uint8)
+            _wait([self._comm.Ibcast(buf, root=owner(w))])
+            received[w] = buf
+        return received
+
+
+def _wait(requests: list[Any]) -> None:
+    """Complete MPI requests, spinning briefly, then sleeping with back-off."""
+    if not requests:
+        return
+    start = time.perf_counter()
+    delay = 1e-5
+    while not MPI.Request.Testall(requests):
+        if time.perf_counter() - start > _SPIN_S:
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_SLEEP_S)

@@ -1,0 +1,358 @@
+"""Run configuration: one frozen dataclass, mirrored by CLI flags and a TOML file.
+
+Precedence: built-in defaults < ``--config FILE`` < command-line flags.
+:func:`validate` reports every problem with its offending value before any
+rank does expensive work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .space import SpaceError, parse_space
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+#: Hyperparameters the SB3 adapter knows how to apply, per algorithm.
+ALGO_HPARAMS: dict[str, tuple[str, ...]] = {
+    "ppo": (
+        "learning_rate",
+        "ent_coef",
+        "clip_range",
+        "gamma",
+        "gae_lambda",
+        "vf_coef",
+        "n_epochs",
+        "batch_size",
+        "max_grad_norm",
+    ),
+}
+
+#: Default search space per algorithm (documented in the README).
+DEFAULT_SPACES: dict[str, dict[str, str]] = {
+    "ppo": {
+        "learning_rate": "loguniform:1e-4:3e-3",
+        "ent_coef": "loguniform:1e-6:1e-2",
+        "clip_range": "uniform:0.1:0.4",
+        "gamma": "uniform:0.95:0.9999",
+        "gae_lambda": "uniform:0.8:1.0",
+        "vf_coef": "uniform:0.25:1.0",
+        "n_epochs": "int:3:20",
+        "batch_size": "choice:64,128,256,512",
+    },
+}
+
+EXIT_CONFIG_ERROR = 2
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: Sequence[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def _f(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field carrying its CLI help text."""
+    meta = {"help": help, **extra}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs. Field names are the CLI flags with ``-`` for ``_``."""
+
+    env_id: str = _f("CartPole-v1", "Gymnasium environment id.")
+    algo: str = _f("ppo", "SB3 algorithm.", choices=tuple(ALGO_HPARAMS))
+    seed: int = _f(0, "Master seed; every random stream derives from it.")
+    generations: int = _f(30, "Number of generations (train, evaluate, exploit, explore).")
+    steps_per_generation: int = _f(
+        8192, "Env steps each member trains per generation (a multiple of n_steps * n_envs)."
+    )
+    agents_per_rank: int = _f(1, "Members per MPI rank; population = ranks x agents per rank.")
+    backend: str = _f("p2p", "How weights move: p2p (Send/Recv) or collective (Bcast).", choices=("p2p", "collective"))
+    selection: str = _f("truncation", "Exploit rule.", choices=("truncation", "wta"))
+    truncation_fraction: float = _f(0.25, "Truncation quantile q, 0 < q <= 0.5.")
+    perturb_factors: tuple[float, ...] = _f((0.8, 1.2), "Comma-separated explore multipliers.")
+    resample_probability: float = _f(0.25, "Probability of resampling a hyperparameter from its prior.")
+    eval_episodes: int = _f(
+        0, "Deterministic evaluation episodes for fitness; 0 = mean of the last training episodes."
+    )
+    fitness_window: int = _f(10, "Completed training episodes averaged for fitness when eval-episodes is 0.")
+    n_envs: int = _f(8, "Vectorised envs per member.")
+    n_steps: int = _f(256, "Rollout length per env (PPO n_steps).")
+    policy: str = _f("MlpPolicy", "SB3 policy class name.")
+    torch_threads: int = _f(1, "Torch threads per rank.")
+    search_space: dict[str, str] = _f(
+        {},
+        "Search-space overrides NAME=PRIOR, e.g. learning_rate=loguniform:1e-5:1e-3, "
+        "batch_size=choice:64,128, n_epochs=int:3:10, gamma=const:0.99 (repeatable).",
+    )
+    run_dir: str = _f("", "Output directory (default runs/<env>-<timestamp>).")
+
+    @property
+    def space_specs(self) -> dict[str, str]:
+        """The algorithm's default space with the user's overrides applied."""
+        specs = dict(DEFAULT_SPACES.get(self.algo, {}))
+        specs.update(self.search_space)
+        return specs
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-friendly form; ``search_space`` is the full resolved space."""
+        out = dataclasses.asdict(self)
+        out["perturb_factors"] = list(self.perturb_factors)
+        out["search_space"] = self.space_specs
+        return out
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _parse_factors(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --perturb-factors {text!r}: expected numbers like 0.8,1.2") from None
+
+
+def _parse_hparam(text: str) -> tuple[str, str]:
+    name, sep, spec = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"invalid --search-space {text!r}: expected NAME=PRIOR")
+    return name.strip(), spec.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI; every option shows its default, none sets one (files may)."""
+    parser = argparse.ArgumentParser(
+        prog="evo-mpi",
+        description="Population-Based Training of SB3 agents over MPI. "
+        "Run under 'mpiexec -n N' or as a single process.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kwargs: dict[str, Any] = {"help": f.metadata["help"] + f" (default: {_show(default)})"}
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        if f.name == "perturb_factors":
+            kwargs["type"] = _parse_factors
+        elif f.name == "search_space":
+            kwargs.update(type=_parse_hparam, action="append", metavar="NAME=PRIOR")
+            kwargs["help"] = f.metadata["help"]
+        else:
+            kwargs["type"] = type(default)
+        parser.add_argument(flag, **kwargs)
+    parser.add_argument("--config", metavar="FILE", help="TOML file with any of the options above (flags override it).")
+    parser.add_argument("--print-config", action="store_true", help="Print the resolved configuration as TOML and exit.")
+    return parser
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if value == "" or value == {}:
+        return "see description"
+    return str(value)
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    """Read a config file; errors name the file and the problem."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError([f"--config {path!r}: cannot read ({exc.strerror})"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"--config {path!r}: invalid TOML ({exc})"]) from None
+
+
+def _coerce(name: str, value: Any, problems: list[str]) -> Any:
+    """Type-check one file value against the dataclass default's type."""
+    default = getattr(Config(), name)
+    if name == "perturb_factors":
+        if isinstance(value, str):
+            try:
+                return _parse_factors(value)
+            except argparse.ArgumentTypeError as exc:
+                problems.append(str(exc))
+                return default
+        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return tuple(float(v) for v in value)
+        problems.append(f"perturb_factors = {value!r}: expected a list of numbers")
+        return default
+    if name == "search_space":
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+        problems.append(f"search_space = {value!r}: expected a table of NAME = PRIOR")
+        return default
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        problems.append(f"{name} = {value!r}: expected {type(default).__name__}")
+        return default
+    return value
+
+
+def merge(file_values: Mapping[str, Any], cli_values: Mapping[str, Any]) -> Config:
+    """Combine file and CLI values into a Config (no range checks; see :func:`validate`)."""
+    problems: list[str] = []
+    kwargs: dict[str, Any] = {}
+    for key, value in file_values.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            problems.append(f"unknown key {key!r} in config file")
+            continue
+        kwargs[name] = _coerce(name, value, problems)
+    for name, value in cli_values.items():
+        if name == "search_space":
+            merged = dict(kwargs.get("search_space", {}))
+            merged.update(dict(value))
+            kwargs[name] = merged
+        else:
+            kwargs[name] = value
+    if problems:
+        raise ConfigError(problems)
+    return Config(**kwargs)
+
+
+def validate(cfg: Config, world_size: int) -> list[str]:
+    """Every problem with ``cfg`` for a run on ``world_size`` ranks, with offending values."""
+    problems: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    for name in ("generations", "steps_per_generation", "agents_per_rank", "n_envs", "n_steps", "torch_threads",
+                 "fitness_window"):
+        value = getattr(cfg, name)
+        need(value > 0, f"--{name.replace('_', '-')} must be > 0, got {value}")
+    need(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {cfg.eval_episodes}")
+    need(0 < cfg.truncation_fraction <= 0.5, f"--truncation-fraction must be in (0, 0.5], got {cfg.truncation_fraction}")
+    need(
+        0 <= cfg.resample_probability <= 1,
+        f"--resample-probability must be in [0, 1], got {cfg.resample_probability}",
+    )
+    need(len(cfg.perturb_factors) > 0, "--perturb-factors is empty")
+    for factor in cfg.perturb_factors:
+        need(math.isfinite(factor) and factor > 0, f"--perturb-factors must be finite and > 0, got {factor}")
+    if cfg.n_steps > 0 and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
+        rollout = cfg.n_steps * cfg.n_envs
+        need(
+            cfg.steps_per_generation % rollout == 0,
+            f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of "
+            f"n_steps * n_envs = {cfg.n_steps} * {cfg.n_envs} = {rollout}",
+        )
+    need(cfg.algo in ALGO_HPARAMS, f"--algo {cfg.algo!r} is unknown (choose from {', '.join(ALGO_HPARAMS)})")
+    population = world_size * cfg.agents_per_rank
+    if cfg.agents_per_rank > 0:
+        need(
+            population >= 2,
+            f"population of {population} ({world_size} rank(s) x {cfg.agents_per_rank} agent(s)) is too small "
+            "for selection: run under 'mpiexec -n N' or pass --agents-per-rank N with N >= 2",
+        )
+    try:
+        space = parse_space(cfg.space_specs)
+    except SpaceError as exc:
+        problems.extend(f"search space: {line}" for line in str(exc).splitlines())
+        space = {}
+    allowed = ALGO_HPARAMS.get(cfg.algo, ())
+    for name in sorted(cfg.space_specs):
+        need(name in allowed, f"search space: unknown {cfg.algo} hyperparameter {name!r} (known: {', '.join(allowed)})")
+    batch = space.get("batch_size")
+    if batch is not None:
+        values = list(batch.choices) if batch.kind in ("choice", "const") else [batch.low, batch.high]
+        need(all(float(v) >= 2 for v in values), f"search space: batch_size values must be >= 2, got {batch.spec()}")
+    problems.extend(_check_env(cfg.env_id))
+    if cfg.run_dir:
+        problems.extend(_check_writable(cfg.run_dir))
+    return problems
+
+
+def _check_env(env_id: str) -> list[str]:
+    import gymnasium
+
+    try:
+        gymnasium.spec(env_id)
+    except Exception as exc:  # gymnasium raises several error types here
+        return [f"--env-id {env_id!r} is not a registered gymnasium environment ({type(exc).__name__}: {exc})"]
+    return []
+
+
+def _check_writable(path: str) -> list[str]:
+    """Check that ``path`` could be created/written, without creating it."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return [f"--run-dir {path!r}: {probe!r} exists and is not a directory"]
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return [f"--run-dir {path!r}: {probe!r} is not writable"]
+    return []
+
+
+def load(argv: Sequence[str] | None, world_size: int) -> tuple[Config, argparse.Namespace]:
+    """Parse argv (+ config file), validate, and return the config.
+
+    Raises:
+        ConfigError: listing every problem.
+    """
+    args = build_parser().parse_args(argv)
+    extras = {k: getattr(args, k) for k in ("config", "print_config") if hasattr(args, k)}
+    cli = {k: v for k, v in vars(args).items() if k in FIELDS}
+    file_values = load_toml(extras["config"]) if extras.get("config") else {}
+    cfg = merge(file_values, cli)
+    problems = validate(cfg, world_size)
+    if problems:
+        raise ConfigError(problems)
+    return cfg, args
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialise a config as TOML that :func:`load` reads back (strings via JSON quoting)."""
+    lines = []
+    data = cfg.to_dict()
+    space = data.pop("search_space")
+    for key, value in data.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    lines.append("")
+    lines.append("[search_space]")
+    for key in sorted(space):
+        lines.append(f"{key} = {_toml_value(space[key])}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")

@@ -1,0 +1,225 @@
+"""The generation loop: orchestration only.
+
+train -> fitness -> gather -> plan (pure) -> move state (comm) -> explore (pure) -> log.
+Every rank holds the whole population's hyperparameters and computes every
+plan and explore draw from seeded streams, so no hyperparameters travel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import seeding
+from .comm import Comm
+from .config import Config
+from .member import Member
+from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
+from .selection import rank_order, select
+from .space import Value, explore, parse_space, sample_hparams
+
+#: Columns of the gathered table before the per-episode returns and lengths.
+_FIT, _STEPS, _NEP = 0, 1, 2
+
+
+class Engine:
+    """Runs PBT for one rank's members, in lockstep with the other ranks."""
+
+    def __init__(self, cfg: Config, comm: Comm, run_dir: str, echo: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self.comm = comm
+        self.run_dir = run_dir
+        self.echo = echo if comm.rank == 0 else (lambda _line: None)
+        self.population = comm.size * cfg.agents_per_rank
+        self.space = parse_space(cfg.space_specs)
+        self.hparams: list[dict[str, Value]] = [
+            sample_hparams(self.space, seeding.stream(cfg.seed, seeding.INIT, m)) for m in range(self.population)
+        ]
+        self.local_ids = list(range(comm.rank * cfg.agents_per_rank, (comm.rank + 1) * cfg.agents_per_rank))
+        self.activity = "creating members"
+        self.members: dict[int, Member] = {}
+        for m in self.local_ids:
+            self.activity = f"creating member {m}"
+            self.members[m] = Member(m, cfg, self.hparams[m], os.path.join(run_dir, "tb", member_tag(m)))
+        self.timer = PhaseTimer()
+        self.timings = JsonlWriter(os.path.join(run_dir, "timings", f"rank_{comm.rank:03d}.jsonl"))
+        self.history: JsonlWriter | None = None
+        self.board: PopulationBoard | None = None
+        if comm.rank == 0:
+            self.history = JsonlWriter(os.path.join(run_dir, "history.jsonl"))
+            self.board = PopulationBoard(os.path.join(run_dir, "tb", "population"))
+        self.last_fitness = np.full(self.population, math.nan)
+
+    def owner(self, member: int) -> int:
+        """Rank holding ``member``."""
+        return member // self.cfg.agents_per_rank
+
+    # -- one generation ----------------------------------------------------------
+    def _local_rows(self, generation: int) -> np.ndarray:
+        width = self.cfg.fitness_window
+        rows = np.full((len(self.local_ids), 3 + 2 * width), math.nan)
+        for i, m in enumerate(self.local_ids):
+            self.activity = f"computing fitness of member {m} (generation {generation})"
+            member = self.members[m]
+            returns, lengths = member.episode_stats()
+            rows[i, _FIT] = member.fitness(generation)
+            rows[i, _STEPS] = member.timesteps
+            rows[i, _NEP] = len(returns)
+            rows[i, 3 : 3 + len(returns)] = returns
+            rows[i, 3 + width : 3 + width + len(lengths)] = lengths
+        return rows
+
+    def _episode_stats(self, table: np.ndarray, member: int) -> tuple[list[float], list[float]]:
+        width = self.cfg.fitness_window
+        n = int(table[member, _NEP])
+        return list(table[member, 3 : 3 + n]), list(table[member, 3 + width : 3 + width + n])
+
+    def generation(self, g: int) -> dict[str, Any]:
+        """Run generation ``g`` (0-based) and return its summary."""
+        cfg, timer = self.cfg, self.timer
+        t0 = time.perf_counter()
+        for m in self.local_ids:
+            timer.start("train")
+            self.activity = f"training member {m} (generation {g})"
+            self.members[m].train(cfg.steps_per_generation, g)
+        timer.start("fitness")
+        rows = self._local_rows(g)
+
+        timer.start("wait")
+        self.activity = f"waiting for other ranks (generation {g})"
+        self.comm.barrier()
+        timer.start("exchange")
+        self.activity = f"gathering fitness (generation {g})"
+        table = self.comm.allgather(rows)
+        fitness = table[:, _FIT]
+        self.last_fitness = fitness
+
+        timer.start("explore")
+        last = g == cfg.generations - 1
+        plan: dict[int, int] = {}
+        if not last:
+            plan = select(cfg.selection, fitness, seeding.stream(cfg.seed, seeding.SELECT, g),
+                          fraction=cfg.truncation_fraction)
+        new_hparams = [dict(h) for h in self.hparams]
+        for loser, winner in plan.items():
+            new_hparams[loser] = explore(
+                self.hparams[winner], self.space, cfg.perturb_factors, cfg.resample_probability,
+                seeding.stream(cfg.seed, seeding.EXPLORE, g, loser),
+            )
+
+        timer.start("log")
+        self.activity = f"logging (generation {g})"
+        for m in self.local_ids:
+            self.members[m].log(float(fitness[m]), self.hparams[m], plan.get(m))
+        if self.history is not None:
+            self.history.write(self._history_records(g, table, plan))
+        nonfinite = [m for m in range(self.population) if not np.isfinite(fitness[m])]
+        if nonfinite and self.comm.rank == 0:
+            self.echo(f"warning: generation {g}: non-finite fitness for member(s) {nonfinite}; ranked last")
+
+        timer.start("exchange")
+        self.activity = f"exchanging weights (generation {g}, backend {cfg.backend})"
+        self._exploit(plan, table, new_hparams)
+        self.hparams = new_hparams
+        timings = timer.stop()
+        wall = time.perf_counter() - t0
+        return {"generation": g, "table": table, "plan": plan, "wall": wall, "timings": timings}
+
+    def _exploit(self, plan: dict[int, int], table: np.ndarray, new_hparams: list[dict[str, Value]]) -> None:
+        if not plan:
+            return
+        nbytes = self.members[self.local_ids[0]].state_nbytes
+        buffers = self.comm.move(plan, self.owner, lambda w: self.members[w].pack(), nbytes, self.cfg.backend)
+        for loser in sorted(plan):
+            if self.owner(loser) != self.comm.rank:
+                continue
+            winner = plan[loser]
+            member = self.members[loser]
+            member.unpack(buffers[winner])
+            member.apply_hparams(new_hparams[loser])
+            member.set_episode_stats(*self._episode_stats(table, winner))
+
+    def _history_records(self, g: int, table: np.ndarray, plan: dict[int, int]) -> list[dict[str, Any]]:
+        records = []
+        for m in range(self.population):
+            fit = float(table[m, _FIT])
+            records.append({
+                "generation": g,
+                "member": m,
+                "rank": self.owner(m),
+                "timesteps": int(table[m, _STEPS]),
+                "fitness": fit if math.isfinite(fit) else None,
+                "hparams": self.hparams[m],
+                "parent": plan.get(m),
+            })
+        return records
+
+    # -- whole run ---------------------------------------------------------------
+    def run(self, start: int = 0) -> int:
+        """Run generations ``start .. generations-1``; return the best member id."""
+        cfg = self.cfg
+        t_start = time.perf_counter()
+        for g in range(start, cfg.generations):
+            summary = self.generation(g)
+            self._report(summary, time.perf_counter() - t_start, g - start + 1)
+        return self.finish()
+
+    def _report(self, summary: dict[str, Any], elapsed: float, done: int) -> None:
+        g, table, plan, wall, timings = (summary[k] for k in ("generation", "table", "plan", "wall", "timings"))
+        overhead_s = sum(v for k, v in timings["wall"].items() if k not in ("train", "wait"))
+        self.timings.write([{"generation": g, "rank": self.comm.rank, "total_wall": wall, **timings}])
+        if self.comm.rank != 0:
+            return
+        fitness = table[:, _FIT]
+        steps = self.population * self.cfg.steps_per_generation
+        remaining = self.cfg.generations - g - 1
+        assert self.board is not None
+        self.board.log(int(table[:, _STEPS].max()), fitness, len(plan),
+                       {"timing/overhead_fraction": overhead_s / wall if wall > 0 else 0.0})
+        self.echo(progress_line(
+            g, self.cfg.generations, int(table[:, _STEPS].max()), fitness, steps / wall if wall > 0 else 0.0,
+            len(plan), elapsed, elapsed / done * remaining, overhead_s / wall if wall > 0 else None,
+        ))
+
+    def finish(self) -> int:
+        """Save every member's final model and ``best.zip``; return the best member."""
+        self.activity = "saving final models"
+        best = int(rank_order(self.last_fitness)[0])
+        for m in self.local_ids:
+            self.members[m].save(os.path.join(self.run_dir, "final", member_tag(m) + ".zip"))
+            if m == best:
+                self.members[m].save(os.path.join(self.run_dir, "best.zip"))
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            fit = self.last_fitness[best]
+            self.echo(f"done: best member {best} fitness {fit:.2f}; models in {os.path.join(self.run_dir, 'final')}, "
+                      f"best in {os.path.join(self.run_dir, 'best.zip')}")
+        return best
+
+    def close(self) -> None:
+        """Close files and envs."""
+        for member in self.members.values():
+            member.close()
+        self.timings.close()
+        if self.history is not None:
+            self.history.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def write_config(run_dir: str, data: dict[str, Any]) -> None:
+    """Write ``config.json`` atomically."""
+    path = os.path.join(run_dir, "config.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,220 @@
+"""The SB3 adapter: the only code that touches stable-baselines3 internals.
+
+A :class:`Member` owns one SB3 model and its envs. It trains with a random
+stream that depends only on (seed, member, generation), computes fitness,
+applies hyperparameters so that they really reach the algorithm, and packs
+its weights plus optimizer state into one contiguous byte buffer.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.utils import FloatSchedule, set_random_seed, update_learning_rate
+
+from . import seeding
+from .config import Config
+from .space import Value
+
+
+def _set_learning_rate(model: BaseAlgorithm, value: Value) -> None:
+    # SB3 reads lr through lr_schedule, rebuilt from learning_rate at set-up.
+    model.learning_rate = float(value)
+    model._setup_lr_schedule()
+    update_learning_rate(model.policy.optimizer, float(value))
+
+
+def _set_clip_range(model: BaseAlgorithm, value: Value) -> None:
+    # PPO calls self.clip_range(progress) in train(): it must stay a schedule.
+    model.clip_range = FloatSchedule(float(value))  # type: ignore[attr-defined]
+
+
+def _set_buffer_float(name: str) -> Callable[[BaseAlgorithm, Value], None]:
+    # gamma / gae_lambda are copied into the rollout buffer at set-up; GAE reads the buffer's copy.
+    def apply(model: BaseAlgorithm, value: Value) -> None:
+        setattr(model, name, float(value))
+        setattr(model.rollout_buffer, name, float(value))  # type: ignore[attr-defined]
+
+    return apply
+
+
+def _set_attr(name: str, cast: Callable[[Any], Any]) -> Callable[[BaseAlgorithm, Value], None]:
+    # Read directly from the model in PPO.train() on every call.
+    def apply(model: BaseAlgorithm, value: Value) -> None:
+        setattr(model, name, cast(value))
+
+    return apply
+
+
+#: How each PPO hyperparameter is made to take effect.
+PPO_APPLY: dict[str, Callable[[BaseAlgorithm, Value], None]] = {
+    "learning_rate": _set_learning_rate,
+    "clip_range": _set_clip_range,
+    "gamma": _set_buffer_float("gamma"),
+    "gae_lambda": _set_buffer_float("gae_lambda"),
+    "ent_coef": _set_attr("ent_coef", float),
+    "vf_coef": _set_attr("vf_coef", float),
+    "max_grad_norm": _set_attr("max_grad_norm", float),
+    "n_epochs": _set_attr("n_epochs", int),
+    "batch_size": _set_attr("batch_size", int),
+}
+
+
+class Member:
+    """One population member: an SB3 PPO model, its training env and optional eval env."""
+
+    def __init__(self, member_id: int, cfg: Config, hparams: Mapping[str, Value], tb_dir: str | None) -> None:
+        self.id = member_id
+        self.cfg = cfg
+        seed = seeding.derive_seed(cfg.seed, seeding.INIT, member_id)
+        set_random_seed(seed)
+        self.env = make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed)
+        self.eval_env = make_vec_env(cfg.env_id, n_envs=1, seed=seed) if cfg.eval_episodes > 0 else None
+        ctor = {k: v for k, v in hparams.items() if k != "clip_range"}
+        self.model = PPO(
+            cfg.policy,
+            self.env,
+            n_steps=cfg.n_steps,
+            seed=seed,
+            device="cpu",
+            verbose=0,
+            **ctor,  # type: ignore[arg-type]
+        )
+        self.hparams: dict[str, Value] = {}
+        self.apply_hparams(hparams)
+        if tb_dir is not None:
+            self.model.set_logger(configure(tb_dir, ["tensorboard"]))
+        else:
+            self.model.set_logger(configure(None, []))
+        self.last_eval_returns: list[float] = []
+
+    # -- hyperparameters -------------------------------------------------------
+    def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
+        """Make every hyperparameter take effect from the next training step."""
+        for name, value in hparams.items():
+            if name not in PPO_APPLY:
+                raise KeyError(f"unknown PPO hyperparameter {name!r}")
+            PPO_APPLY[name](self.model, value)
+        self.hparams = dict(hparams)
+
+    # -- training and fitness --------------------------------------------------
+    @property
+    def timesteps(self) -> int:
+        """Env steps this member has trained, across generations and exploits."""
+        return int(self.model.num_timesteps)
+
+    def train(self, steps: int, generation: int) -> None:
+        """Train ``steps`` env steps from a reproducible state for this generation.
+
+        Global RNGs are reseeded from (seed, member, generation) and the env is
+        reset with a seed from the same key, so the result does not depend on
+        which other members share the process, or on a resume in between.
+        """
+        set_random_seed(seeding.derive_seed(self.cfg.seed, seeding.TRAIN, self.id, generation))
+        self.env.seed(seeding.derive_seed(self.cfg.seed, seeding.ENV, self.id, generation))
+        self.model._last_obs = None  # makes learn() reset the (re-seeded) env
+        self.model.learn(steps, reset_num_timesteps=False)
+
+    def episode_stats(self) -> tuple[list[float], list[float]]:
+        """Returns and lengths of the last ``fitness_window`` completed training episodes."""
+        buf = list(self.model.ep_info_buffer or [])[-self.cfg.fitness_window :]
+        return [float(e["r"]) for e in buf], [float(e["l"]) for e in buf]
+
+    def set_episode_stats(self, returns: list[float], lengths: list[float]) -> None:
+        """Replace the episode statistics (after an exploit, or on resume)."""
+        self.model.ep_info_buffer = collections.deque(
+            ({"r": r, "l": ln, "t": 0.0} for r, ln in zip(returns, lengths)),
+            maxlen=self.model._stats_window_size,
+        )
+
+    def fitness(self, generation: int) -> float:
+        """Mean of the last training episodes, or of deterministic eval episodes."""
+        if self.eval_env is None:
+            returns, _ = self.episode_stats()
+            return float(np.mean(returns)) if returns else math.nan
+        self.eval_env.seed(seeding.derive_seed(self.cfg.seed, seeding.EVAL, self.id, generation))
+        rewards, _ = evaluate_policy(
+            self.model, self.eval_env, n_eval_episodes=self.cfg.eval_episodes, deterministic=True,
+            return_episode_rewards=True, warn=False,
+        )
+        self.last_eval_returns = [float(r) for r in rewards]  # type: ignore[union-attr]
+        return float(np.mean(self.last_eval_returns))
+
+    # -- state as one buffer ---------------------------------------------------
+    def _tensors(self) -> list[torch.Tensor]:
+        """Policy parameters/buffers, then optimizer state, in a fixed order."""
+        policy = self.model.policy
+        tensors = list(policy.state_dict().values())
+        opt = policy.optimizer
+        for group in opt.param_groups:
+            for p in group["params"]:
+                state = opt.state.get(p, {})
+                tensors.extend(state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor))
+        return tensors
+
+    @property
+    def state_nbytes(self) -> int:
+        """Size of :meth:`pack` output."""
+        return sum(t.numel() * t.element_size() for t in self._tensors())
+
+    def pack(self) -> np.ndarray:
+        """Weights + optimizer state as one contiguous uint8 buffer."""
+        tensors = self._tensors()
+        out = np.empty(sum(t.numel() * t.element_size() for t in tensors), dtype=np.uint8)
+        offset = 0
+        for t in tensors:
+            raw = t.detach().contiguous().reshape(-1).numpy().view(np.uint8)
+            out[offset : offset + raw.size] = raw
+            offset += raw.size
+        return out
+
+    def unpack(self, buf: np.ndarray) -> None:
+        """Load weights + optimizer state from a :meth:`pack` buffer of the same layout."""
+        tensors = self._tensors()
+        need = sum(t.numel() * t.element_size() for t in tensors)
+        if buf.nbytes != need:
+            raise ValueError(f"member {self.id}: state buffer has {buf.nbytes} bytes, layout needs {need}")
+        offset = 0
+        with torch.no_grad():
+            for t in tensors:
+                n = t.numel() * t.element_size()
+                src = buf[offset : offset + n].view(t.numpy().dtype if t.dim() else t.reshape(1).numpy().dtype)
+                t.copy_(torch.from_numpy(src.copy()).reshape(t.shape))
+                offset += n
+
+    # -- outputs ---------------------------------------------------------------
+    def log(self, fitness: float, hparams: Mapping[str, Value], parent: int | None) -> None:
+        """Write PBT scalars next to SB3's own in this member's TensorBoard dir."""
+        logger = self.model.logger
+        returns, _ = self.episode_stats()
+        logger.record("pbt/fitness", fitness)
+        if returns:
+            logger.record("pbt/episode_return", float(np.mean(returns)))
+        logger.record("pbt/exploited", 0 if parent is None else 1)
+        for name, value in hparams.items():
+            if isinstance(value, (int, float)):
+                logger.record(f"hparams/{name}", float(value))
+        logger.dump(step=self.timesteps)
+
+    def save(self, path: str) -> None:
+        """Save as an SB3 ``.zip`` loadable with ``PPO.load``."""
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.model.save(path)
+
+    def close(self) -> None:
+        """Release envs and the TensorBoard writer."""
+        self.model.logger.close()
+        self.env.close()
+        if self.eval_env is not None:
+            self.eval_env.close()

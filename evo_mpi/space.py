@@ -1,0 +1,199 @@
+"""Hyperparameter priors, initial sampling and the PBT explore step.
+
+Pure numpy: no MPI, torch or SB3 import. Every function takes an explicit
+``np.random.Generator`` so each rank can reproduce any member's draws.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+
+Value = Union[float, int, str]
+
+
+class SpaceError(ValueError):
+    """A search-space specification that cannot be parsed or is inconsistent."""
+
+
+@dataclass(frozen=True)
+class Prior:
+    """One hyperparameter's prior.
+
+    Attributes:
+        kind: ``loguniform``, ``uniform``, ``int``, ``choice`` or ``const``.
+        low: Lower bound (numeric kinds).
+        high: Upper bound (numeric kinds).
+        choices: The ordered values of a ``choice`` prior, or the single
+            value of a ``const`` prior.
+    """
+
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple[Value, ...] = ()
+
+    @property
+    def searched(self) -> bool:
+        """Whether explore may change this hyperparameter."""
+        return self.kind != "const"
+
+    def spec(self) -> str:
+        """The string form accepted by :func:`parse_prior`."""
+        if self.kind in ("loguniform", "uniform", "int"):
+            low: Value = int(self.low) if self.kind == "int" else self.low
+            high: Value = int(self.high) if self.kind == "int" else self.high
+            return f"{self.kind}:{low}:{high}"
+        return f"{self.kind}:" + ",".join(str(c) for c in self.choices)
+
+    def sample(self, rng: np.random.Generator) -> Value:
+        """Draw one value from the prior."""
+        if self.kind == "loguniform":
+            return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        if self.kind == "uniform":
+            return float(rng.uniform(self.low, self.high))
+        if self.kind == "int":
+            return int(rng.integers(int(self.low), int(self.high) + 1))
+        if self.kind == "choice":
+            return self.choices[int(rng.integers(len(self.choices)))]
+        return self.choices[0]
+
+    def clip(self, value: float) -> Value:
+        """Clip a numeric value to the bounds (integers rounded first)."""
+        if self.kind == "int":
+            return int(min(max(round(value), int(self.low)), int(self.high)))
+        return float(min(max(value, self.low), self.high))
+
+    def perturb(self, value: Value, factors: Sequence[float], rng: np.random.Generator) -> Value:
+        """Multiply by a random factor (numeric) or step to a neighbour (choice)."""
+        if self.kind == "choice":
+            n = len(self.choices)
+            if n == 1:
+                return self.choices[0]
+            idx = self.choices.index(value) if value in self.choices else int(rng.integers(n))
+            step = 1 if rng.random() < 0.5 else -1
+            if not 0 <= idx + step < n:
+                step = -step
+            return self.choices[idx + step]
+        if self.kind == "const":
+            return self.choices[0]
+        factor = float(factors[int(rng.integers(len(factors)))])
+        return self.clip(float(value) * factor)
+
+
+def _number(text: str, name: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SpaceError(f"{name}: {text!r} is not a number") from None
+
+
+def _scalar(text: str) -> Value:
+    """Parse a choice/const element: int, float or string, in that order."""
+    for cast in (int, float):
+        try:
+            return cast(text)  # type: ignore[no-any-return]
+        except ValueError:
+            pass
+    return text
+
+
+def parse_prior(name: str, spec: str | float | int) -> Prior:
+    """Parse ``loguniform:LO:HI``, ``uniform:LO:HI``, ``int:LO:HI``,
+    ``choice:A,B,C``, ``const:V`` or a bare number (a constant).
+
+    Raises:
+        SpaceError: naming the hyperparameter and the offending spec.
+    """
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return Prior("const", choices=(spec,))
+    if not isinstance(spec, str):
+        raise SpaceError(f"{name}: prior must be a string like 'uniform:0:1', got {spec!r}")
+    kind, sep, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if not sep:
+        value = _scalar(spec.strip())
+        if isinstance(value, str):
+            raise SpaceError(
+                f"{name}: cannot parse prior {spec!r} "
+                "(expected loguniform:LO:HI, uniform:LO:HI, int:LO:HI, choice:A,B or const:V)"
+            )
+        return Prior("const", choices=(value,))
+    if kind in ("loguniform", "uniform", "int"):
+        parts = rest.split(":")
+        if len(parts) != 2:
+            raise SpaceError(f"{name}: {kind} prior needs LO:HI, got {spec!r}")
+        low, high = (_number(p, name) for p in parts)
+        if kind == "int" and (low != int(low) or high != int(high)):
+            raise SpaceError(f"{name}: int prior bounds must be integers, got {spec!r}")
+        if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+            raise SpaceError(f"{name}: prior {spec!r} needs finite bounds with low < high")
+        if kind == "loguniform" and low <= 0:
+            raise SpaceError(f"{name}: loguniform prior {spec!r} needs low > 0")
+        return Prior(kind, low=low, high=high)
+    if kind in ("choice", "const"):
+        values = tuple(_scalar(v.strip()) for v in rest.split(",") if v.strip())
+        if not values:
+            raise SpaceError(f"{name}: {kind} prior {spec!r} has no values")
+        if kind == "const" and len(values) != 1:
+            raise SpaceError(f"{name}: const prior {spec!r} takes exactly one value")
+        if len(set(values)) != len(values):
+            raise SpaceError(f"{name}: choice prior {spec!r} repeats a value")
+        return Prior(kind, choices=values)
+    raise SpaceError(
+        f"{name}: unknown prior kind {kind!r} in {spec!r} "
+        "(expected loguniform, uniform, int, choice or const)"
+    )
+
+
+def parse_space(specs: Mapping[str, str | float | int]) -> dict[str, Prior]:
+    """Parse a ``{name: spec}`` mapping, collecting every error.
+
+    Raises:
+        SpaceError: one line per bad entry.
+    """
+    space: dict[str, Prior] = {}
+    errors: list[str] = []
+    for name in sorted(specs):
+        try:
+            space[name] = parse_prior(name, specs[name])
+        except SpaceError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise SpaceError("\n".join(errors))
+    return space
+
+
+def sample_hparams(space: Mapping[str, Prior], rng: np.random.Generator) -> dict[str, Value]:
+    """Draw every hyperparameter from its prior, in sorted name order."""
+    return {name: space[name].sample(rng) for name in sorted(space)}
+
+
+def explore(
+    hparams: Mapping[str, Value],
+    space: Mapping[str, Prior],
+    factors: Sequence[float],
+    resample_probability: float,
+    rng: np.random.Generator,
+) -> dict[str, Value]:
+    """PBT explore: resample each searched hyperparameter with probability p,
+    otherwise perturb it (multiply by a factor, or move a choice to a neighbour).
+
+    Results are clipped to the prior's bounds and integers are rounded.
+    Hyperparameters not in ``space`` or constant are returned unchanged.
+    """
+    out = dict(hparams)
+    for name in sorted(space):
+        prior = space[name]
+        if not prior.searched:
+            out[name] = prior.choices[0]
+            continue
+        if rng.random() < resample_probability:
+            out[name] = prior.sample(rng)
+        else:
+            out[name] = prior.perturb(hparams[name], factors, rng)
+    return out
