@@ -35,18 +35,22 @@ def quantile_size(population: int, fraction: float) -> int:
 def truncation(fitness: np.ndarray, fraction: float, rng: np.random.Generator) -> dict[int, int]:
     """The bottom ceil(q*P) members each copy one drawn uniformly from the top ceil(q*P).
 
-    Only members with finite fitness can be winners; with none, the plan is empty.
+    Only members with finite fitness can be winners; with none, the plan is
+    empty. With q = 0.5 and an odd P the median member is in both sets: it
+    copies one of the *other* top members (never itself).
     """
     fit = np.asarray(fitness, dtype=np.float64)
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"truncation fraction must be in (0, 0.5], got {fraction}")
     order = rank_order(fit)
     n = quantile_size(fit.size, fraction)
-    if 2 * n > fit.size:
-        raise ValueError(f"truncation fraction {fraction} too large for population {fit.size}")
     top = [int(m) for m in order[:n] if np.isfinite(fit[m])]
-    if not top:
-        return {}
-    losers = sorted(int(m) for m in order[fit.size - n :])
-    return {loser: top[int(rng.integers(len(top)))] for loser in losers}
+    plan: dict[int, int] = {}
+    for loser in sorted(int(m) for m in order[fit.size - n :]):
+        choices = [w for w in top if w != loser]
+        if choices:
+            plan[loser] = choices[int(rng.integers(len(choices)))]
+    return plan
 
 
 def winner_takes_all(fitness: np.ndarray) -> dict[int, int]:

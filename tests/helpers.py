@@ -1,0 +1,57 @@
+"""Shared helpers: run evo_mpi for real, under mpiexec or as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: A tiny but real PBT configuration (CartPole, seconds per run).
+TINY = [
+    "--env-id", "CartPole-v1",
+    "--seed", "7",
+    "--generations", "3",
+    "--steps-per-generation", "256",
+    "--n-envs", "2",
+    "--n-steps", "64",
+    "--search-space", "batch_size=choice:32,64,128",
+    "--search-space", "n_epochs=int:1:3",
+]
+
+
+def mpiexec() -> str:
+    exe = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        pytest.fail("mpiexec not found: install the test extra with MPI, e.g. pip install -e '.[mpich,test]'")
+    return exe
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONWARNINGS"] = "ignore"
+    return env
+
+
+def run_evo(args: list[str], n: int | None, timeout: float = 240, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m evo_mpi.run`` under ``mpiexec -n n`` (or alone when n is None)."""
+    cmd = [sys.executable, "-m", "evo_mpi.run", *args]
+    if n is not None:
+        cmd = [mpiexec(), "-n", str(n), *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.jsonl", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]

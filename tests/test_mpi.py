@@ -1,0 +1,154 @@
+"""Real mpiexec runs: backends move state exactly; history is layout- and backend-independent."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+
+from evo_mpi import seeding
+from evo_mpi.config import Config
+from evo_mpi.selection import quantile_size, rank_order
+from evo_mpi.space import explore, parse_space
+
+from helpers import ROOT, TINY, child_env, mpiexec, read_history, run_evo
+
+
+@pytest.mark.parametrize("backend", ["p2p", "collective"])
+@pytest.mark.parametrize("n, per_rank", [(2, 2), (4, 1)])
+def test_backend_moves_state_bit_for_bit(backend, n, per_rank):
+    cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "mpi_exchange_check.py"), backend,
+           str(per_rank)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=child_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"OK {n * per_rank - 1} transfers"), proc.stdout
+
+
+LAYOUTS = {
+    "n4-p2p": (4, ["--agents-per-rank", "1", "--backend", "p2p"]),
+    "n4-collective": (4, ["--agents-per-rank", "1", "--backend", "collective"]),
+    "n2x2-collective": (2, ["--agents-per-rank", "2", "--backend", "collective"]),
+    "n1x4-noMPI": (None, ["--agents-per-rank", "4", "--backend", "p2p"]),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    for name, (n, extra) in LAYOUTS.items():
+        run_dir = tmp_path_factory.mktemp(name) / "run"
+        proc = run_evo([*TINY, *extra, "--run-dir", str(run_dir)], n)
+        out[name] = (run_dir, proc)
+    return out
+
+
+def _strip_rank(history):
+    return [{k: v for k, v in rec.items() if k != "rank"} for rec in history]
+
+
+def test_history_identical_across_backends_and_layouts(runs):
+    histories = {name: _strip_rank(read_history(run_dir)) for name, (run_dir, _) in runs.items()}
+    reference = histories["n4-p2p"]
+    assert len(reference) == 3 * 4
+    assert any(rec["parent"] is not None for rec in reference)
+    for name, history in histories.items():
+        assert history == reference, f"{name} differs from n4-p2p"
+    ranks = {name: {rec["member"]: rec["rank"] for rec in read_history(d)} for name, (d, _) in runs.items()}
+    assert ranks["n4-p2p"] == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert ranks["n2x2-collective"] == {0: 0, 1: 0, 2: 1, 3: 1}
+
+
+def _check_plan_and_explore(history, cfg: Config, selection: str):
+    space = parse_space(cfg.space_specs)
+    gens = sorted({rec["generation"] for rec in history})
+    by_gen = {g: sorted((r for r in history if r["generation"] == g), key=lambda r: r["member"]) for g in gens}
+    population = len(by_gen[0])
+    for g in gens:
+        recs = by_gen[g]
+        assert [r["timesteps"] for r in recs] == [(g + 1) * cfg.steps_per_generation] * population
+        fitness = np.array([math.nan if r["fitness"] is None else r["fitness"] for r in recs])
+        order = rank_order(fitness).tolist()
+        parents = {r["member"]: r["parent"] for r in recs if r["parent"] is not None}
+        if g == gens[-1]:
+            assert parents == {}
+            continue
+        if selection == "truncation":
+            n = quantile_size(population, cfg.truncation_fraction)
+            assert sorted(parents) == sorted(order[population - n:])
+            assert set(parents.values()) <= set(order[:n])
+        else:
+            assert parents == {m: order[0] for m in range(population) if m != order[0]}
+        nxt = by_gen[g + 1]
+        for m in range(population):
+            if m in parents:
+                want = explore(recs[parents[m]]["hparams"], space, cfg.perturb_factors, cfg.resample_probability,
+                               seeding.stream(cfg.seed, seeding.EXPLORE, g, m))
+            else:
+                want = recs[m]["hparams"]
+            assert nxt[m]["hparams"] == want, (g, m)
+
+
+def test_truncation_plan_matches_fitness(runs):
+    run_dir, _ = runs["n4-p2p"]
+    cfg = Config(seed=7, steps_per_generation=256, search_space={"batch_size": "choice:32,64,128",
+                                                                 "n_epochs": "int:1:3"})
+    _check_plan_and_explore(read_history(run_dir), cfg, "truncation")
+
+
+def test_wta_plan_matches_fitness(tmp_path):
+    run_dir = tmp_path / "wta"
+    run_evo([*TINY, "--selection", "wta", "--backend", "collective", "--agents-per-rank", "2",
+             "--run-dir", str(run_dir)], 2)
+    cfg = Config(seed=7, steps_per_generation=256, search_space={"batch_size": "choice:32,64,128",
+                                                                 "n_epochs": "int:1:3"})
+    history = read_history(run_dir)
+    assert sum(rec["parent"] is not None for rec in history) == 2 * 3
+    _check_plan_and_explore(history, cfg, "wta")
+
+
+def test_outputs_models_and_progress(runs):
+    run_dir, proc = runs["n4-collective"]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("gen ")]
+    assert len(lines) == 3 and "steps/s" in lines[0] and "eta" in lines[0] and "exploits" in lines[0]
+    assert "done: best member" in proc.stdout
+    history = read_history(run_dir)
+    last = {r["member"]: r["fitness"] for r in history if r["generation"] == 2}
+    best = int(rank_order(np.array([last[m] for m in range(4)]))[0])
+    assert (run_dir / "config.json").is_file()
+    for m in range(4):
+        model = PPO.load(run_dir / "final" / f"member_{m:02d}.zip", device="cpu")
+        assert model.num_timesteps == 3 * 256
+    best_model = PPO.load(run_dir / "best.zip", device="cpu")
+    final_best = PPO.load(run_dir / "final" / f"member_{best:02d}.zip", device="cpu")
+    for (k, a), b in zip(best_model.policy.state_dict().items(), final_best.policy.state_dict().values()):
+        assert (a == b).all(), k
+
+
+def test_tensorboard_tags(runs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = runs["n2x2-collective"]
+    acc = EventAccumulator(str(run_dir / "tb" / "member_01"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ["pbt/fitness", "pbt/episode_return", "hparams/learning_rate", "hparams/batch_size",
+                "train/loss", "train/entropy_loss", "rollout/ep_rew_mean", "train/clip_range"]:
+        assert tag in tags, (tag, sorted(tags))
+    fit = acc.Scalars("pbt/fitness")
+    history = [r for r in read_history(run_dir) if r["member"] == 1]
+    assert [e.step for e in fit] == [r["timesteps"] for r in history]
+    assert [e.value for e in fit] == pytest.approx([r["fitness"] for r in history])
+    pop = EventAccumulator(str(run_dir / "tb" / "population"))
+    pop.Reload()
+    ptags = set(pop.Tags()["scalars"])
+    assert {"population/best_fitness", "population/mean_fitness", "population/min_fitness",
+            "population/exploits"} <= ptags
+    assert [e.value for e in pop.Scalars("population/exploits")] == [1, 1, 0]
+
+
+def test_ranks_other_than_zero_print_nothing(runs):
+    _, proc = runs["n4-p2p"]
+    # rank 0 prints the header, 3 generation lines and the summary: 5 lines in all
+    assert len(proc.stdout.strip().splitlines()) == 5, proc.stdout

@@ -1,0 +1,106 @@
+import math
+
+import numpy as np
+import pytest
+
+from evo_mpi.config import DEFAULT_SPACES
+from evo_mpi.space import SpaceError, explore, parse_prior, parse_space, sample_hparams
+
+
+def test_parse_kinds_and_roundtrip_spec():
+    for spec in ["loguniform:1e-05:0.01", "uniform:0.1:0.4", "int:3:20", "choice:32,64,128", "const:0.99"]:
+        prior = parse_prior("x", spec)
+        assert parse_prior("x", prior.spec()) == prior
+    assert parse_prior("x", 0.5).kind == "const"
+    assert parse_prior("x", "choice:tanh,relu").choices == ("tanh", "relu")
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("uniform:1:1", "low < high"),
+        ("uniform:2:1", "low < high"),
+        ("loguniform:0:1", "low > 0"),
+        ("int:1.5:3", "integers"),
+        ("uniform:a:1", "'a' is not a number"),
+        ("gauss:0:1", "unknown prior kind 'gauss'"),
+        ("choice:", "no values"),
+        ("choice:1,1", "repeats"),
+        ("uniform:1", "needs LO:HI"),
+        ("banana", "cannot parse prior 'banana'"),
+    ],
+)
+def test_parse_errors_name_the_value(spec, fragment):
+    with pytest.raises(SpaceError) as err:
+        parse_prior("lr", spec)
+    assert fragment in str(err.value)
+    assert str(err.value).startswith("lr:")
+
+
+def test_parse_space_collects_every_error():
+    with pytest.raises(SpaceError) as err:
+        parse_space({"a": "uniform:2:1", "b": "int:1:5", "c": "nope:1"})
+    assert len(str(err.value).splitlines()) == 2
+
+
+def test_samples_within_bounds_and_typed():
+    space = parse_space(DEFAULT_SPACES["ppo"])
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        hp = sample_hparams(space, rng)
+        for name, prior in space.items():
+            v = hp[name]
+            if prior.kind in ("uniform", "loguniform"):
+                assert isinstance(v, float) and prior.low <= v <= prior.high
+            elif prior.kind == "int":
+                assert isinstance(v, int) and prior.low <= v <= prior.high
+            else:
+                assert v in prior.choices
+
+
+def test_loguniform_covers_decades_evenly():
+    prior = parse_prior("lr", "loguniform:1e-5:1e-1")
+    rng = np.random.default_rng(0)
+    logs = np.log10([prior.sample(rng) for _ in range(4000)])
+    hist, _ = np.histogram(logs, bins=4, range=(-5, -1))
+    assert hist.min() > 850 and hist.max() < 1150
+
+
+def test_perturb_multiplies_and_clips():
+    space = parse_space({"x": "uniform:0:1", "n": "int:1:10"})
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        out = explore({"x": 0.5, "n": 5}, space, (0.8, 1.2), 0.0, rng)
+        seen.add(out["x"])
+        assert out["n"] in (4, 6) and isinstance(out["n"], int)
+    assert seen == {0.4, 0.6}
+    # clipping at the bounds
+    for _ in range(20):
+        out = explore({"x": 0.95, "n": 10}, space, (2.0,), 0.0, rng)
+        assert out == {"x": 1.0, "n": 10}
+
+
+def test_resample_probability_one_draws_from_prior():
+    space = parse_space({"x": "uniform:10:20"})
+    rng = np.random.default_rng(0)
+    values = [explore({"x": 0.0}, space, (0.8, 1.2), 1.0, rng)["x"] for _ in range(100)]
+    assert all(10 <= v <= 20 for v in values)
+    assert len(set(values)) == 100
+
+
+def test_choice_moves_to_neighbour():
+    space = parse_space({"b": "choice:32,64,128,256"})
+    rng = np.random.default_rng(0)
+    for start, allowed in [(32, {64}), (64, {32, 128}), (256, {128})]:
+        seen = {explore({"b": start}, space, (0.8, 1.2), 0.0, rng)["b"] for _ in range(40)}
+        assert seen == allowed
+
+
+def test_const_and_unsearched_untouched_and_seeded():
+    space = parse_space({"g": "const:0.99", "x": "loguniform:1e-4:1e-2"})
+    hp = {"g": 0.99, "x": 1e-3, "other": 7}
+    a = explore(hp, space, (0.8, 1.2), 0.25, np.random.default_rng(5))
+    b = explore(hp, space, (0.8, 1.2), 0.25, np.random.default_rng(5))
+    assert a == b and a["g"] == 0.99 and a["other"] == 7
+    assert math.isclose(a["x"], 1e-3 * 0.8) or math.isclose(a["x"], 1e-3 * 1.2) or 1e-4 <= a["x"] <= 1e-2
