@@ -15,6 +15,7 @@ peers does not burn a core.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -23,8 +24,14 @@ import numpy as np
 
 try:  # pragma: no cover - exercised implicitly by every test
     from mpi4py import MPI
-except ImportError:  # pragma: no cover - only without mpi4py installed
-    MPI = None
+
+    _MPI_ERROR = ""
+except Exception as exc:  # pragma: no cover - only without a loadable MPI library
+    MPI = None  # type: ignore[assignment]
+    _MPI_ERROR = f"{type(exc).__name__}: {exc}"
+
+#: Environment variables set by MPI launchers (MPICH/Hydra, Open MPI, PMIx, SLURM srun).
+_LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 BACKENDS = ("p2p", "collective")
 
@@ -39,6 +46,11 @@ class Comm:
     def __init__(self, comm: Any | None = None) -> None:
         if comm is None and MPI is not None:
             comm = MPI.COMM_WORLD
+        elif comm is None and any(int(os.environ.get(v, "1") or 1) > 1 for v in _LAUNCHER_VARS[:2]):
+            raise RuntimeError(
+                f"started by an MPI launcher but mpi4py cannot load MPI ({_MPI_ERROR}); "
+                "install mpi4py against your MPI or the evo-mpi[mpich] extra"
+            )
         self._comm = comm
         self.rank: int = comm.Get_rank() if comm is not None else 0
         self.size: int = comm.Get_size() if comm is not None else 1
@@ -101,6 +113,7 @@ class Comm:
             Winners on this rank are packed locally, without MPI. All winners
             are packed before anything is overwritten, so a member that is both
             a winner and a loser hands on its pre-exploit state.
+
         """
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")

@@ -89,9 +89,7 @@ class Config:
     truncation_fraction: float = _f(0.25, "Truncation quantile q, 0 < q <= 0.5.")
     perturb_factors: tuple[float, ...] = _f((0.8, 1.2), "Comma-separated explore multipliers.")
     resample_probability: float = _f(0.25, "Probability of resampling a hyperparameter from its prior.")
-    eval_episodes: int = _f(
-        0, "Deterministic evaluation episodes for fitness; 0 = mean of the last training episodes."
-    )
+    eval_episodes: int = _f(0, "Deterministic evaluation episodes for fitness; 0 = mean of the last training episodes.")
     fitness_window: int = _f(10, "Completed training episodes averaged for fitness when eval-episodes is 0.")
     n_envs: int = _f(8, "Vectorised envs per member.")
     n_steps: int = _f(256, "Rollout length per env (PPO n_steps).")
@@ -161,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["type"] = type(default)
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--config", metavar="FILE", help="TOML file with any of the options above (flags override it).")
-    parser.add_argument("--print-config", action="store_true", help="Print the resolved configuration as TOML and exit.")
+    parser.add_argument(
+        "--print-config", action="store_true", help="Print the resolved configuration as TOML and exit."
+    )
     return parser
 
 
@@ -246,12 +246,21 @@ def validate(cfg: Config, world_size: int) -> list[str]:
         if not ok:
             problems.append(msg)
 
-    for name in ("generations", "steps_per_generation", "agents_per_rank", "n_envs", "n_steps", "torch_threads",
-                 "fitness_window"):
+    for name in (
+        "generations",
+        "steps_per_generation",
+        "agents_per_rank",
+        "n_envs",
+        "n_steps",
+        "torch_threads",
+        "fitness_window",
+    ):
         value = getattr(cfg, name)
         need(value > 0, f"--{name.replace('_', '-')} must be > 0, got {value}")
     need(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {cfg.eval_episodes}")
-    need(0 < cfg.truncation_fraction <= 0.5, f"--truncation-fraction must be in (0, 0.5], got {cfg.truncation_fraction}")
+    need(
+        0 < cfg.truncation_fraction <= 0.5, f"--truncation-fraction must be in (0, 0.5], got {cfg.truncation_fraction}"
+    )
     need(
         0 <= cfg.resample_probability <= 1,
         f"--resample-probability must be in [0, 1], got {cfg.resample_probability}",
@@ -322,6 +331,7 @@ def load(argv: Sequence[str] | None, world_size: int) -> tuple[Config, argparse.
 
     Raises:
         ConfigError: listing every problem.
+
     """
     args = build_parser().parse_args(argv)
     extras = {k: getattr(args, k) for k in ("config", "print_config") if hasattr(args, k)}

@@ -104,12 +104,16 @@ class Engine:
         last = g == cfg.generations - 1
         plan: dict[int, int] = {}
         if not last:
-            plan = select(cfg.selection, fitness, seeding.stream(cfg.seed, seeding.SELECT, g),
-                          fraction=cfg.truncation_fraction)
+            plan = select(
+                cfg.selection, fitness, seeding.stream(cfg.seed, seeding.SELECT, g), fraction=cfg.truncation_fraction
+            )
         new_hparams = [dict(h) for h in self.hparams]
         for loser, winner in plan.items():
             new_hparams[loser] = explore(
-                self.hparams[winner], self.space, cfg.perturb_factors, cfg.resample_probability,
+                self.hparams[winner],
+                self.space,
+                cfg.perturb_factors,
+                cfg.resample_probability,
                 seeding.stream(cfg.seed, seeding.EXPLORE, g, loser),
             )
 
@@ -149,15 +153,17 @@ class Engine:
         records = []
         for m in range(self.population):
             fit = float(table[m, _FIT])
-            records.append({
-                "generation": g,
-                "member": m,
-                "rank": self.owner(m),
-                "timesteps": int(table[m, _STEPS]),
-                "fitness": fit if math.isfinite(fit) else None,
-                "hparams": self.hparams[m],
-                "parent": plan.get(m),
-            })
+            records.append(
+                {
+                    "generation": g,
+                    "member": m,
+                    "rank": self.owner(m),
+                    "timesteps": int(table[m, _STEPS]),
+                    "fitness": fit if math.isfinite(fit) else None,
+                    "hparams": self.hparams[m],
+                    "parent": plan.get(m),
+                }
+            )
         return records
 
     # -- whole run ---------------------------------------------------------------
@@ -180,12 +186,25 @@ class Engine:
         steps = self.population * self.cfg.steps_per_generation
         remaining = self.cfg.generations - g - 1
         assert self.board is not None
-        self.board.log(int(table[:, _STEPS].max()), fitness, len(plan),
-                       {"timing/overhead_fraction": overhead_s / wall if wall > 0 else 0.0})
-        self.echo(progress_line(
-            g, self.cfg.generations, int(table[:, _STEPS].max()), fitness, steps / wall if wall > 0 else 0.0,
-            len(plan), elapsed, elapsed / done * remaining, overhead_s / wall if wall > 0 else None,
-        ))
+        self.board.log(
+            int(table[:, _STEPS].max()),
+            fitness,
+            len(plan),
+            {"timing/overhead_fraction": overhead_s / wall if wall > 0 else 0.0},
+        )
+        self.echo(
+            progress_line(
+                g,
+                self.cfg.generations,
+                int(table[:, _STEPS].max()),
+                fitness,
+                steps / wall if wall > 0 else 0.0,
+                len(plan),
+                elapsed,
+                elapsed / done * remaining,
+                overhead_s / wall if wall > 0 else None,
+            )
+        )
 
     def finish(self) -> int:
         """Save every member's final model and ``best.zip``; return the best member."""
@@ -198,8 +217,10 @@ class Engine:
         self.comm.barrier()
         if self.comm.rank == 0:
             fit = self.last_fitness[best]
-            self.echo(f"done: best member {best} fitness {fit:.2f}; models in {os.path.join(self.run_dir, 'final')}, "
-                      f"best in {os.path.join(self.run_dir, 'best.zip')}")
+            self.echo(
+                f"done: best member {best} fitness {fit:.2f}; models in {os.path.join(self.run_dir, 'final')}, "
+                f"best in {os.path.join(self.run_dir, 'best.zip')}"
+            )
         return best
 
     def close(self) -> None:

@@ -134,7 +134,7 @@ class Member:
     def set_episode_stats(self, returns: list[float], lengths: list[float]) -> None:
         """Replace the episode statistics (after an exploit, or on resume)."""
         self.model.ep_info_buffer = collections.deque(
-            ({"r": r, "l": ln, "t": 0.0} for r, ln in zip(returns, lengths)),
+            ({"r": r, "l": ln, "t": 0.0} for r, ln in zip(returns, lengths, strict=True)),
             maxlen=self.model._stats_window_size,
         )
 
@@ -145,8 +145,12 @@ class Member:
             return float(np.mean(returns)) if returns else math.nan
         self.eval_env.seed(seeding.derive_seed(self.cfg.seed, seeding.EVAL, self.id, generation))
         rewards, _ = evaluate_policy(
-            self.model, self.eval_env, n_eval_episodes=self.cfg.eval_episodes, deterministic=True,
-            return_episode_rewards=True, warn=False,
+            self.model,
+            self.eval_env,
+            n_eval_episodes=self.cfg.eval_episodes,
+            deterministic=True,
+            return_episode_rewards=True,
+            warn=False,
         )
         self.last_eval_returns = [float(r) for r in rewards]  # type: ignore[union-attr]
         return float(np.mean(self.last_eval_returns))

@@ -67,9 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             data["world_size"] = comm.size
             data["population"] = comm.size * cfg.agents_per_rank
             write_config(run_dir, data)
-            print(f"evo-mpi: {data['population']} members on {comm.size} rank(s), "
-                  f"{cfg.env_id}, {cfg.generations} generations x {cfg.steps_per_generation} steps; "
-                  f"output in {run_dir}", flush=True)
+            print(
+                f"evo-mpi: {data['population']} members on {comm.size} rank(s), "
+                f"{cfg.env_id}, {cfg.generations} generations x {cfg.steps_per_generation} steps; "
+                f"output in {run_dir}",
+                flush=True,
+            )
         comm.barrier()
         engine = Engine(cfg, comm, run_dir, echo=lambda line: print(line, flush=True))
         engine.run()

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 import numpy as np
 
-Value = Union[float, int, str]
+Value: TypeAlias = float | int | str
 
 
 class SpaceError(ValueError):
@@ -30,6 +30,7 @@ class Prior:
         high: Upper bound (numeric kinds).
         choices: The ordered values of a ``choice`` prior, or the single
             value of a ``const`` prior.
+
     """
 
     kind: str
@@ -108,6 +109,7 @@ def parse_prior(name: str, spec: str | float | int) -> Prior:
 
     Raises:
         SpaceError: naming the hyperparameter and the offending spec.
+
     """
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return Prior("const", choices=(spec,))
@@ -145,8 +147,7 @@ def parse_prior(name: str, spec: str | float | int) -> Prior:
             raise SpaceError(f"{name}: choice prior {spec!r} repeats a value")
         return Prior(kind, choices=values)
     raise SpaceError(
-        f"{name}: unknown prior kind {kind!r} in {spec!r} "
-        "(expected loguniform, uniform, int, choice or const)"
+        f"{name}: unknown prior kind {kind!r} in {spec!r} (expected loguniform, uniform, int, choice or const)"
     )
 
 
@@ -155,6 +156,7 @@ def parse_space(specs: Mapping[str, str | float | int]) -> dict[str, Prior]:
 
     Raises:
         SpaceError: one line per bad entry.
+
     """
     space: dict[str, Prior] = {}
     errors: list[str] = []

@@ -15,14 +15,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: A tiny but real PBT configuration (CartPole, seconds per run).
 TINY = [
-    "--env-id", "CartPole-v1",
-    "--seed", "7",
-    "--generations", "3",
-    "--steps-per-generation", "256",
-    "--n-envs", "2",
-    "--n-steps", "64",
-    "--search-space", "batch_size=choice:32,64,128",
-    "--search-space", "n_epochs=int:1:3",
+    "--env-id",
+    "CartPole-v1",
+    "--seed",
+    "7",
+    "--generations",
+    "3",
+    "--steps-per-generation",
+    "256",
+    "--n-envs",
+    "2",
+    "--n-steps",
+    "64",
+    "--search-space",
+    "batch_size=choice:32,64,128",
+    "--search-space",
+    "n_epochs=int:1:3",
 ]
 
 

@@ -12,8 +12,16 @@ from evo_mpi.member import PPO_APPLY, Member
 torch.set_num_threads(1)
 
 CFG = Config(n_envs=2, n_steps=64, steps_per_generation=128)
-BASE = {"learning_rate": 1e-3, "batch_size": 32, "n_epochs": 2, "gamma": 0.99, "gae_lambda": 0.95,
-        "ent_coef": 0.0, "vf_coef": 0.5, "clip_range": 0.2}
+BASE = {
+    "learning_rate": 1e-3,
+    "batch_size": 32,
+    "n_epochs": 2,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "ent_coef": 0.0,
+    "vf_coef": 0.5,
+    "clip_range": 0.2,
+}
 
 
 def make(member_id=0, **hp):
@@ -52,6 +60,7 @@ def _capture(record, seen):
     def wrapped(key, value, exclude=None):
         seen[key] = value
         return record(key, value, exclude)
+
     return wrapped
 
 

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import ROOT, TINY, child_env, mpiexec, read_history, run_evo
 from stable_baselines3 import PPO
 
 from evo_mpi import seeding
@@ -13,14 +14,19 @@ from evo_mpi.config import Config
 from evo_mpi.selection import quantile_size, rank_order
 from evo_mpi.space import explore, parse_space
 
-from helpers import ROOT, TINY, child_env, mpiexec, read_history, run_evo
-
 
 @pytest.mark.parametrize("backend", ["p2p", "collective"])
 @pytest.mark.parametrize("n, per_rank", [(2, 2), (4, 1)])
 def test_backend_moves_state_bit_for_bit(backend, n, per_rank):
-    cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "mpi_exchange_check.py"), backend,
-           str(per_rank)]
+    cmd = [
+        mpiexec(),
+        "-n",
+        str(n),
+        sys.executable,
+        str(ROOT / "tests" / "mpi_exchange_check.py"),
+        backend,
+        str(per_rank),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=child_env(), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"OK {n * per_rank - 1} transfers"), proc.stdout
@@ -76,15 +82,20 @@ def _check_plan_and_explore(history, cfg: Config, selection: str):
             continue
         if selection == "truncation":
             n = quantile_size(population, cfg.truncation_fraction)
-            assert sorted(parents) == sorted(order[population - n:])
+            assert sorted(parents) == sorted(order[population - n :])
             assert set(parents.values()) <= set(order[:n])
         else:
             assert parents == {m: order[0] for m in range(population) if m != order[0]}
         nxt = by_gen[g + 1]
         for m in range(population):
             if m in parents:
-                want = explore(recs[parents[m]]["hparams"], space, cfg.perturb_factors, cfg.resample_probability,
-                               seeding.stream(cfg.seed, seeding.EXPLORE, g, m))
+                want = explore(
+                    recs[parents[m]]["hparams"],
+                    space,
+                    cfg.perturb_factors,
+                    cfg.resample_probability,
+                    seeding.stream(cfg.seed, seeding.EXPLORE, g, m),
+                )
             else:
                 want = recs[m]["hparams"]
             assert nxt[m]["hparams"] == want, (g, m)
@@ -92,17 +103,20 @@ def _check_plan_and_explore(history, cfg: Config, selection: str):
 
 def test_truncation_plan_matches_fitness(runs):
     run_dir, _ = runs["n4-p2p"]
-    cfg = Config(seed=7, steps_per_generation=256, search_space={"batch_size": "choice:32,64,128",
-                                                                 "n_epochs": "int:1:3"})
+    cfg = Config(
+        seed=7, steps_per_generation=256, search_space={"batch_size": "choice:32,64,128", "n_epochs": "int:1:3"}
+    )
     _check_plan_and_explore(read_history(run_dir), cfg, "truncation")
 
 
 def test_wta_plan_matches_fitness(tmp_path):
     run_dir = tmp_path / "wta"
-    run_evo([*TINY, "--selection", "wta", "--backend", "collective", "--agents-per-rank", "2",
-             "--run-dir", str(run_dir)], 2)
-    cfg = Config(seed=7, steps_per_generation=256, search_space={"batch_size": "choice:32,64,128",
-                                                                 "n_epochs": "int:1:3"})
+    run_evo(
+        [*TINY, "--selection", "wta", "--backend", "collective", "--agents-per-rank", "2", "--run-dir", str(run_dir)], 2
+    )
+    cfg = Config(
+        seed=7, steps_per_generation=256, search_space={"batch_size": "choice:32,64,128", "n_epochs": "int:1:3"}
+    )
     history = read_history(run_dir)
     assert sum(rec["parent"] is not None for rec in history) == 2 * 3
     _check_plan_and_explore(history, cfg, "wta")
@@ -122,7 +136,7 @@ def test_outputs_models_and_progress(runs):
         assert model.num_timesteps == 3 * 256
     best_model = PPO.load(run_dir / "best.zip", device="cpu")
     final_best = PPO.load(run_dir / "final" / f"member_{best:02d}.zip", device="cpu")
-    for (k, a), b in zip(best_model.policy.state_dict().items(), final_best.policy.state_dict().values()):
+    for (k, a), b in zip(best_model.policy.state_dict().items(), final_best.policy.state_dict().values(), strict=True):
         assert (a == b).all(), k
 
 
@@ -133,8 +147,16 @@ def test_tensorboard_tags(runs):
     acc = EventAccumulator(str(run_dir / "tb" / "member_01"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    for tag in ["pbt/fitness", "pbt/episode_return", "hparams/learning_rate", "hparams/batch_size",
-                "train/loss", "train/entropy_loss", "rollout/ep_rew_mean", "train/clip_range"]:
+    for tag in [
+        "pbt/fitness",
+        "pbt/episode_return",
+        "hparams/learning_rate",
+        "hparams/batch_size",
+        "train/loss",
+        "train/entropy_loss",
+        "rollout/ep_rew_mean",
+        "train/clip_range",
+    ]:
         assert tag in tags, (tag, sorted(tags))
     fit = acc.Scalars("pbt/fitness")
     history = [r for r in read_history(run_dir) if r["member"] == 1]
@@ -143,8 +165,12 @@ def test_tensorboard_tags(runs):
     pop = EventAccumulator(str(run_dir / "tb" / "population"))
     pop.Reload()
     ptags = set(pop.Tags()["scalars"])
-    assert {"population/best_fitness", "population/mean_fitness", "population/min_fitness",
-            "population/exploits"} <= ptags
+    assert {
+        "population/best_fitness",
+        "population/mean_fitness",
+        "population/min_fitness",
+        "population/exploits",
+    } <= ptags
     assert [e.value for e in pop.Scalars("population/exploits")] == [1, 1, 0]
 
 

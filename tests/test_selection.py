@@ -15,7 +15,7 @@ def test_truncation_quantile_sizes(population, fraction):
     assert quantile_size(population, fraction) == n
     plan = truncation(fitness, fraction, np.random.default_rng(0))
     order = np.argsort(-fitness, kind="stable")
-    assert sorted(plan) == sorted(order[population - n:].tolist())
+    assert sorted(plan) == sorted(order[population - n :].tolist())
     assert set(plan.values()) <= set(order[:n].tolist())
     assert all(loser != winner for loser, winner in plan.items())
     if 2 * n <= population:
