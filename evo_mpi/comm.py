@@ -71,6 +71,15 @@ class Comm:
             return value
         return float(self._comm.allreduce(value, op=MPI.MAX))
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is true on any rank (polling, not spinning)."""
+        if not self.uses_mpi:
+            return bool(flag)
+        send = np.array([1 if flag else 0], dtype=np.int32)
+        recv = np.zeros(1, dtype=np.int32)
+        _wait([self._comm.Iallreduce(send, recv, op=MPI.MAX)])
+        return bool(recv[0])
+
     def barrier(self) -> None:
         """Wait for every rank (polling, not spinning)."""
         if self.uses_mpi:

@@ -100,7 +100,9 @@ class Config:
         "Search-space overrides NAME=PRIOR, e.g. learning_rate=loguniform:1e-5:1e-3, "
         "batch_size=choice:64,128, n_epochs=int:3:10, gamma=const:0.99 (repeatable).",
     )
-    run_dir: str = _f("", "Output directory (default runs/<env>-<timestamp>).")
+    run_dir: str = _f("", "Output directory (default runs/<env>-<timestamp>); an existing run there is resumed.")
+    checkpoint_every: int = _f(1, "Write a checkpoint every N generations (and always at the end or on a stop).")
+    keep_checkpoints: int = _f(2, "Complete checkpoints kept on disk (older ones are pruned).")
 
     @property
     def space_specs(self) -> dict[str, str]:
@@ -161,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="TOML file with any of the options above (flags override it).")
     parser.add_argument(
         "--print-config", action="store_true", help="Print the resolved configuration as TOML and exit."
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="Continue the run in RUN_DIR from its last complete checkpoint with its saved options; only "
+        + ", ".join("--" + n.replace("_", "-") for n in RESUME_OVERRIDABLE if n != "run_dir")
+        + " may change.",
     )
     return parser
 
@@ -254,6 +263,8 @@ def validate(cfg: Config, world_size: int) -> list[str]:
         "n_steps",
         "torch_threads",
         "fitness_window",
+        "checkpoint_every",
+        "keep_checkpoints",
     ):
         value = getattr(cfg, name)
         need(value > 0, f"--{name.replace('_', '-')} must be > 0, got {value}")
@@ -326,22 +337,66 @@ def _check_writable(path: str) -> list[str]:
     return []
 
 
-def load(argv: Sequence[str] | None, world_size: int) -> tuple[Config, argparse.Namespace]:
-    """Parse argv (+ config file), validate, and return the config.
+#: Options that may differ when a run is resumed: they change the layout or
+#: bookkeeping, never the history.
+RESUME_OVERRIDABLE = ("agents_per_rank", "backend", "torch_threads", "checkpoint_every", "keep_checkpoints", "run_dir")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """The raw inputs: config-file values, CLI values, and CLI-only switches."""
+
+    file_values: dict[str, Any]
+    cli_values: dict[str, Any]
+    config_file: str | None
+    print_config: bool
+    resume: str | None
+
+
+def parse(argv: Sequence[str] | None) -> Parsed:
+    """Parse argv and read ``--config``; raise ConfigError (never exit) on a bad flag."""
+    parser = build_parser()
+
+    def fail(message: str) -> None:
+        raise ConfigError([message])
+
+    parser.error = fail  # type: ignore[method-assign,assignment]
+    args = parser.parse_args(argv)
+    config_file = getattr(args, "config", None)
+    file_values = load_toml(config_file) if config_file else {}
+    cli = {k: v for k, v in vars(args).items() if k in FIELDS}
+    return Parsed(
+        file_values, cli, config_file, bool(getattr(args, "print_config", False)), getattr(args, "resume", None)
+    )
+
+
+def load(argv: Sequence[str] | None, world_size: int) -> Config:
+    """Parse argv (+ config file) and validate, for a fresh run.
 
     Raises:
         ConfigError: listing every problem.
-
     """
-    args = build_parser().parse_args(argv)
-    extras = {k: getattr(args, k) for k in ("config", "print_config") if hasattr(args, k)}
-    cli = {k: v for k, v in vars(args).items() if k in FIELDS}
-    file_values = load_toml(extras["config"]) if extras.get("config") else {}
-    cfg = merge(file_values, cli)
+    parsed = parse(argv)
+    cfg = merge(parsed.file_values, parsed.cli_values)
     problems = validate(cfg, world_size)
     if problems:
         raise ConfigError(problems)
-    return cfg, args
+    return cfg
+
+
+def from_saved(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """Config values from a run dir's ``config.json`` (extra keys dropped)."""
+    return {k: v for k, v in saved.items() if k in FIELDS}
+
+
+def differences(cfg: Config, saved: Mapping[str, Any]) -> list[str]:
+    """Fields (other than layout/bookkeeping ones) where ``cfg`` differs from a saved config."""
+    now = cfg.to_dict()
+    return [
+        f"{name}: the run has {saved.get(name)!r}, this command gives {now[name]!r}"
+        for name in FIELDS
+        if name not in RESUME_OVERRIDABLE and now[name] != saved.get(name)
+    ]
 
 
 def to_toml(cfg: Config) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import seeding
+from . import checkpoint, seeding
 from .comm import Comm
 from .config import Config
 from .member import Member
@@ -31,8 +31,17 @@ _FIT, _STEPS, _NEP = 0, 1, 2
 class Engine:
     """Runs PBT for one rank's members, in lockstep with the other ranks."""
 
-    def __init__(self, cfg: Config, comm: Comm, run_dir: str, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        comm: Comm,
+        run_dir: str,
+        echo: Callable[[str], None] = print,
+        should_stop: Callable[[], bool] = lambda: False,
+        resume_from: int | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.should_stop = should_stop
         self.comm = comm
         self.run_dir = run_dir
         self.echo = echo if comm.rank == 0 else (lambda _line: None)
@@ -47,14 +56,28 @@ class Engine:
         for m in self.local_ids:
             self.activity = f"creating member {m}"
             self.members[m] = Member(m, cfg, self.hparams[m], os.path.join(run_dir, "tb", member_tag(m)))
+        self.last_fitness = np.full(self.population, math.nan)
+        #: First generation this process runs (> 0 after a resume).
+        self.start = 0
+        history_bytes = 0
+        if resume_from is not None:
+            self.activity = f"loading checkpoint of generation {resume_from}"
+            saved = checkpoint.load_population(run_dir, resume_from)
+            self.hparams = saved["hparams"]
+            self.last_fitness = np.array([math.nan if f is None else f for f in saved["fitness"]])
+            self.start = int(saved["generation"]) + 1
+            history_bytes = int(saved["history_bytes"])
+            for m in self.local_ids:
+                self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
         self.timer = PhaseTimer()
         self.timings = JsonlWriter(os.path.join(run_dir, "timings", f"rank_{comm.rank:03d}.jsonl"))
         self.history: JsonlWriter | None = None
         self.board: PopulationBoard | None = None
         if comm.rank == 0:
-            self.history = JsonlWriter(os.path.join(run_dir, "history.jsonl"))
+            history_path = os.path.join(run_dir, "history.jsonl")
+            checkpoint.truncate(history_path, history_bytes)  # drop records newer than the checkpoint
+            self.history = JsonlWriter(history_path)
             self.board = PopulationBoard(os.path.join(run_dir, "tb", "population"))
-        self.last_fitness = np.full(self.population, math.nan)
 
     def owner(self, member: int) -> int:
         """Rank holding ``member``."""
@@ -80,20 +103,27 @@ class Engine:
         n = int(table[member, _NEP])
         return list(table[member, 3 : 3 + n]), list(table[member, 3 + width : 3 + width + n])
 
-    def generation(self, g: int) -> dict[str, Any]:
-        """Run generation ``g`` (0-based) and return its summary."""
+    def generation(self, g: int) -> dict[str, Any] | None:
+        """Run generation ``g`` (0-based) and return its summary, or None if a stop was requested."""
         cfg, timer = self.cfg, self.timer
         t0 = time.perf_counter()
         for m in self.local_ids:
             timer.start("train")
             self.activity = f"training member {m} (generation {g})"
-            self.members[m].train(cfg.steps_per_generation, g)
-        timer.start("fitness")
-        rows = self._local_rows(g)
+            if self.should_stop():
+                break
+            self.members[m].train(cfg.steps_per_generation, g, self.should_stop)
+        rows = None
+        if not self.should_stop():
+            timer.start("fitness")
+            rows = self._local_rows(g)
 
         timer.start("wait")
         self.activity = f"waiting for other ranks (generation {g})"
-        self.comm.barrier()
+        if self.comm.any(rows is None):
+            timer.stop()
+            return None  # generation g is abandoned; the last checkpoint is g - 1
+        assert rows is not None
         timer.start("exchange")
         self.activity = f"gathering fitness (generation {g})"
         table = self.comm.allgather(rows)
@@ -131,9 +161,41 @@ class Engine:
         self.activity = f"exchanging weights (generation {g}, backend {cfg.backend})"
         self._exploit(plan, table, new_hparams)
         self.hparams = new_hparams
+
+        stop = self.comm.any(self.should_stop())
+        if stop or last or (g + 1) % cfg.checkpoint_every == 0:
+            timer.start("checkpoint")
+            self.activity = f"writing the checkpoint of generation {g}"
+            self.save_checkpoint(g, finished=last)
         timings = timer.stop()
         wall = time.perf_counter() - t0
-        return {"generation": g, "table": table, "plan": plan, "wall": wall, "timings": timings}
+        return {"generation": g, "table": table, "plan": plan, "wall": wall, "timings": timings, "stop": stop}
+
+    def save_checkpoint(self, g: int, finished: bool) -> None:
+        """Write every member and the population state after generation ``g``, atomically."""
+        tmp = checkpoint.begin(self.run_dir, g) if self.comm.rank == 0 else None
+        tmp = self.comm.bcast_obj(tmp)
+        for m in self.local_ids:
+            member = self.members[m]
+            checkpoint.write_member(tmp, m, member.checkpoint_tensors(), member.checkpoint_meta())
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            assert self.history is not None
+            fitness = [float(f) if np.isfinite(f) else None for f in self.last_fitness]
+            checkpoint.commit(
+                self.run_dir,
+                g,
+                {
+                    "generation": g,
+                    "finished": finished,
+                    "population": self.population,
+                    "hparams": self.hparams,
+                    "fitness": fitness,
+                    "history_bytes": self.history.tell(),
+                },
+                keep=self.cfg.keep_checkpoints,
+            )
+        self.comm.barrier()
 
     def _exploit(self, plan: dict[int, int], table: np.ndarray, new_hparams: list[dict[str, Value]]) -> None:
         if not plan:
@@ -167,14 +229,24 @@ class Engine:
         return records
 
     # -- whole run ---------------------------------------------------------------
-    def run(self, start: int = 0) -> int:
-        """Run generations ``start .. generations-1``; return the best member id."""
+    def run(self) -> bool:
+        """Run the remaining generations and save the final models.
+
+        Returns:
+            True when the run finished, False when a stop was requested (the
+            last complete checkpoint then holds every finished generation).
+        """
         cfg = self.cfg
         t_start = time.perf_counter()
-        for g in range(start, cfg.generations):
+        for g in range(self.start, cfg.generations):
             summary = self.generation(g)
-            self._report(summary, time.perf_counter() - t_start, g - start + 1)
-        return self.finish()
+            if summary is None:
+                return False
+            self._report(summary, time.perf_counter() - t_start, g - self.start + 1)
+            if summary["stop"] and g < cfg.generations - 1:
+                return False
+        self.finish()
+        return True
 
     def _report(self, summary: dict[str, Any], elapsed: float, done: int) -> None:
         g, table, plan, wall, timings = (summary[k] for k in ("generation", "table", "plan", "wall", "timings"))

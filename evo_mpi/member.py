@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
@@ -71,6 +72,17 @@ PPO_APPLY: dict[str, Callable[[BaseAlgorithm, Value], None]] = {
 }
 
 
+class _StopCallback(BaseCallback):
+    """Ends ``learn()`` at the next env step once ``should_stop()`` is true."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        super().__init__()
+        self.should_stop = should_stop
+
+    def _on_step(self) -> bool:
+        return not self.should_stop()
+
+
 class Member:
     """One population member: an SB3 PPO model, its training env and optional eval env."""
 
@@ -98,6 +110,8 @@ class Member:
         else:
             self.model.set_logger(configure(None, []))
         self.last_eval_returns: list[float] = []
+        #: Set when training produced non-finite weights (the member then has NaN fitness).
+        self.diverged = False
 
     # -- hyperparameters -------------------------------------------------------
     def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
@@ -114,17 +128,31 @@ class Member:
         """Env steps this member has trained, across generations and exploits."""
         return int(self.model.num_timesteps)
 
-    def train(self, steps: int, generation: int) -> None:
+    def train(self, steps: int, generation: int, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Train ``steps`` env steps from a reproducible state for this generation.
 
         Global RNGs are reseeded from (seed, member, generation) and the env is
         reset with a seed from the same key, so the result does not depend on
         which other members share the process, or on a resume in between.
+        Training stops early at the next env step once ``should_stop()`` is true.
+        An error raised while the weights are non-finite (a diverged loss) marks
+        the member as diverged instead of ending the run; any other error propagates.
         """
+        if self.diverged:
+            return
         set_random_seed(seeding.derive_seed(self.cfg.seed, seeding.TRAIN, self.id, generation))
         self.env.seed(seeding.derive_seed(self.cfg.seed, seeding.ENV, self.id, generation))
         self.model._last_obs = None  # makes learn() reset the (re-seeded) env
-        self.model.learn(steps, reset_num_timesteps=False)
+        try:
+            self.model.learn(steps, reset_num_timesteps=False, callback=_StopCallback(should_stop))
+        except (ValueError, RuntimeError):
+            if self.weights_finite():
+                raise
+        self.diverged = not self.weights_finite()
+
+    def weights_finite(self) -> bool:
+        """Whether every policy parameter is finite."""
+        return all(bool(torch.isfinite(p).all()) for p in self.model.policy.parameters())
 
     def episode_stats(self) -> tuple[list[float], list[float]]:
         """Returns and lengths of the last ``fitness_window`` completed training episodes."""
@@ -137,9 +165,13 @@ class Member:
             ({"r": r, "l": ln, "t": 0.0} for r, ln in zip(returns, lengths, strict=True)),
             maxlen=self.model._stats_window_size,
         )
+        if self.model.ep_success_buffer is None:  # learn() creates both only when ep_info_buffer is None
+            self.model.ep_success_buffer = collections.deque(maxlen=self.model._stats_window_size)
 
     def fitness(self, generation: int) -> float:
-        """Mean of the last training episodes, or of deterministic eval episodes."""
+        """Mean of the last training episodes, or of deterministic eval episodes (NaN if diverged)."""
+        if self.diverged:
+            return math.nan
         if self.eval_env is None:
             returns, _ = self.episode_stats()
             return float(np.mean(returns)) if returns else math.nan
@@ -193,9 +225,42 @@ class Member:
         with torch.no_grad():
             for t in tensors:
                 n = t.numel() * t.element_size()
-                src = buf[offset : offset + n].view(t.numpy().dtype if t.dim() else t.reshape(1).numpy().dtype)
+                src = buf[offset : offset + n].view(t.numpy().dtype)
                 t.copy_(torch.from_numpy(src.copy()).reshape(t.shape))
                 offset += n
+        self.diverged = not self.weights_finite()
+
+    # -- checkpoints -----------------------------------------------------------
+    def checkpoint_tensors(self) -> dict[str, Any]:
+        """Policy and optimizer state dicts, for ``torch.save``."""
+        policy = self.model.policy
+        return {"policy": policy.state_dict(), "optimizer": policy.optimizer.state_dict()}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Everything else a resume needs, as plain JSON."""
+        returns, lengths = self.episode_stats()
+        return {
+            "member": self.id,
+            "timesteps": self.timesteps,
+            "n_updates": int(self.model._n_updates),
+            "episode_num": int(self.model._episode_num),
+            "returns": returns,
+            "lengths": lengths,
+            "hparams": self.hparams,
+            "diverged": self.diverged,
+        }
+
+    def restore(self, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Load a checkpoint written from :meth:`checkpoint_tensors` and :meth:`checkpoint_meta`."""
+        policy = self.model.policy
+        policy.load_state_dict(tensors["policy"])
+        policy.optimizer.load_state_dict(tensors["optimizer"])
+        self.model.num_timesteps = int(meta["timesteps"])
+        self.model._n_updates = int(meta["n_updates"])
+        self.model._episode_num = int(meta["episode_num"])
+        self.set_episode_stats(list(meta["returns"]), list(meta["lengths"]))
+        self.apply_hparams(meta["hparams"])
+        self.diverged = bool(meta["diverged"])
 
     # -- outputs ---------------------------------------------------------------
     def log(self, fitness: float, hparams: Mapping[str, Value], parent: int | None) -> None:

@@ -1,19 +1,46 @@
-"""Entry point: ``python -m evo_mpi.run`` / ``evo-mpi``, alone or under ``mpiexec -n N``."""
+"""Entry point: ``python -m evo_mpi.run`` / ``evo-mpi``, alone or under ``mpiexec -n N``.
+
+Exit codes: 0 finished (or already finished), 1 failure (every rank is
+aborted), 2 invalid configuration (nothing created), 75 interrupted by
+SIGTERM/SIGINT/SIGUSR1 with a complete checkpoint on disk (resumable).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import signal
 import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from . import checkpoint
 from . import config as config_mod
 from .comm import Comm
-from .config import EXIT_CONFIG_ERROR, ConfigError
+from .config import EXIT_CONFIG_ERROR, Config, ConfigError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 75  # sysexits EX_TEMPFAIL: try again later (resume)
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+@dataclass
+class Plan:
+    """What rank 0 decided before any rank does expensive work."""
+
+    cfg: Config | None = None
+    run_dir: str = ""
+    resume_from: int | None = None
+    resuming: bool = False
+    finished: bool = False
+    print_only: bool = False
+    problems: list[str] = field(default_factory=list)
 
 
 def _default_run_dir(env_id: str) -> str:
@@ -21,37 +48,112 @@ def _default_run_dir(env_id: str) -> str:
     return os.path.join("runs", f"{env_id.replace('/', '_')}-{stamp}")
 
 
-def _prepare_run_dir(cfg: config_mod.Config) -> tuple[str, list[str]]:
-    """Rank 0: resolve the run dir and refuse to overwrite an existing run."""
-    run_dir = cfg.run_dir or _default_run_dir(cfg.env_id)
-    if os.path.isdir(run_dir) and os.listdir(run_dir):
-        return run_dir, [f"--run-dir {run_dir!r} already exists and is not empty; choose another --run-dir"]
-    return run_dir, []
+def _read_saved(run_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
+
+
+def plan_run(parsed: config_mod.Parsed, world_size: int) -> Plan:
+    """Resolve the configuration and run dir: fresh run, resume, or errors. Creates nothing."""
+    plan = Plan()
+    try:
+        if parsed.resume:
+            saved = _read_saved(parsed.resume)
+            if saved is None:
+                plan.problems.append(f"--resume {parsed.resume!r}: no config.json there (not an evo-mpi run dir)")
+                return plan
+            given = {**parsed.file_values, **parsed.cli_values}
+            overrides = {k: v for k, v in given.items() if k in config_mod.RESUME_OVERRIDABLE and k != "run_dir"}
+            if "agents_per_rank" not in overrides:
+                population = int(saved["population"])
+                if population % world_size:
+                    plan.problems.append(
+                        f"--resume: the run has {population} members, which {world_size} rank(s) cannot share "
+                        "evenly; launch a divisor of that many ranks or pass --agents-per-rank"
+                    )
+                    return plan
+                overrides["agents_per_rank"] = population // world_size
+            cfg = config_mod.merge(config_mod.from_saved(saved), {**overrides, "run_dir": parsed.resume})
+            merged_given = config_mod.merge(config_mod.from_saved(saved), given)
+            plan.problems += [f"--resume: {d}" for d in config_mod.differences(merged_given, saved)]
+            run_dir = parsed.resume
+        else:
+            cfg = config_mod.merge(parsed.file_values, parsed.cli_values)
+            run_dir = cfg.run_dir or _default_run_dir(cfg.env_id)
+            saved = _read_saved(run_dir)
+            if saved is not None:
+                plan.problems += [
+                    f"--run-dir {run_dir!r} holds a run with other options ({d}); use another --run-dir, "
+                    f"or --resume {run_dir} to continue it"
+                    for d in config_mod.differences(cfg, saved)
+                ]
+            elif os.path.isdir(run_dir) and os.listdir(run_dir):
+                plan.problems.append(f"--run-dir {run_dir!r} exists, is not empty and holds no evo-mpi run")
+        plan.problems += config_mod.validate(cfg, world_size)
+    except ConfigError as exc:
+        plan.problems += exc.problems
+        return plan
+    if saved is not None:
+        population = world_size * cfg.agents_per_rank
+        if int(saved["population"]) != population:
+            plan.problems.append(
+                f"the run in {run_dir!r} has {saved['population']} members, this launch makes {population} "
+                f"({world_size} rank(s) x {cfg.agents_per_rank}); change -n or --agents-per-rank"
+            )
+        plan.resuming = True
+        done = checkpoint.complete(run_dir)
+        if done:
+            plan.resume_from = done[-1]
+            plan.finished = bool(checkpoint.load_population(run_dir, done[-1])["finished"])
+    plan.cfg = dataclasses.replace(cfg, run_dir=run_dir)
+    plan.run_dir = run_dir
+    return plan
+
+
+def _print_problems(problems: Sequence[str]) -> None:
+    print("evo-mpi: invalid configuration:", file=sys.stderr)
+    for problem in problems:
+        print(f"  - {problem}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, validate, run. Returns the process exit code."""
     comm = Comm()
-    try:
-        cfg, args = config_mod.load(argv, comm.size)
-    except ConfigError as exc:
-        if comm.rank == 0:
-            print("evo-mpi: invalid configuration:", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  - {problem}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    if getattr(args, "print_config", False):
-        if comm.rank == 0:
-            print(config_mod.to_toml(cfg), end="")
-        return EXIT_OK
+    stop = {"signal": 0}
 
-    run_dir, problems = comm.bcast_obj(_prepare_run_dir(cfg) if comm.rank == 0 else None)
-    if problems:
+    def request_stop(signum: int, _frame: Any) -> None:
+        stop["signal"] = signum
+
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, request_stop)
+
+    plan = Plan()
+    if comm.rank == 0:
+        try:
+            parsed = config_mod.parse(argv)
+            plan = plan_run(parsed, comm.size)
+            if parsed.print_config and not plan.problems and plan.cfg is not None:
+                print(config_mod.to_toml(plan.cfg), end="")
+                plan.print_only = True
+        except ConfigError as exc:
+            plan.problems = exc.problems
+    plan = comm.bcast_obj(plan)
+    if plan.problems:
         if comm.rank == 0:
-            print("evo-mpi: invalid configuration:", file=sys.stderr)
-            for problem in problems:
-                print(f"  - {problem}", file=sys.stderr)
+            _print_problems(plan.problems)
         return EXIT_CONFIG_ERROR
+    if plan.print_only:
+        return EXIT_OK
+    assert plan.cfg is not None
+    cfg, run_dir = plan.cfg, plan.run_dir
+    if plan.finished:
+        if comm.rank == 0:
+            print(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
+        return EXIT_OK
 
     import torch
 
@@ -61,23 +163,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = None
     try:
         if comm.rank == 0:
-            os.makedirs(run_dir, exist_ok=True)
-            data = cfg.to_dict()
-            data["run_dir"] = run_dir
-            data["world_size"] = comm.size
-            data["population"] = comm.size * cfg.agents_per_rank
-            write_config(run_dir, data)
+            population = comm.size * cfg.agents_per_rank
+            if plan.resuming:
+                where = (
+                    f"from generation {plan.resume_from + 1} (checkpoint of generation {plan.resume_from})"
+                    if plan.resume_from is not None
+                    else "from generation 0 (no complete checkpoint yet)"
+                )
+                print(f"evo-mpi: resuming the run in {run_dir} {where} with {comm.size} rank(s)", flush=True)
+            else:
+                os.makedirs(run_dir, exist_ok=True)
+                data = cfg.to_dict()
+                data.update(world_size=comm.size, population=population)
+                write_config(run_dir, data)
             print(
-                f"evo-mpi: {data['population']} members on {comm.size} rank(s), "
-                f"{cfg.env_id}, {cfg.generations} generations x {cfg.steps_per_generation} steps; "
-                f"output in {run_dir}",
+                f"evo-mpi: {population} members on {comm.size} rank(s), {cfg.env_id}, "
+                f"{cfg.generations} generations x {cfg.steps_per_generation} steps; output in {run_dir}",
                 flush=True,
             )
         comm.barrier()
-        engine = Engine(cfg, comm, run_dir, echo=lambda line: print(line, flush=True))
-        engine.run()
+        engine = Engine(
+            cfg,
+            comm,
+            run_dir,
+            echo=lambda line: print(line, flush=True),
+            should_stop=lambda: stop["signal"] != 0,
+            resume_from=plan.resume_from,
+        )
+        finished = engine.run()
         engine.close()
-        return EXIT_OK
+        if finished:
+            return EXIT_OK
+        if comm.rank == 0:
+            done = checkpoint.complete(run_dir)
+            last = f"generation {done[-1]}" if done else "none yet (the resumed run starts at generation 0)"
+            launcher = f"mpiexec -n {comm.size} " if comm.uses_mpi else ""
+            print(
+                f"evo-mpi: interrupted by a stop signal; last complete checkpoint: {last}.\n"
+                f"evo-mpi: resume with: {launcher}python -m evo_mpi.run --resume {run_dir}",
+                flush=True,
+            )
+        return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
         activity = engine.activity if engine is not None else "starting"
         print(

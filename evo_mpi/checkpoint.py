@@ -1,0 +1,128 @@
+"""Atomic, layout-independent checkpoints of a whole population.
+
+Layout of ``RUN_DIR/checkpoints``::
+
+    gen_000004/                 state after generation 4 (exploit and explore done)
+        member_00.pt            policy + optimizer state dicts (torch.load(weights_only=True))
+        member_00.json          step counts and episode statistics
+        population.json         written last: generation, hyperparameters, history size
+    .tmp-gen_000005/            a checkpoint being written (ignored, removed on the next write)
+
+A checkpoint is complete when its directory carries its final name: every
+file is written and fsynced inside the temporary directory, then rank 0
+renames it and fsyncs the parent. Older complete checkpoints are pruned only
+after the new one is in place. Nothing is unpickled on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+_DIR_RE = re.compile(r"^gen_(\d{6})$")
+
+
+def checkpoint_root(run_dir: str) -> str:
+    """``RUN_DIR/checkpoints``."""
+    return os.path.join(run_dir, "checkpoints")
+
+
+def _tmp_dir(run_dir: str, generation: int) -> str:
+    return os.path.join(checkpoint_root(run_dir), f".tmp-gen_{generation:06d}")
+
+
+def _final_dir(run_dir: str, generation: int) -> str:
+    return os.path.join(checkpoint_root(run_dir), f"gen_{generation:06d}")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_bytes(path: str, write: Any) -> None:
+    with open(path, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_json(path: str, data: Mapping[str, Any]) -> None:
+    _write_bytes(path, lambda fh: fh.write(json.dumps(data, sort_keys=True).encode("utf-8")))
+
+
+def begin(run_dir: str, generation: int) -> str:
+    """Rank 0: create an empty temporary directory for ``generation``'s checkpoint."""
+    tmp = _tmp_dir(run_dir, generation)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def write_member(tmp: str, member: int, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+    """Any rank: write one member's tensors (torch.save) and metadata (JSON) into ``tmp``."""
+    _write_bytes(os.path.join(tmp, f"member_{member:02d}.pt"), lambda fh: torch.save(dict(tensors), fh))
+    _write_json(os.path.join(tmp, f"member_{member:02d}.json"), meta)
+
+
+def commit(run_dir: str, generation: int, population: Mapping[str, Any], keep: int) -> str:
+    """Rank 0, after every rank wrote its members: publish the checkpoint, prune old ones."""
+    tmp = _tmp_dir(run_dir, generation)
+    _write_json(os.path.join(tmp, "population.json"), population)
+    _fsync_dir(tmp)
+    final = _final_dir(run_dir, generation)
+    os.rename(tmp, final)
+    _fsync_dir(checkpoint_root(run_dir))
+    for old in complete(run_dir)[:-keep]:
+        shutil.rmtree(_final_dir(run_dir, old), ignore_errors=True)
+    for name in os.listdir(checkpoint_root(run_dir)):  # leftovers of crashed writes
+        if name.startswith(".tmp-"):
+            shutil.rmtree(os.path.join(checkpoint_root(run_dir), name), ignore_errors=True)
+    return final
+
+
+def complete(run_dir: str) -> list[int]:
+    """Generations with a complete checkpoint, oldest first."""
+    root = checkpoint_root(run_dir)
+    if not os.path.isdir(root):
+        return []
+    gens = []
+    for name in os.listdir(root):
+        match = _DIR_RE.match(name)
+        if match and os.path.isfile(os.path.join(root, name, "population.json")):
+            gens.append(int(match.group(1)))
+    return sorted(gens)
+
+
+def load_population(run_dir: str, generation: int) -> dict[str, Any]:
+    """The population-level record of a complete checkpoint."""
+    with open(os.path.join(_final_dir(run_dir, generation), "population.json"), encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    return data
+
+
+def load_member(run_dir: str, generation: int, member: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One member's tensors (``torch.load(weights_only=True)``: no code runs) and metadata."""
+    base = os.path.join(_final_dir(run_dir, generation), f"member_{member:02d}")
+    tensors: dict[str, Any] = torch.load(base + ".pt", weights_only=True, map_location="cpu")
+    with open(base + ".json", encoding="utf-8") as fh:
+        meta: dict[str, Any] = json.load(fh)
+    return tensors, meta
+
+
+def truncate(path: str, size: int) -> None:
+    """Cut a log back to ``size`` bytes (records written after the checkpoint)."""
+    if os.path.exists(path) and os.path.getsize(path) > size:
+        with open(path, "r+b") as fh:
+            fh.truncate(size)
+            fh.flush()
+            os.fsync(fh.fileno())
