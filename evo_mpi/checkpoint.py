@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,6 +42,16 @@ def _final_dir(run_dir: str, generation: int) -> str:
     return os.path.join(checkpoint_root(run_dir), f"gen_{generation:06d}")
 
 
+#: Fault injection for the crash-safety tests: ``EVO_MPI_FAULT=<point>`` makes the
+#: process SIGKILL itself at that point (e.g. ``commit:3``). Unset in normal runs.
+_FAULT = os.environ.get("EVO_MPI_FAULT", "")
+
+
+def _crash_point(point: str) -> None:
+    if _FAULT == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -60,17 +71,20 @@ def _write_json(path: str, data: Mapping[str, Any]) -> None:
     _write_bytes(path, lambda fh: fh.write(json.dumps(data, sort_keys=True).encode("utf-8")))
 
 
-def begin(run_dir: str, generation: int) -> str:
+def begin(run_dir: str, generation: int) -> None:
     """Rank 0: create an empty temporary directory for ``generation``'s checkpoint."""
     tmp = _tmp_dir(run_dir, generation)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    return tmp
 
 
-def write_member(tmp: str, member: int, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-    """Any rank: write one member's tensors (torch.save) and metadata (JSON) into ``tmp``."""
+def write_member(
+    run_dir: str, generation: int, member: int, tensors: Mapping[str, Any], meta: Mapping[str, Any]
+) -> None:
+    """Any rank, after :func:`begin`: write one member's tensors (torch.save) and metadata (JSON)."""
+    tmp = _tmp_dir(run_dir, generation)
     _write_bytes(os.path.join(tmp, f"member_{member:02d}.pt"), lambda fh: torch.save(dict(tensors), fh))
+    _crash_point(f"member:{generation}:{member}")
     _write_json(os.path.join(tmp, f"member_{member:02d}.json"), meta)
 
 
@@ -79,9 +93,11 @@ def commit(run_dir: str, generation: int, population: Mapping[str, Any], keep: i
     tmp = _tmp_dir(run_dir, generation)
     _write_json(os.path.join(tmp, "population.json"), population)
     _fsync_dir(tmp)
+    _crash_point(f"commit:{generation}")
     final = _final_dir(run_dir, generation)
     os.rename(tmp, final)
     _fsync_dir(checkpoint_root(run_dir))
+    _crash_point(f"prune:{generation}")
     for old in complete(run_dir)[:-keep]:
         shutil.rmtree(_final_dir(run_dir, old), ignore_errors=True)
     for name in os.listdir(checkpoint_root(run_dir)):  # leftovers of crashed writes

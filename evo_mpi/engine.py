@@ -173,11 +173,12 @@ class Engine:
 
     def save_checkpoint(self, g: int, finished: bool) -> None:
         """Write every member and the population state after generation ``g``, atomically."""
-        tmp = checkpoint.begin(self.run_dir, g) if self.comm.rank == 0 else None
-        tmp = self.comm.bcast_obj(tmp)
+        if self.comm.rank == 0:
+            checkpoint.begin(self.run_dir, g)
+        self.comm.barrier()
         for m in self.local_ids:
             member = self.members[m]
-            checkpoint.write_member(tmp, m, member.checkpoint_tensors(), member.checkpoint_meta())
+            checkpoint.write_member(self.run_dir, g, m, member.checkpoint_tensors(), member.checkpoint_meta())
         self.comm.barrier()
         if self.comm.rank == 0:
             assert self.history is not None
@@ -306,13 +307,12 @@ class Engine:
             self.board.close()
 
 
-def write_config(run_dir: str, data: dict[str, Any]) -> None:
-    """Write ``config.json`` atomically."""
-    path = os.path.join(run_dir, "config.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def write_config(run_dir: str, data: dict[str, Any], toml_text: str) -> None:
+    """Write ``config.toml`` (feeds back with ``--config``), then ``config.json`` (marks a run dir), atomically."""
+    for name, text in (("config.toml", toml_text), ("config.json", json.dumps(data, indent=2, sort_keys=True) + "\n")):
+        path = os.path.join(run_dir, name)
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(path + ".tmp", path)

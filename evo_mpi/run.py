@@ -175,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.makedirs(run_dir, exist_ok=True)
                 data = cfg.to_dict()
                 data.update(world_size=comm.size, population=population)
-                write_config(run_dir, data)
+                write_config(run_dir, data, config_mod.to_toml(cfg))
             print(
                 f"evo-mpi: {population} members on {comm.size} rank(s), {cfg.env_id}, "
                 f"{cfg.generations} generations x {cfg.steps_per_generation} steps; output in {run_dir}",

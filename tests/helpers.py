@@ -63,3 +63,47 @@ def run_evo(args: list[str], n: int | None, timeout: float = 240, check: bool = 
 def read_history(run_dir: Path) -> list[dict]:
     with open(run_dir / "history.jsonl", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh]
+
+
+#: A run long enough to interrupt (12 generations of 1024 steps, ~1 s each).
+LONG = [
+    "--env-id", "CartPole-v1",
+    "--seed", "3",
+    "--generations", "8",
+    "--steps-per-generation", "1024",
+    "--n-envs", "2",
+    "--n-steps", "64",
+    "--search-space", "batch_size=choice:32,64,128",
+    "--search-space", "n_epochs=int:1:3",
+]
+
+
+def history_without_rank(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in rec.items() if k != "rank"} for rec in read_history(run_dir)]
+
+
+def launch(args: list[str], n: int | None, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``evo_mpi.run`` without waiting (stdout piped line by line)."""
+    cmd = [sys.executable, "-m", "evo_mpi.run", *args]
+    if n is not None:
+        cmd = [mpiexec(), "-n", str(n), *cmd]
+    env = child_env()
+    env.update(extra_env or {})
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> list[str]:
+    """Read stdout until a line starts with ``prefix``; return the lines read."""
+    import threading
+
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    lines = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith(prefix):
+                return lines
+    finally:
+        timer.cancel()
+    raise AssertionError(f"never saw {prefix!r}; stdout: {''.join(lines)}; stderr: {proc.stderr.read()}")

@@ -1,0 +1,137 @@
+"""Checkpoints, exact resume, stop signals and crash safety, with real mpiexec."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from evo_mpi import checkpoint
+from helpers import LONG, history_without_rank, launch, run_evo, wait_for_line
+
+GENERATIONS = 8
+POPULATION = 4
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    run_evo([*LONG, "--run-dir", str(run_dir), "--agents-per-rank", "2"], 2)
+    history = history_without_rank(run_dir)
+    assert len(history) == GENERATIONS * POPULATION
+    return history
+
+
+def _interrupt(run_dir, n, per_rank, after_generation, sig):
+    proc = launch([*LONG, "--run-dir", str(run_dir), "--agents-per-rank", str(per_rank)], n)
+    wait_for_line(proc, f"gen {after_generation:>3}/")
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    elapsed = time.monotonic() - t0
+    assert proc.returncode == 75, (proc.returncode, out, err)
+    assert elapsed < 30
+    assert "resume with:" in out and f"--resume {run_dir}" in out
+    return out
+
+
+@pytest.mark.parametrize(
+    "after, sig, first, second",
+    [
+        (1, signal.SIGTERM, (2, 2), (4, 1)),  # stop early; resume on another layout
+        (3, signal.SIGUSR1, (4, 1), (None, 4)),  # SLURM's usual signal; resume without MPI
+        (6, signal.SIGINT, (1, 4), (2, 2)),
+    ],
+)
+def test_stop_and_resume_reproduces_uninterrupted_history(tmp_path, reference, after, sig, first, second):
+    run_dir = tmp_path / "run"
+    _interrupt(run_dir, first[0], first[1], after, sig)
+    done = checkpoint.complete(str(run_dir))
+    assert done and done[-1] >= after - 1 and len(done) <= 2  # pruned to --keep-checkpoints 2
+    partial = history_without_rank(run_dir)
+    assert partial[: len(partial)] == reference[: len(partial)]
+    proc = run_evo(["--resume", str(run_dir)], second[0])
+    assert f"resuming the run in {run_dir} from generation {done[-1] + 1}" in proc.stdout
+    assert history_without_rank(run_dir) == reference
+
+
+def test_rerunning_same_command_resumes_and_finished_run_is_left_alone(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    args = [*LONG, "--run-dir", str(run_dir), "--agents-per-rank", "2"]
+    _interrupt(run_dir, 2, 2, 2, signal.SIGTERM)
+    proc = run_evo(args, 2)
+    assert "evo-mpi: resuming" in proc.stdout
+    assert history_without_rank(run_dir) == reference
+    again = run_evo(args, 2)
+    assert "already finished" in again.stdout
+    assert history_without_rank(run_dir) == reference
+    changed = run_evo([*args, "--seed", "4"], 2, check=False)
+    assert changed.returncode == 2
+    assert "seed: the run has 3, this command gives 4" in changed.stderr
+    assert history_without_rank(run_dir) == reference
+
+
+def test_checkpoint_files_load_without_pickle(tmp_path):
+    run_dir = tmp_path / "run"
+    run_evo([*LONG, "--generations", "2", "--run-dir", str(run_dir), "--agents-per-rank", "2"], 2)
+    last = checkpoint.complete(str(run_dir))[-1]
+    pop = checkpoint.load_population(str(run_dir), last)
+    assert pop["finished"] is True and pop["generation"] == 1 and len(pop["hparams"]) == POPULATION
+    tensors, meta = checkpoint.load_member(str(run_dir), last, 3)  # torch.load(weights_only=True)
+    assert meta["timesteps"] == 2 * 1024 and len(meta["returns"]) == len(meta["lengths"]) > 0
+    assert all(isinstance(t, torch.Tensor) for t in tensors["policy"].values())
+    assert os.path.getsize(run_dir / "history.jsonl") == pop["history_bytes"]
+
+
+@pytest.mark.parametrize("point", ["member:2:1", "commit:2", "prune:3"])
+def test_crash_during_checkpoint_write_leaves_last_checkpoint_loadable(tmp_path, reference, point):
+    run_dir = tmp_path / "run"
+    proc = launch([*LONG, "--run-dir", str(run_dir), "--agents-per-rank", "2"], 2, {"EVO_MPI_FAULT": point})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    done = checkpoint.complete(str(run_dir))
+    crashed_gen = int(point.split(":")[1])
+    # the checkpoint being written is complete only if the crash came after its rename
+    assert done[-1] == (crashed_gen if point.startswith("prune") else crashed_gen - 1)
+    leftovers = [n for n in os.listdir(run_dir / "checkpoints") if n.startswith(".tmp-")]
+    assert leftovers == ([] if point.startswith("prune") else [f".tmp-gen_{crashed_gen:06d}"])
+    proc = run_evo(["--resume", str(run_dir)], 2)
+    assert history_without_rank(run_dir) == reference
+    assert not [n for n in os.listdir(run_dir / "checkpoints") if n.startswith(".tmp-")]
+
+
+def test_kill_9_of_one_rank_ends_job_and_run_resumes(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    proc = launch([*LONG, "--run-dir", str(run_dir), "--agents-per-rank", "1"], 4)
+    wait_for_line(proc, "gen   3/")
+    ranks = subprocess.run(["pgrep", "-f", f"evo_mpi.run.*{run_dir}"], capture_output=True, text=True).stdout.split()
+    pids = [int(p) for p in ranks if int(p) != proc.pid]
+    victim = max(pids)  # some rank (not the launcher)
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 30
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", f"evo_mpi.run.*{run_dir}"], capture_output=True, text=True).stdout.split()
+    assert left == []  # no rank left hanging
+    assert checkpoint.complete(str(run_dir))
+    run_evo(["--resume", str(run_dir)], 2)
+    assert history_without_rank(run_dir) == reference
+
+
+def test_resolved_config_feeds_back(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*LONG, "--agents-per-rank", "2", "--run-dir", str(run_dir)]
+    printed = run_evo([*args, "--print-config"], None)
+    assert not run_dir.exists()  # --print-config creates nothing
+    assert 'batch_size = "choice:32,64,128"' in printed.stdout and "generations = 8" in printed.stdout
+    run_evo([*args, "--generations", "1"], None)
+    saved = (run_dir / "config.toml").read_text()
+    other = tmp_path / "other"
+    again = run_evo(["--config", str(run_dir / "config.toml"), "--generations", "8", "--run-dir", str(other),
+                     "--print-config"], None)
+    assert again.stdout == printed.stdout.replace(str(run_dir), str(other))
+    assert "generations = 1" in saved
