@@ -313,11 +313,18 @@ def validate(cfg: Config, world_size: int) -> list[str]:
 
 
 def _check_env(env_id: str) -> list[str]:
+    """Look the id up as ``gymnasium.make`` would (``module:EnvName-v0`` imports ``module`` first)."""
+    import importlib
+
     import gymnasium
 
+    name = env_id
     try:
-        gymnasium.spec(env_id)
-    except Exception as exc:  # gymnasium raises several error types here
+        if ":" in env_id:
+            module, name = env_id.split(":", 1)
+            importlib.import_module(module)
+        gymnasium.spec(name)
+    except Exception as exc:  # gymnasium and importlib raise several error types here
         return [f"--env-id {env_id!r} is not a registered gymnasium environment ({type(exc).__name__}: {exc})"]
     return []
 

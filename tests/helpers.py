@@ -67,14 +67,22 @@ def read_history(run_dir: Path) -> list[dict]:
 
 #: A run long enough to interrupt (12 generations of 1024 steps, ~1 s each).
 LONG = [
-    "--env-id", "CartPole-v1",
-    "--seed", "3",
-    "--generations", "8",
-    "--steps-per-generation", "1024",
-    "--n-envs", "2",
-    "--n-steps", "64",
-    "--search-space", "batch_size=choice:32,64,128",
-    "--search-space", "n_epochs=int:1:3",
+    "--env-id",
+    "CartPole-v1",
+    "--seed",
+    "3",
+    "--generations",
+    "8",
+    "--steps-per-generation",
+    "1024",
+    "--n-envs",
+    "2",
+    "--n-steps",
+    "64",
+    "--search-space",
+    "batch_size=choice:32,64,128",
+    "--search-space",
+    "n_epochs=int:1:3",
 ]
 
 

@@ -131,7 +131,9 @@ def test_resolved_config_feeds_back(tmp_path):
     run_evo([*args, "--generations", "1"], None)
     saved = (run_dir / "config.toml").read_text()
     other = tmp_path / "other"
-    again = run_evo(["--config", str(run_dir / "config.toml"), "--generations", "8", "--run-dir", str(other),
-                     "--print-config"], None)
+    again = run_evo(
+        ["--config", str(run_dir / "config.toml"), "--generations", "8", "--run-dir", str(other), "--print-config"],
+        None,
+    )
     assert again.stdout == printed.stdout.replace(str(run_dir), str(other))
     assert "generations = 1" in saved

@@ -1,0 +1,132 @@
+"""Bad input: exit 2, every problem listed once with its value, no traceback, nothing created."""
+
+import os
+
+import pytest
+
+from evo_mpi.config import Config, merge, to_toml
+from evo_mpi.run import main
+from helpers import TINY, run_evo
+
+BAD = [
+    (["--truncation-fraction", "0.7"], "--truncation-fraction must be in (0, 0.5], got 0.7"),
+    (["--truncation-fraction", "0"], "--truncation-fraction must be in (0, 0.5], got 0.0"),
+    (["--perturb-factors", "0.8,-1"], "--perturb-factors must be finite and > 0, got -1.0"),
+    (["--perturb-factors", "a,b"], "invalid --perturb-factors 'a,b'"),
+    (["--resample-probability", "1.5"], "--resample-probability must be in [0, 1], got 1.5"),
+    (["--generations", "0"], "--generations must be > 0, got 0"),
+    (["--steps-per-generation", "-5"], "--steps-per-generation must be > 0, got -5"),
+    (["--steps-per-generation", "1000"], "--steps-per-generation 1000 is not a multiple of n_steps * n_envs"),
+    (["--n-envs", "0"], "--n-envs must be > 0, got 0"),
+    (["--eval-episodes", "-1"], "--eval-episodes must be >= 0, got -1"),
+    (["--agents-per-rank", "1"], "population of 1 (1 rank(s) x 1 agent(s)) is too small"),
+    (["--env-id", "NoSuchEnv-v9"], "--env-id 'NoSuchEnv-v9' is not a registered gymnasium environment"),
+    (["--algo", "ppo2"], "argument --algo: invalid choice: 'ppo2'"),
+    (["--backend", "smoke-signals"], "argument --backend: invalid choice: 'smoke-signals'"),
+    (["--selection", "best"], "argument --selection: invalid choice: 'best'"),
+    (["--generations", "ten"], "argument --generations: invalid int value: 'ten'"),
+    (["--search-space", "learning_rate=uniform:0.1:0.01"], "learning_rate: prior 'uniform:0.1:0.01' needs finite"),
+    (["--search-space", "learning_rate=loguniform:0:1"], "loguniform prior 'loguniform:0:1' needs low > 0"),
+    (["--search-space", "n_epochs=int:3.5:7"], "n_epochs: int prior bounds must be integers"),
+    (["--search-space", "momentum=uniform:0:1"], "unknown ppo hyperparameter 'momentum'"),
+    (["--search-space", "batch_size=choice:1,64"], "batch_size values must be >= 2"),
+    (["--search-space", "gamma"], "invalid --search-space 'gamma': expected NAME=PRIOR"),
+    (["--search-space", "ent_coef=gauss:0:1"], "unknown prior kind 'gauss'"),
+    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints must be > 0, got 0"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be > 0, got 0"),
+    (["--resume", "/nonexistent/run"], "--resume '/nonexistent/run': no config.json there"),
+]
+
+
+def _run(argv, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main([*TINY, "--agents-per-rank", "2", "--run-dir", str(run_dir), *argv])
+    captured = capsys.readouterr()
+    assert not run_dir.exists(), "nothing may be created on bad input"
+    return code, captured
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_exits_2_naming_the_value(argv, message, tmp_path, capsys):
+    code, captured = _run(argv, tmp_path, capsys)
+    assert code == 2
+    assert message in captured.err
+    assert "Traceback" not in captured.err
+    assert captured.err.startswith("evo-mpi: invalid configuration:")
+
+
+def test_every_problem_listed_once(tmp_path, capsys):
+    argv = [
+        "--truncation-fraction",
+        "0.9",
+        "--generations",
+        "0",
+        "--env-id",
+        "Nope-v0",
+        "--search-space",
+        "gamma=uniform:1:0",
+    ]
+    code, captured = _run(argv, tmp_path, capsys)
+    problems = [ln for ln in captured.err.splitlines() if ln.startswith("  - ")]
+    assert code == 2 and len(problems) == 4 and len(set(problems)) == 4, captured.err
+
+
+def test_config_file_errors(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        'generations = "many"\ncolour = "blue"\nperturb_factors = [0.8, "x"]\n'
+        '[search_space]\nlearning_rate = "uniform:1:0"\n'
+    )
+    code, captured = _run(["--config", str(bad)], tmp_path, capsys)
+    assert code == 2
+    for fragment in [
+        "generations = 'many': expected int",
+        "unknown key 'colour' in config file",
+        "perturb_factors = [0.8, 'x']: expected a list of numbers",
+    ]:
+        assert fragment in captured.err
+    broken = tmp_path / "broken.toml"
+    broken.write_text("generations = [\n")
+    code, captured = _run(["--config", str(broken)], tmp_path, capsys)
+    assert code == 2 and "invalid TOML" in captured.err
+    code, captured = _run(["--config", str(tmp_path / "missing.toml")], tmp_path, capsys)
+    assert code == 2 and "cannot read" in captured.err
+
+
+def test_unwritable_run_dir(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main([*TINY, "--agents-per-rank", "2", "--run-dir", str(blocker / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "exists and is not a directory" in err
+    if os.geteuid() != 0:  # root can write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        assert main([*TINY, "--agents-per-rank", "2", "--run-dir", str(ro / "run")]) == 2
+
+
+def test_existing_foreign_dir_is_not_touched(tmp_path, capsys):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    code = main([*TINY, "--agents-per-rank", "2", "--run-dir", str(foreign)])
+    assert code == 2 and "holds no evo-mpi run" in capsys.readouterr().err
+    assert os.listdir(foreign) == ["notes.txt"]
+
+
+def test_file_values_overridden_by_flags_and_toml_roundtrip(tmp_path):
+    cfg = merge({"generations": 5, "seed": 9, "search_space": {"gamma": "const:0.97"}}, {"seed": 11})
+    assert (cfg.generations, cfg.seed, cfg.space_specs["gamma"]) == (5, 11, "const:0.97")
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    import tomllib
+
+    assert merge(tomllib.loads(path.read_text()), {}) == Config(generations=5, seed=11, search_space=cfg.space_specs)
+
+
+def test_bad_input_under_mpiexec_reported_once_before_work(tmp_path):
+    proc = run_evo([*TINY, "--truncation-fraction", "0.9", "--run-dir", str(tmp_path / "r")], 2, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("--truncation-fraction must be in (0, 0.5], got 0.9") == 1
+    assert not (tmp_path / "r").exists()
