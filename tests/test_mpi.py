@@ -6,13 +6,13 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import ROOT, TINY, child_env, mpiexec, read_history, run_evo
 from stable_baselines3 import PPO
 
 from evo_mpi import seeding
 from evo_mpi.config import Config
 from evo_mpi.selection import quantile_size, rank_order
 from evo_mpi.space import explore, parse_space
+from helpers import ROOT, TINY, child_env, mpiexec, read_history, run_evo
 
 
 @pytest.mark.parametrize("backend", ["p2p", "collective"])

@@ -1,6 +1,5 @@
 """Checkpoints, exact resume, stop signals and crash safety, with real mpiexec."""
 
-import json
 import os
 import signal
 import subprocess
