@@ -65,12 +65,6 @@ class Comm:
         """Broadcast a small picklable object."""
         return self._comm.bcast(obj, root=root) if self.uses_mpi else obj
 
-    def allreduce_max(self, value: float) -> float:
-        """Maximum of a scalar over all ranks."""
-        if not self.uses_mpi:
-            return value
-        return float(self._comm.allreduce(value, op=MPI.MAX))
-
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any rank (polling, not spinning)."""
         if not self.uses_mpi:

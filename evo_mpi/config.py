@@ -377,20 +377,6 @@ def parse(argv: Sequence[str] | None) -> Parsed:
     )
 
 
-def load(argv: Sequence[str] | None, world_size: int) -> Config:
-    """Parse argv (+ config file) and validate, for a fresh run.
-
-    Raises:
-        ConfigError: listing every problem.
-    """
-    parsed = parse(argv)
-    cfg = merge(parsed.file_values, parsed.cli_values)
-    problems = validate(cfg, world_size)
-    if problems:
-        raise ConfigError(problems)
-    return cfg
-
-
 def from_saved(saved: Mapping[str, Any]) -> dict[str, Any]:
     """Config values from a run dir's ``config.json`` (extra keys dropped)."""
     return {k: v for k, v in saved.items() if k in FIELDS}
