@@ -286,7 +286,13 @@ def validate(cfg: Config, world_size: int) -> list[str]:
             f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of "
             f"n_steps * n_envs = {cfg.n_steps} * {cfg.n_envs} = {rollout}",
         )
-    need(cfg.algo in ALGO_HPARAMS, f"--algo {cfg.algo!r} is unknown (choose from {', '.join(ALGO_HPARAMS)})")
+    for f in dataclasses.fields(Config):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        need(
+            choices is None or value in choices, f"{flag} {value!r} is unknown (choose from {', '.join(choices or ())})"
+        )
     population = world_size * cfg.agents_per_rank
     if cfg.agents_per_rank > 0:
         need(
