@@ -94,6 +94,7 @@ class Config:
     n_envs: int = _f(8, "Vectorised envs per member.")
     n_steps: int = _f(256, "Rollout length per env (PPO n_steps).")
     policy: str = _f("MlpPolicy", "SB3 policy class name.")
+    net_arch: tuple[int, ...] = _f((64, 64), "Comma-separated hidden layer sizes of the policy and value networks.")
     torch_threads: int = _f(1, "Torch threads per rank.")
     search_space: dict[str, str] = _f(
         {},
@@ -115,6 +116,7 @@ class Config:
         """Plain JSON/TOML-friendly form; ``search_space`` is the full resolved space."""
         out = dataclasses.asdict(self)
         out["perturb_factors"] = list(self.perturb_factors)
+        out["net_arch"] = list(self.net_arch)
         out["search_space"] = self.space_specs
         return out
 
@@ -122,11 +124,23 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def _parse_factors(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid --perturb-factors {text!r}: expected numbers like 0.8,1.2") from None
+def _tuple_parser(name: str, cast: type) -> Any:
+    """Parse ``"a,b,c"`` into a tuple of ``cast`` values, for a comma-separated option."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(cast(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            flag = "--" + name.replace("_", "-")
+            raise argparse.ArgumentTypeError(
+                f"invalid {flag} {text!r}: expected comma-separated {cast.__name__} values"
+            ) from None
+
+    return parse
+
+
+#: Comma-separated options and their element types.
+TUPLE_FIELDS: dict[str, type] = {"perturb_factors": float, "net_arch": int}
 
 
 def _parse_hparam(text: str) -> tuple[str, str]:
@@ -152,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"help": f.metadata["help"] + f" (default: {_show(default)})"}
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
-        if f.name == "perturb_factors":
-            kwargs["type"] = _parse_factors
+        if f.name in TUPLE_FIELDS:
+            kwargs["type"] = _tuple_parser(f.name, TUPLE_FIELDS[f.name])
         elif f.name == "search_space":
             kwargs.update(type=_parse_hparam, action="append", metavar="NAME=PRIOR")
             kwargs["help"] = f.metadata["help"]
@@ -196,16 +210,18 @@ def load_toml(path: str) -> dict[str, Any]:
 def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     """Type-check one file value against the dataclass default's type."""
     default = getattr(Config(), name)
-    if name == "perturb_factors":
+    if name in TUPLE_FIELDS:
+        cast = TUPLE_FIELDS[name]
         if isinstance(value, str):
             try:
-                return _parse_factors(value)
+                return _tuple_parser(name, cast)(value)
             except argparse.ArgumentTypeError as exc:
                 problems.append(str(exc))
                 return default
-        if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return tuple(float(v) for v in value)
-        problems.append(f"perturb_factors = {value!r}: expected a list of numbers")
+        kinds = (int, float) if cast is float else (int,)
+        if isinstance(value, list) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value):
+            return tuple(cast(v) for v in value)
+        problems.append(f"{name} = {value!r}: expected a list of {cast.__name__} values")
         return default
     if name == "search_space":
         if isinstance(value, dict):
@@ -277,6 +293,10 @@ def validate(cfg: Config, world_size: int) -> list[str]:
         f"--resample-probability must be in [0, 1], got {cfg.resample_probability}",
     )
     need(len(cfg.perturb_factors) > 0, "--perturb-factors is empty")
+    need(
+        len(cfg.net_arch) > 0 and all(n > 0 for n in cfg.net_arch),
+        f"--net-arch needs positive layer sizes, got {','.join(map(str, cfg.net_arch)) or 'nothing'}",
+    )
     for factor in cfg.perturb_factors:
         need(math.isfinite(factor) and factor > 0, f"--perturb-factors must be finite and > 0, got {factor}")
     if cfg.n_steps > 0 and cfg.n_envs > 0 and cfg.steps_per_generation > 0:

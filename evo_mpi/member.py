@@ -98,6 +98,7 @@ class Member:
             cfg.policy,
             self.env,
             n_steps=cfg.n_steps,
+            policy_kwargs={"net_arch": list(cfg.net_arch)},
             seed=seed,
             device="cpu",
             verbose=0,

@@ -13,6 +13,7 @@ BAD = [
     (["--truncation-fraction", "0"], "--truncation-fraction must be in (0, 0.5], got 0.0"),
     (["--perturb-factors", "0.8,-1"], "--perturb-factors must be finite and > 0, got -1.0"),
     (["--perturb-factors", "a,b"], "invalid --perturb-factors 'a,b'"),
+    (["--net-arch", "64,0"], "--net-arch needs positive layer sizes, got 64,0"),
     (["--resample-probability", "1.5"], "--resample-probability must be in [0, 1], got 1.5"),
     (["--generations", "0"], "--generations must be > 0, got 0"),
     (["--steps-per-generation", "-5"], "--steps-per-generation must be > 0, got -5"),
@@ -83,7 +84,7 @@ def test_config_file_errors(tmp_path, capsys):
     for fragment in [
         "generations = 'many': expected int",
         "unknown key 'colour' in config file",
-        "perturb_factors = [0.8, 'x']: expected a list of numbers",
+        "perturb_factors = [0.8, 'x']: expected a list of float values",
     ]:
         assert fragment in captured.err
     broken = tmp_path / "broken.toml"
