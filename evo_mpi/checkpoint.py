@@ -24,8 +24,6 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 _DIR_RE = re.compile(r"^gen_(\d{6})$")
 
 
@@ -83,6 +81,8 @@ def write_member(
 ) -> None:
     """Any rank, after :func:`begin`: write one member's tensors (torch.save) and metadata (JSON)."""
     tmp = _tmp_dir(run_dir, generation)
+    import torch  # deferred: run.py imports this module before installing its signal handlers
+
     _write_bytes(os.path.join(tmp, f"member_{member:02d}.pt"), lambda fh: torch.save(dict(tensors), fh))
     _crash_point(f"member:{generation}:{member}")
     _write_json(os.path.join(tmp, f"member_{member:02d}.json"), meta)
@@ -128,6 +128,8 @@ def load_population(run_dir: str, generation: int) -> dict[str, Any]:
 
 def load_member(run_dir: str, generation: int, member: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """One member's tensors (``torch.load(weights_only=True)``: no code runs) and metadata."""
+    import torch
+
     base = os.path.join(_final_dir(run_dir, generation), f"member_{member:02d}")
     tensors: dict[str, Any] = torch.load(base + ".pt", weights_only=True, map_location="cpu")
     with open(base + ".json", encoding="utf-8") as fh:

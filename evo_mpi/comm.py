@@ -35,8 +35,12 @@ _LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 BACKENDS = ("p2p", "collective")
 
-# Poll without sleeping this long before backing off (keeps small exchanges fast).
+# Poll without sleeping this long before backing off. Synchronisation points
+# (where a rank may wait seconds for slower peers) back off almost at once; data
+# movement happens after such a point, and MPI only progresses multi-step
+# protocols (rendezvous, pipelined broadcasts) while it is polled, so it spins longer.
 _SPIN_S = 2e-4
+_MOVE_SPIN_S = 5e-2
 _MAX_SLEEP_S = 2e-3
 
 
@@ -54,6 +58,7 @@ class Comm:
         self._comm = comm
         self.rank: int = comm.Get_rank() if comm is not None else 0
         self.size: int = comm.Get_size() if comm is not None else 1
+        self._scratch: np.ndarray | None = None
 
     @property
     def uses_mpi(self) -> bool:
@@ -101,21 +106,25 @@ class Comm:
         pack: Callable[[int], np.ndarray],
         nbytes: int,
         backend: str,
+        receive_into: Callable[[int], np.ndarray | None] | None = None,
     ) -> dict[int, np.ndarray]:
         """Deliver each winner's packed state to every rank holding one of its losers.
 
         Args:
             plan: ``{loser: winner}`` over the whole population (same on all ranks).
             owner: Member id -> rank that holds it.
-            pack: Packs a *local* member's state into a contiguous uint8 buffer.
+            pack: A *local* member's state as a contiguous uint8 buffer (may be a live view).
             nbytes: Size of every packed state (all members share one layout).
             backend: ``p2p`` or ``collective``.
+            receive_into: Optional winner -> buffer of ``nbytes`` to receive that
+                winner's state into (e.g. the state of one of its local losers), so
+                no extra copy is needed; None means a fresh buffer.
 
         Returns:
             ``{winner: buffer}`` for every winner with a loser on this rank.
-            Winners on this rank are packed locally, without MPI. All winners
-            are packed before anything is overwritten, so a member that is both
-            a winner and a loser hands on its pre-exploit state.
+            Winners on this rank are packed locally, without MPI. A winner that is
+            also a loser is copied before anything moves, so it hands on its
+            pre-exploit state.
 
         """
         if backend not in BACKENDS:
@@ -125,16 +134,20 @@ class Comm:
         # (winner, destination rank) pairs that must cross ranks.
         remote = sorted({(w, owner(loser)) for loser, w in plan.items() if owner(w) != owner(loser)})
         to_send = sorted({w for w, dst in remote if owner(w) == me})
-        packed = {w: pack(w) for w in sorted(set(wanted) | set(to_send)) if owner(w) == me}
-        for w, buf in packed.items():
-            if buf.nbytes != nbytes:
-                raise ValueError(f"member {w} packs {buf.nbytes} bytes, expected {nbytes}")
+        packed = {}
+        for w in sorted(set(wanted) | set(to_send)):
+            if owner(w) == me:
+                buf = pack(w)
+                packed[w] = buf.copy() if w in plan else buf
+                if buf.nbytes != nbytes:
+                    raise ValueError(f"member {w} packs {buf.nbytes} bytes, expected {nbytes}")
         received: dict[int, np.ndarray] = {}
         if remote and self.uses_mpi:
+            target = receive_into or (lambda _w: None)
             if backend == "p2p":
-                received = self._p2p(remote, owner, packed, nbytes)
+                received = self._p2p(remote, owner, packed, nbytes, target)
             else:
-                received = self._collective(remote, owner, packed, nbytes)
+                received = self._collective(remote, owner, packed, nbytes, target, wanted)
         return {w: packed[w] if owner(w) == me else received[w] for w in wanted}
 
     def _p2p(
@@ -143,17 +156,18 @@ class Comm:
         owner: Callable[[int], int],
         packed: Mapping[int, np.ndarray],
         nbytes: int,
+        target: Callable[[int], np.ndarray | None],
     ) -> dict[int, np.ndarray]:
         me = self.rank
         requests = []
         received: dict[int, np.ndarray] = {}
         for w, dst in remote:
             if dst == me and w not in received:
-                received[w] = np.empty(nbytes, dtype=np.uint8)
+                received[w] = _or_new(target(w), nbytes)
                 requests.append(self._comm.Irecv(received[w], source=owner(w), tag=w))
             if owner(w) == me:
                 requests.append(self._comm.Isend(packed[w], dest=dst, tag=w))
-        _wait(requests)
+        _wait(requests, _MOVE_SPIN_S)
         return received
 
     def _collective(
@@ -162,22 +176,38 @@ class Comm:
         owner: Callable[[int], int],
         packed: Mapping[int, np.ndarray],
         nbytes: int,
+        target: Callable[[int], np.ndarray | None],
+        wanted: Iterable[int],
     ) -> dict[int, np.ndarray]:
+        wanted = set(wanted)
         received: dict[int, np.ndarray] = {}
         for w in sorted({w for w, _ in remote}):
-            buf = packed[w] if owner(w) == self.rank else np.empty(nbytes, dtype=np.uint8)
-            _wait([self._comm.Ibcast(buf, root=owner(w))])
-            received[w] = buf
+            if owner(w) == self.rank:
+                buf = packed[w]
+            elif w in wanted:  # a loser here: receive in place when possible
+                buf = _or_new(target(w), nbytes)
+            else:  # every rank takes part in a broadcast; unneeded data lands in reused scratch
+                if self._scratch is None or self._scratch.nbytes != nbytes:
+                    self._scratch = np.empty(nbytes, dtype=np.uint8)
+                buf = self._scratch
+            _wait([self._comm.Ibcast(buf, root=owner(w))], _MOVE_SPIN_S)
+            if w in wanted:
+                received[w] = buf
         return received
 
 
-def _wait(requests: list[Any]) -> None:
-    """Complete MPI requests, spinning briefly, then sleeping with back-off."""
+def _or_new(buf: np.ndarray | None, nbytes: int) -> np.ndarray:
+    """``buf`` if it is a usable receive buffer of ``nbytes``, else a fresh one."""
+    return buf if buf is not None and buf.nbytes == nbytes else np.empty(nbytes, dtype=np.uint8)
+
+
+def _wait(requests: list[Any], spin_s: float = _SPIN_S) -> None:
+    """Complete MPI requests, polling for ``spin_s`` seconds, then sleeping with back-off."""
     if not requests:
         return
     start = time.perf_counter()
     delay = 1e-5
     while not MPI.Request.Testall(requests):
-        if time.perf_counter() - start > _SPIN_S:
+        if time.perf_counter() - start > spin_s:
             time.sleep(delay)
             delay = min(delay * 2, _MAX_SLEEP_S)

@@ -202,7 +202,18 @@ class Engine:
         if not plan:
             return
         nbytes = self.members[self.local_ids[0]].state_nbytes
-        buffers = self.comm.move(plan, self.owner, lambda w: self.members[w].pack(), nbytes, self.cfg.backend)
+        first_loser: dict[int, int] = {}  # winner -> the local loser that receives its state in place
+        for loser in sorted(plan):
+            if self.owner(loser) == self.comm.rank:
+                first_loser.setdefault(plan[loser], loser)
+        buffers = self.comm.move(
+            plan,
+            self.owner,
+            lambda w: self.members[w].pack(),
+            nbytes,
+            self.cfg.backend,
+            receive_into=lambda w: self.members[first_loser[w]].receive_buffer() if w in first_loser else None,
+        )
         for loser in sorted(plan):
             if self.owner(loser) != self.comm.rank:
                 continue

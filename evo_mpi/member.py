@@ -113,6 +113,7 @@ class Member:
         self.last_eval_returns: list[float] = []
         #: Set when training produced non-finite weights (the member then has NaN fitness).
         self.diverged = False
+        self._flat: np.ndarray | None = None
 
     # -- hyperparameters -------------------------------------------------------
     def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
@@ -190,9 +191,9 @@ class Member:
 
     # -- state as one buffer ---------------------------------------------------
     def _tensors(self) -> list[torch.Tensor]:
-        """Policy parameters/buffers, then optimizer state, in a fixed order."""
+        """Parameters and buffers, then optimizer state tensors, in a fixed order."""
         policy = self.model.policy
-        tensors = list(policy.state_dict().values())
+        tensors = list(policy.state_dict(keep_vars=True).values())
         opt = policy.optimizer
         for group in opt.param_groups:
             for p in group["params"]:
@@ -200,13 +201,46 @@ class Member:
                 tensors.extend(state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor))
         return tensors
 
+    def _flat_state(self) -> np.ndarray | None:
+        """The member's state as one contiguous uint8 array that *is* its weights and Adam state.
+
+        On first use (once the optimizer state exists) every parameter, buffer and
+        optimizer-state tensor is re-pointed at a slice of one float32 tensor, so
+        packing costs nothing and unpacking is one memcpy. Returns None when the
+        layout cannot be flattened (no optimizer state yet, or mixed dtypes).
+        """
+        if self._flat is not None:
+            return self._flat
+        opt = self.model.policy.optimizer
+        tensors = self._tensors()
+        if not opt.state or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+            return None
+        flat = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32)
+        offset = 0
+        with torch.no_grad():
+            for t in tensors:
+                n = t.numel()
+                view = flat[offset : offset + n].view(t.shape)
+                view.copy_(t.detach())
+                t.data = view  # the Parameter / state tensor object stays; its storage moves
+                offset += n
+        self._flat = flat.numpy().view(np.uint8)
+        return self._flat
+
     @property
     def state_nbytes(self) -> int:
         """Size of :meth:`pack` output."""
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
     def pack(self) -> np.ndarray:
-        """Weights + optimizer state as one contiguous uint8 buffer."""
+        """Weights + optimizer state as one contiguous uint8 buffer.
+
+        This is normally a live view of the member's state, not a copy: copy it
+        before changing the member if the old state must survive.
+        """
+        flat = self._flat_state()
+        if flat is not None:
+            return flat
         tensors = self._tensors()
         out = np.empty(sum(t.numel() * t.element_size() for t in tensors), dtype=np.uint8)
         offset = 0
@@ -216,20 +250,31 @@ class Member:
             offset += raw.size
         return out
 
+    def receive_buffer(self) -> np.ndarray | None:
+        """Where an incoming state can be received directly (see :meth:`unpack`), if anywhere."""
+        return self._flat_state()
+
     def unpack(self, buf: np.ndarray) -> None:
-        """Load weights + optimizer state from a :meth:`pack` buffer of the same layout."""
-        tensors = self._tensors()
-        need = sum(t.numel() * t.element_size() for t in tensors)
+        """Load weights + optimizer state from a :meth:`pack` buffer of the same layout.
+
+        Only finite members are ever copied, so the member is no longer diverged.
+        """
+        flat = self._flat_state()
+        need = flat.nbytes if flat is not None else self.state_nbytes
         if buf.nbytes != need:
             raise ValueError(f"member {self.id}: state buffer has {buf.nbytes} bytes, layout needs {need}")
-        offset = 0
-        with torch.no_grad():
-            for t in tensors:
-                n = t.numel() * t.element_size()
-                src = buf[offset : offset + n].view(t.numpy().dtype)
-                t.copy_(torch.from_numpy(src.copy()).reshape(t.shape))
-                offset += n
-        self.diverged = not self.weights_finite()
+        if flat is not None:
+            if buf.ctypes.data != flat.ctypes.data:  # equal when received in place
+                flat[:] = buf
+        else:
+            offset = 0
+            with torch.no_grad():
+                for t in self._tensors():
+                    n = t.numel() * t.element_size()
+                    src = buf[offset : offset + n].view(t.detach().numpy().dtype)
+                    t.copy_(torch.from_numpy(src.copy()).reshape(t.shape))
+                    offset += n
+        self.diverged = False
 
     # -- checkpoints -----------------------------------------------------------
     def checkpoint_tensors(self) -> dict[str, Any]:
@@ -255,7 +300,8 @@ class Member:
         """Load a checkpoint written from :meth:`checkpoint_tensors` and :meth:`checkpoint_meta`."""
         policy = self.model.policy
         policy.load_state_dict(tensors["policy"])
-        policy.optimizer.load_state_dict(tensors["optimizer"])
+        policy.optimizer.load_state_dict(tensors["optimizer"])  # new state tensors: re-flatten lazily
+        self._flat = None
         self.model.num_timesteps = int(meta["timesteps"])
         self.model._n_updates = int(meta["n_updates"])
         self.model._episode_num = int(meta["episode_num"])

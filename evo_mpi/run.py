@@ -122,14 +122,14 @@ def _print_problems(problems: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, validate, run. Returns the process exit code."""
-    comm = Comm()
     stop = {"signal": 0}
 
     def request_stop(signum: int, _frame: Any) -> None:
         stop["signal"] = signum
 
-    for sig in _STOP_SIGNALS:
+    for sig in _STOP_SIGNALS:  # first, so a stop during start-up is not lost either
         signal.signal(sig, request_stop)
+    comm = Comm()
 
     plan = Plan()
     if comm.rank == 0:
