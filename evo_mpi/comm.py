@@ -70,6 +70,16 @@ class Comm:
         """Broadcast a small picklable object."""
         return self._comm.bcast(obj, root=root) if self.uses_mpi else obj
 
+    def ranks_on_node(self) -> int:
+        """How many ranks share this rank's node (shared-memory communicator split)."""
+        if not self.uses_mpi:
+            return 1
+        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            return int(node.Get_size())
+        finally:
+            node.Free()
+
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any rank (polling, not spinning)."""
         if not self.uses_mpi:

@@ -95,7 +95,7 @@ class Config:
     n_steps: int = _f(256, "Rollout length per env (PPO n_steps).")
     policy: str = _f("MlpPolicy", "SB3 policy class name.")
     net_arch: tuple[int, ...] = _f((64, 64), "Comma-separated hidden layer sizes of the policy and value networks.")
-    torch_threads: int = _f(1, "Torch threads per rank.")
+    torch_threads: int = _f(1, "Torch threads per rank; 0 = cores on the node / ranks on the node.")
     search_space: dict[str, str] = _f(
         {},
         "Search-space overrides NAME=PRIOR, e.g. learning_rate=loguniform:1e-5:1e-3, "
@@ -277,7 +277,6 @@ def validate(cfg: Config, world_size: int) -> list[str]:
         "agents_per_rank",
         "n_envs",
         "n_steps",
-        "torch_threads",
         "fitness_window",
         "checkpoint_every",
         "keep_checkpoints",
@@ -285,6 +284,7 @@ def validate(cfg: Config, world_size: int) -> list[str]:
         value = getattr(cfg, name)
         need(value > 0, f"--{name.replace('_', '-')} must be > 0, got {value}")
     need(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {cfg.eval_episodes}")
+    need(cfg.torch_threads >= 0, f"--torch-threads must be >= 0 (0 = automatic), got {cfg.torch_threads}")
     need(
         0 < cfg.truncation_fraction <= 0.5, f"--truncation-fraction must be in (0, 0.5], got {cfg.truncation_fraction}"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,8 @@ class Engine:
             self.activity = f"creating member {m}"
             self.members[m] = Member(m, cfg, self.hparams[m], os.path.join(run_dir, "tb", member_tag(m)))
         self.last_fitness = np.full(self.population, math.nan)
+        #: Wall-clock time (epoch seconds) when this process started its first training step.
+        self.first_train_unix: float | None = None
         #: First generation this process runs (> 0 after a resume).
         self.start = 0
         history_bytes = 0
@@ -107,6 +110,8 @@ class Engine:
         """Run generation ``g`` (0-based) and return its summary, or None if a stop was requested."""
         cfg, timer = self.cfg, self.timer
         t0 = time.perf_counter()
+        if self.first_train_unix is None:
+            self.first_train_unix = time.time()
         for m in self.local_ids:
             timer.start("train")
             self.activity = f"training member {m} (generation {g})"
@@ -263,7 +268,11 @@ class Engine:
     def _report(self, summary: dict[str, Any], elapsed: float, done: int) -> None:
         g, table, plan, wall, timings = (summary[k] for k in ("generation", "table", "plan", "wall", "timings"))
         overhead_s = sum(v for k, v in timings["wall"].items() if k not in ("train", "wait"))
-        self.timings.write([{"generation": g, "rank": self.comm.rank, "total_wall": wall, **timings}])
+        record = {"generation": g, "rank": self.comm.rank, "total_wall": wall, **timings}
+        record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        record["first_train_unix"] = self.first_train_unix
+        record["torch_threads"] = torch_threads()
+        self.timings.write([record])
         if self.comm.rank != 0:
             return
         fitness = table[:, _FIT]
@@ -291,13 +300,16 @@ class Engine:
         )
 
     def finish(self) -> int:
-        """Save every member's final model and ``best.zip``; return the best member."""
+        """Save every member's final model, then ``best.zip`` (its presence marks a finished run)."""
         self.activity = "saving final models"
         best = int(rank_order(self.last_fitness)[0])
         for m in self.local_ids:
             self.members[m].save(os.path.join(self.run_dir, "final", member_tag(m) + ".zip"))
-            if m == best:
-                self.members[m].save(os.path.join(self.run_dir, "best.zip"))
+        self.comm.barrier()
+        if best in self.members:
+            tmp = os.path.join(self.run_dir, "best.tmp.zip")
+            self.members[best].save(tmp)
+            os.replace(tmp, os.path.join(self.run_dir, "best.zip"))
         self.comm.barrier()
         if self.comm.rank == 0:
             fit = self.last_fitness[best]
@@ -316,6 +328,13 @@ class Engine:
             self.history.close()
         if self.board is not None:
             self.board.close()
+
+
+def torch_threads() -> int:
+    """Torch's intra-op thread count in this process."""
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def write_config(run_dir: str, data: dict[str, Any], toml_text: str) -> None:

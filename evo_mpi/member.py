@@ -191,7 +191,7 @@ class Member:
 
     # -- state as one buffer ---------------------------------------------------
     def _tensors(self) -> list[torch.Tensor]:
-        """Parameters and buffers, then optimizer state tensors, in a fixed order."""
+        """Parameters and buffers, then optimizer state tensors, in a fixed order (each once)."""
         policy = self.model.policy
         tensors = list(policy.state_dict(keep_vars=True).values())
         opt = policy.optimizer
@@ -199,7 +199,10 @@ class Member:
             for p in group["params"]:
                 state = opt.state.get(p, {})
                 tensors.extend(state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor))
-        return tensors
+        unique: dict[int, torch.Tensor] = {}  # a module shared under two names appears twice
+        for t in tensors:
+            unique.setdefault(id(t), t)
+        return list(unique.values())
 
     def _flat_state(self) -> np.ndarray | None:
         """The member's state as one contiguous uint8 array that *is* its weights and Adam state.

@@ -108,10 +108,19 @@ def plan_run(parsed: config_mod.Parsed, world_size: int) -> Plan:
         done = checkpoint.complete(run_dir)
         if done:
             plan.resume_from = done[-1]
-            plan.finished = bool(checkpoint.load_population(run_dir, done[-1])["finished"])
+            # finished = last generation checkpointed *and* the final models written (best.zip comes last)
+            plan.finished = bool(checkpoint.load_population(run_dir, done[-1])["finished"]) and os.path.isfile(
+                os.path.join(run_dir, "best.zip")
+            )
     plan.cfg = dataclasses.replace(cfg, run_dir=run_dir)
     plan.run_dir = run_dir
     return plan
+
+
+def auto_threads(ranks_on_node: int) -> int:
+    """max(1, usable cores / ranks on this node): no oversubscribed torch thread pools."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // ranks_on_node)
 
 
 def _print_problems(problems: Sequence[str]) -> None:
@@ -157,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    torch.set_num_threads(cfg.torch_threads)
+    torch.set_num_threads(cfg.torch_threads or auto_threads(comm.ranks_on_node()))
     from .engine import Engine, write_config
 
     engine = None

@@ -35,6 +35,7 @@ BAD = [
     (["--search-space", "ent_coef=gauss:0:1"], "unknown prior kind 'gauss'"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
     (["--keep-checkpoints", "0"], "--keep-checkpoints must be > 0, got 0"),
+    (["--torch-threads", "-1"], "--torch-threads must be >= 0 (0 = automatic), got -1"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be > 0, got 0"),
     (["--resume", "/nonexistent/run"], "--resume '/nonexistent/run': no config.json there"),
 ]

@@ -1,6 +1,8 @@
 """Real mpiexec runs: backends move state exactly; history is layout- and backend-independent."""
 
+import json
 import math
+import os
 import subprocess
 import sys
 
@@ -178,3 +180,17 @@ def test_ranks_other_than_zero_print_nothing(runs):
     _, proc = runs["n4-p2p"]
     # rank 0 prints the header, 3 generation lines and the summary: 5 lines in all
     assert len(proc.stdout.strip().splitlines()) == 5, proc.stdout
+
+
+def test_torch_threads_default_one_and_automatic(runs, tmp_path):
+    run_dir, _ = runs["n4-p2p"]
+    for rank in range(4):
+        records = [json.loads(line) for line in open(run_dir / "timings" / f"rank_{rank:03d}.jsonl")]
+        assert [r["torch_threads"] for r in records] == [1, 1, 1]
+        assert set(records[0]["wall"]) >= {"train", "fitness", "wait", "exchange", "explore", "log", "checkpoint"}
+    auto = tmp_path / "auto"
+    run_evo([*TINY, "--generations", "1", "--torch-threads", "0", "--run-dir", str(auto)], 2)
+    cores = len(os.sched_getaffinity(0))
+    for rank in range(2):
+        record = json.loads((auto / "timings" / f"rank_{rank:03d}.jsonl").read_text())
+        assert record["torch_threads"] == max(1, cores // 2)
