@@ -13,25 +13,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: A tiny but real PBT configuration (CartPole, seconds per run).
-TINY = [
-    "--env-id",
-    "CartPole-v1",
-    "--seed",
-    "7",
-    "--generations",
-    "3",
-    "--steps-per-generation",
-    "256",
-    "--n-envs",
-    "2",
-    "--n-steps",
-    "64",
-    "--search-space",
-    "batch_size=choice:32,64,128",
-    "--search-space",
-    "n_epochs=int:1:3",
-]
+
+def cartpole_args(seed: int, generations: int, steps: int) -> list[str]:
+    """A tiny but real PBT configuration on CartPole (2 envs x 64 steps per rollout)."""
+    return [
+        "--env-id", "CartPole-v1",
+        "--seed", str(seed),
+        "--generations", str(generations),
+        "--steps-per-generation", str(steps),
+        "--n-envs", "2",
+        "--n-steps", "64",
+        "--search-space", "batch_size=choice:32,64,128",
+        "--search-space", "n_epochs=int:1:3",
+    ]  # fmt: skip
+
+
+#: Seconds per run.
+TINY = cartpole_args(seed=7, generations=3, steps=256)
 
 
 def mpiexec() -> str:
@@ -65,25 +63,8 @@ def read_history(run_dir: Path) -> list[dict]:
         return [json.loads(line) for line in fh]
 
 
-#: A run long enough to interrupt (12 generations of 1024 steps, ~1 s each).
-LONG = [
-    "--env-id",
-    "CartPole-v1",
-    "--seed",
-    "3",
-    "--generations",
-    "8",
-    "--steps-per-generation",
-    "1024",
-    "--n-envs",
-    "2",
-    "--n-steps",
-    "64",
-    "--search-space",
-    "batch_size=choice:32,64,128",
-    "--search-space",
-    "n_epochs=int:1:3",
-]
+#: A run long enough to interrupt (8 generations of 1024 steps, about 1 s each).
+LONG = cartpole_args(seed=3, generations=8, steps=1024)
 
 
 def history_without_rank(run_dir: Path) -> list[dict]:
