@@ -9,8 +9,8 @@ MPI at all, and two ways to move member state between ranks:
 
 State travels as contiguous ``uint8`` numpy buffers through mpi4py's
 upper-case (buffer) calls; nothing is pickled on that path. Waits poll
-non-blocking requests with a capped back-off sleep so a rank waiting for slow
-peers does not burn a core.
+non-blocking requests and then sleep with a capped back-off, so a rank waiting
+for slow peers does not burn a core.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ except Exception as exc:  # pragma: no cover - only without a loadable MPI libra
     MPI = None  # type: ignore[assignment]
     _MPI_ERROR = f"{type(exc).__name__}: {exc}"
 
-#: Environment variables set by MPI launchers (MPICH/Hydra, Open MPI, PMIx, SLURM srun).
+#: World-size variables set by MPI launchers (MPICH's Hydra and PMI-based srun, Open MPI).
 _LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 BACKENDS = ("p2p", "collective")
@@ -50,7 +50,7 @@ class Comm:
     def __init__(self, comm: Any | None = None) -> None:
         if comm is None and MPI is not None:
             comm = MPI.COMM_WORLD
-        elif comm is None and any(int(os.environ.get(v, "1") or 1) > 1 for v in _LAUNCHER_VARS[:2]):
+        elif comm is None and any(int(os.environ.get(v, "1") or 1) > 1 for v in _LAUNCHER_VARS):
             raise RuntimeError(
                 f"started by an MPI launcher but mpi4py cannot load MPI ({_MPI_ERROR}); "
                 "install mpi4py against your MPI or the evo-mpi[mpich] extra"

@@ -93,7 +93,6 @@ class Member:
         set_random_seed(seed)
         self.env = make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed)
         self.eval_env = make_vec_env(cfg.env_id, n_envs=1, seed=seed) if cfg.eval_episodes > 0 else None
-        ctor = {k: v for k, v in hparams.items() if k != "clip_range"}
         self.model = PPO(
             cfg.policy,
             self.env,
@@ -102,7 +101,7 @@ class Member:
             seed=seed,
             device="cpu",
             verbose=0,
-            **ctor,  # type: ignore[arg-type]
+            **hparams,  # type: ignore[arg-type]
         )
         self.hparams: dict[str, Value] = {}
         self.apply_hparams(hparams)
