@@ -221,3 +221,7 @@ def _wait(requests: list[Any], spin_s: float = _SPIN_S) -> None:
         if time.perf_counter() - start > spin_s:
             time.sleep(delay)
             delay = min(delay * 2, _MAX_SLEEP_S)
+        else:
+            # give the core away between polls: with more ranks than cores, the peer
+            # that must move the data next may be waiting for this very core
+            os.sched_yield()
