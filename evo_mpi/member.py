@@ -232,6 +232,9 @@ class Member:
     @property
     def state_nbytes(self) -> int:
         """Size of :meth:`pack` output."""
+        flat = self._flat_state()
+        if flat is not None:
+            return flat.nbytes
         return sum(t.numel() * t.element_size() for t in self._tensors())
 
     def pack(self) -> np.ndarray:
@@ -262,7 +265,7 @@ class Member:
         Only finite members are ever copied, so the member is no longer diverged.
         """
         flat = self._flat_state()
-        need = flat.nbytes if flat is not None else self.state_nbytes
+        need = self.state_nbytes
         if buf.nbytes != need:
             raise ValueError(f"member {self.id}: state buffer has {buf.nbytes} bytes, layout needs {need}")
         if flat is not None:
