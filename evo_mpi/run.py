@@ -215,14 +215,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
         activity = engine.activity if engine is not None else "starting"
-        print(
-            f"evo-mpi: rank {comm.rank} failed while {activity}: {type(exc).__name__}: {exc}\n"
-            + traceback.format_exc(),
-            file=sys.stderr,
-            flush=True,
-        )
+        report = f"evo-mpi: rank {comm.rank} failed while {activity}: {type(exc).__name__}: {exc}\n"
+        print(report + traceback.format_exc(), file=sys.stderr, flush=True)
+        _keep_report(run_dir, report + traceback.format_exc())
+        if comm.uses_mpi:
+            # MPI_Abort tears the job down at once; give the launcher a moment to forward stderr
+            time.sleep(_REPORT_GRACE_S)
         comm.abort(EXIT_FAILURE)
         return EXIT_FAILURE
+
+
+_REPORT_GRACE_S = 1.0
+
+
+def _keep_report(run_dir: str, text: str) -> None:
+    """Append a failure report to RUN_DIR/errors.log, which survives a lost stderr."""
+    try:
+        with open(os.path.join(run_dir, "errors.log"), "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        pass  # the run dir itself may be the problem; stderr still has the report
 
 
 def cli() -> None:

@@ -15,6 +15,7 @@ def test_exception_on_one_rank_ends_every_rank_with_a_report(tmp_path):
     assert time.monotonic() - t0 < 60  # start-up included; no rank is left waiting in a collective
     assert "evo-mpi: rank 1 failed while training member 1 (generation 1): RuntimeError: simulated env bug" in err
     assert err.count("failed while") == 1  # one report, from the failing rank
+    assert "rank 1 failed while training member 1" in (run_dir / "errors.log").read_text()
     # the generation finished before the crash is on disk and intact
     assert [r["generation"] for r in read_history(run_dir)] == [0, 0]
 
