@@ -7,10 +7,12 @@ every rank computes the same plan ``{loser: winner}``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+from scipy import special
 
-SELECTIONS = ("truncation", "wta")
+SELECTIONS = ("truncation", "wta", "tournament", "ttest", "none")
 
 
 def rank_order(fitness: np.ndarray) -> np.ndarray:
@@ -62,10 +64,149 @@ def winner_takes_all(fitness: np.ndarray) -> dict[int, int]:
     return {m: best for m in range(fit.size) if m != best}
 
 
-def select(name: str, fitness: np.ndarray, rng: np.random.Generator, *, fraction: float = 0.25) -> dict[int, int]:
-    """Dispatch to a selection rule by name."""
+def tournament(fitness: np.ndarray, size: int, elitism: bool, rng: np.random.Generator) -> dict[int, int]:
+    """Replacement by tournament: every member copies the winner of a random tournament.
+
+    For each member ``i`` in index order, ``min(size, P)`` contestants are drawn
+    uniformly *without* replacement from all ``P`` members (``i`` itself may be
+    drawn, and then it may win and keep its own state), with one
+    ``rng.choice`` call per member. The winner is the best contestant by
+    :func:`rank_order` (ties to the lowest index, non-finite last). ``i``
+    copies the winner when it is another member with finite fitness; a
+    tournament of only non-finite contestants changes nothing. With
+    ``elitism`` the best member (``rank_order(fitness)[0]``) is skipped, draws
+    included, so it is never overwritten. ``size >= P`` makes every member
+    copy the best.
+
+    Raises:
+        ValueError: if ``size < 2``.
+
+    """
+    fit = np.asarray(fitness, dtype=np.float64)
+    if size < 2:
+        raise ValueError(f"tournament size must be >= 2, got {size}")
+    population = fit.size
+    k = min(size, population)
+    order = rank_order(fit)
+    position = np.empty(population, dtype=np.int64)
+    position[order] = np.arange(population)
+    best = int(order[0])
+    plan: dict[int, int] = {}
+    for i in range(population):
+        if elitism and i == best:
+            continue
+        contestants = rng.choice(population, size=k, replace=False)
+        winner = int(contestants[int(np.argmin(position[contestants]))])
+        if winner != i and np.isfinite(fit[winner]):
+            plan[i] = winner
+    return plan
+
+
+def welch_pvalue(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p-value of Welch's unequal-variance t-test of mean(a) == mean(b).
+
+    Both samples need at least 2 finite values. A constant sample has variance
+    exactly 0; when both are constant the p-value is 1 for equal constants and
+    0 for different ones, without warnings.
+    """
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.size < 2 or y.size < 2:
+        raise ValueError(f"Welch's t-test needs >= 2 values per sample, got {x.size} and {y.size}")
+    means, errors, dofs = [], [], []
+    for s in (x, y):
+        constant = bool(np.all(s == s[0]))
+        means.append(float(s[0]) if constant else float(np.mean(s)))
+        errors.append(0.0 if constant else float(np.var(s, ddof=1)) / s.size)
+        dofs.append(s.size - 1)
+    diff = means[0] - means[1]
+    se2 = errors[0] + errors[1]
+    if se2 == 0.0:
+        return 1.0 if diff == 0.0 else 0.0
+    df = se2**2 / (errors[0] ** 2 / dofs[0] + errors[1] ** 2 / dofs[1])
+    t = diff / math.sqrt(se2)
+    return float(min(1.0, 2.0 * special.stdtr(df, -abs(t))))
+
+
+def ttest(returns: Sequence[np.ndarray], fitness: np.ndarray, alpha: float, rng: np.random.Generator) -> dict[int, int]:
+    """PBT's t-test exploit (Jaderberg et al. 2017): copy a random peer that is significantly better.
+
+    For each member ``i`` in index order a partner ``j`` is drawn uniformly from
+    the other ``P - 1`` members with exactly one ``rng.integers`` call (always
+    made, so the stream never depends on the data). ``i`` copies ``j`` when
+    ``fitness[j]`` is finite and either ``fitness[i]`` is not finite, or both
+    ``returns[i]`` and ``returns[j]`` hold >= 2 values, all finite, with
+    ``mean(returns[j]) > mean(returns[i])`` and a *two-sided* Welch t-test
+    p-value below ``alpha`` (:func:`welch_pvalue`). Two-sided at ``alpha`` plus
+    the direction check is the one-sided test at ``alpha / 2``: a conservative
+    reading of the paper's "statistically significant". Otherwise ``i`` keeps
+    its state (fewer than 2 returns never triggers a copy by the test).
+
+    Args:
+        returns: ``returns[i]`` is member i's last episode returns (1-D, may be empty).
+        fitness: Member fitness; only its finiteness is used.
+        alpha: Significance level in (0, 1).
+        rng: The shared selection stream.
+
+    Raises:
+        ValueError: if ``alpha`` is not in (0, 1) or ``len(returns) != len(fitness)``.
+
+    """
+    fit = np.asarray(fitness, dtype=np.float64)
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"ttest alpha must be in (0, 1), got {alpha}")
+    if len(returns) != fit.size:
+        raise ValueError(f"ttest needs one returns array per member: {len(returns)} for {fit.size} members")
+    population = fit.size
+    plan: dict[int, int] = {}
+    if population < 2:
+        return plan
+    samples = [np.asarray(r, dtype=np.float64).ravel() for r in returns]
+    for i in range(population):
+        j = int(rng.integers(population - 1))
+        j += j >= i
+        if not np.isfinite(fit[j]):
+            continue
+        if not np.isfinite(fit[i]):
+            plan[i] = j
+            continue
+        mine, theirs = samples[i], samples[j]
+        if mine.size < 2 or theirs.size < 2 or not (np.all(np.isfinite(mine)) and np.all(np.isfinite(theirs))):
+            continue
+        if np.mean(theirs) > np.mean(mine) and welch_pvalue(theirs, mine) < alpha:
+            plan[i] = j
+    return plan
+
+
+def select(
+    name: str,
+    fitness: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    fraction: float = 0.25,
+    tournament_size: int = 3,
+    elitism: bool = False,
+    returns: Sequence[np.ndarray] | None = None,
+    alpha: float = 0.05,
+) -> dict[int, int]:
+    """Dispatch to a selection rule by name (one of :data:`SELECTIONS`).
+
+    ``none`` is no exploit at all (random search): always the empty plan.
+
+    Raises:
+        ValueError: for an unknown name, bad rule parameters, or ``ttest`` without ``returns``.
+
+    """
     if name == "truncation":
         return truncation(fitness, fraction, rng)
     if name == "wta":
         return winner_takes_all(fitness)
+    if name == "tournament":
+        return tournament(fitness, tournament_size, elitism, rng)
+    if name == "ttest":
+        if returns is None:
+            raise ValueError("selection 'ttest' needs the members' episode returns")
+        return ttest(returns, fitness, alpha, rng)
+    if name == "none":
+        return {}
     raise ValueError(f"unknown selection {name!r} (expected one of {', '.join(SELECTIONS)})")

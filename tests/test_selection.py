@@ -2,8 +2,19 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from evo_mpi.selection import quantile_size, rank_order, select, truncation, winner_takes_all
+from evo_mpi.selection import (
+    SELECTIONS,
+    quantile_size,
+    rank_order,
+    select,
+    tournament,
+    truncation,
+    ttest,
+    welch_pvalue,
+    winner_takes_all,
+)
 
 
 @pytest.mark.parametrize("population", range(2, 65))
@@ -75,3 +86,278 @@ def test_select_dispatch_and_bad_input():
         select("nope", f, np.random.default_rng(0))
     with pytest.raises(ValueError, match="got 0.75"):
         truncation(f, 0.75, np.random.default_rng(0))
+
+
+# --- tournament ---------------------------------------------------------------------------------
+
+
+def _check_plan(plan, population):
+    assert all(isinstance(k, int) and isinstance(v, int) for k, v in plan.items())
+    assert all(0 <= k < population and 0 <= v < population and k != v for k, v in plan.items())
+
+
+def _replay_tournament(fitness, size, elitism, seed):
+    """Reference: member i copies the best of its contestants (drawn from everyone, i included)."""
+    rng = np.random.default_rng(seed)
+    population = len(fitness)
+    key = [(0, -f, m) if np.isfinite(f) else (1, 0.0, m) for m, f in enumerate(fitness)]
+    best = min(range(population), key=lambda m: key[m])
+    plan = {}
+    for i in range(population):
+        if elitism and i == best:
+            continue
+        contestants = rng.choice(population, size=min(size, population), replace=False)
+        winner = min((int(c) for c in contestants), key=lambda m: key[m])
+        if winner != i and np.isfinite(fitness[winner]):
+            plan[i] = winner
+    return plan
+
+
+@pytest.mark.parametrize("population", range(2, 17))
+@pytest.mark.parametrize("size", [2, 3, 5])
+@pytest.mark.parametrize("elitism", [False, True])
+def test_tournament_valid_plan_and_elitism(population, size, elitism):
+    fitness = np.random.default_rng(population).normal(size=population)
+    best = int(np.argmax(fitness))
+    for seed in range(20):
+        plan = tournament(fitness, size, elitism, np.random.default_rng(seed))
+        _check_plan(plan, population)
+        assert plan == _replay_tournament(fitness, size, elitism, seed)
+        if elitism:
+            assert best not in plan
+
+
+@pytest.mark.parametrize("population", range(2, 17))
+def test_tournament_full_size_everyone_copies_best(population):
+    fitness = np.random.default_rng(population).normal(size=population)
+    best = int(np.argmax(fitness))
+    expected = {m: best for m in range(population) if m != best}
+    for size in (population, population + 3):
+        assert tournament(fitness, size, False, np.random.default_rng(0)) == expected
+        assert tournament(fitness, size, True, np.random.default_rng(0)) == expected
+
+
+def test_tournament_ties_go_to_lowest_index():
+    fitness = np.array([1.0, 5.0, 5.0, 5.0])
+    assert tournament(fitness, 4, False, np.random.default_rng(0)) == {0: 1, 2: 1, 3: 1}
+
+
+@pytest.mark.parametrize("population", range(2, 17))
+def test_tournament_nan_never_wins_and_is_replaced(population):
+    fitness = np.random.default_rng(population).normal(size=population)
+    fitness[::2] = np.nan
+    fitness[1] = np.inf if population > 2 else fitness[1]
+    finite = np.isfinite(fitness)
+    for seed in range(200):
+        plan = tournament(fitness, 2, False, np.random.default_rng(seed))
+        assert all(finite[w] for w in plan.values())
+    if finite.any():
+        # with size = P a finite contestant always exists: every non-finite member is replaced
+        plan = tournament(fitness, population, False, np.random.default_rng(0))
+        assert set(np.flatnonzero(~finite).tolist()) <= set(plan)
+
+
+def test_tournament_nan_member_replaced_whenever_a_finite_contestant_is_drawn():
+    fitness = np.array([np.nan, 1.0, np.nan, 2.0, -np.inf, 0.5])
+    replaced = 0
+    for seed in range(500):
+        rng = np.random.default_rng(seed)
+        plan = tournament(fitness, 2, False, rng)
+        # replay the draws: member 0's contestants are the first choice() call
+        contestants = np.random.default_rng(seed).choice(6, size=2, replace=False)
+        if np.isfinite(fitness[contestants]).any():
+            assert 0 in plan and np.isfinite(fitness[plan[0]])
+            replaced += 1
+        else:
+            assert 0 not in plan
+    assert replaced > 300
+
+
+def test_tournament_all_nonfinite_is_empty():
+    assert tournament(np.array([np.nan, np.inf, -np.inf]), 3, False, np.random.default_rng(0)) == {}
+
+
+def test_tournament_seeded_determinism():
+    fitness = np.random.default_rng(0).normal(size=12)
+    for seed in range(5):
+        a = tournament(fitness, 3, True, np.random.default_rng(seed))
+        b = tournament(fitness, 3, True, np.random.default_rng(seed))
+        assert a == b
+    plans = {tuple(sorted(tournament(fitness, 3, False, np.random.default_rng(s)).items())) for s in range(20)}
+    assert len(plans) > 10
+
+
+def test_tournament_contestants_are_uniform():
+    # With size 2 and distinct fitness, the winner is rank r with probability
+    # P(best of 2 uniform draws without replacement is r) = 2 * (P - 1 - r) / (P * (P - 1)).
+    population, seeds = 8, 3000
+    fitness = np.arange(population, dtype=float)[::-1].copy()  # member r has rank r
+    counts = np.zeros((population, population))
+    rng = np.random.default_rng(0)
+    for _ in range(seeds):
+        plan = tournament(fitness, 2, False, rng)
+        for m in range(population):
+            counts[m, plan.get(m, m)] += 1
+    # member i "copies itself" (keeps its state) exactly when it wins its own tournament
+    expected = np.array([2 * (population - 1 - r) / (population * (population - 1)) for r in range(population)])
+    for m in range(population):
+        observed = counts[m] / seeds
+        chi2 = (((counts[m] - seeds * expected) ** 2) / np.maximum(seeds * expected, 1e-9))[expected > 0].sum()
+        assert chi2 < 30, (m, observed, expected)  # 7 dof: P(chi2 > 30) < 1e-4
+        assert counts[m, expected == 0].sum() == 0
+
+
+def test_tournament_bad_size():
+    with pytest.raises(ValueError, match="got 1"):
+        tournament(np.zeros(4), 1, False, np.random.default_rng(0))
+
+
+# --- t-test -------------------------------------------------------------------------------------
+
+
+def test_welch_pvalue_matches_scipy_and_handles_constants():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a = rng.normal(size=int(rng.integers(2, 12)))
+        b = rng.normal(0.5, 2.0, size=int(rng.integers(2, 12)))
+        expected = stats.ttest_ind(a, b, equal_var=False).pvalue
+        assert welch_pvalue(a, b) == pytest.approx(expected, rel=1e-9)
+    assert welch_pvalue(np.full(5, 0.1), np.full(3, 0.1)) == 1.0
+    assert welch_pvalue(np.full(5, 0.1), np.full(3, 0.2)) == 0.0
+    assert 0.0 < welch_pvalue(np.full(5, 1.0), np.array([0.0, 1.0, 3.0])) < 1.0
+    with pytest.raises(ValueError):
+        welch_pvalue(np.ones(1), np.ones(3))
+
+
+def _partners(population, seed):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(population):
+        j = int(rng.integers(population - 1))
+        out.append(j + (j >= i))
+    return out
+
+
+@pytest.mark.parametrize("population", range(2, 17))
+def test_ttest_copies_clearly_better_partner(population):
+    # member m's returns are centred on 10 * m: every better partner is significant
+    rng = np.random.default_rng(population)
+    returns = [10.0 * m + rng.normal(size=8) for m in range(population)]
+    fitness = np.array([r.mean() for r in returns])
+    for seed in range(10):
+        plan = ttest(returns, fitness, 0.05, np.random.default_rng(seed))
+        partners = _partners(population, seed)
+        assert plan == {i: j for i, j in enumerate(partners) if j > i}
+
+
+@pytest.mark.parametrize("population", range(2, 17))
+def test_ttest_equal_samples_never_copied(population):
+    same = np.array([1.0, 2.0, 3.0, 4.0])
+    returns = [same.copy() for _ in range(population)]
+    constant = [np.full(5, 0.1) for _ in range(population)]
+    fitness = np.zeros(population)
+    for seed in range(10):
+        assert ttest(returns, fitness, 0.5, np.random.default_rng(seed)) == {}
+        assert ttest(constant, fitness, 0.9, np.random.default_rng(seed)) == {}
+
+
+def test_ttest_different_constants_are_different():
+    returns = [np.full(3, 1.0), np.full(4, 2.0)]
+    assert ttest(returns, np.array([1.0, 2.0]), 0.05, np.random.default_rng(0)) == {0: 1}
+
+
+def test_ttest_too_few_returns_copies_only_nonfinite():
+    returns = [np.array([1.0]), np.array([]), np.array([100.0, 101.0, 102.0]), np.array([])]
+    fitness = np.array([1.0, np.nan, 101.0, 5.0])
+    for seed in range(30):
+        plan = ttest(returns, fitness, 0.5, np.random.default_rng(seed))
+        partners = _partners(4, seed)
+        expected = {1: partners[1]} if np.isfinite(fitness[partners[1]]) else {}
+        assert plan == expected
+
+
+def test_ttest_nan_partner_never_copied_nonfinite_member_replaced():
+    returns = [np.array([0.0, 1.0])] * 3 + [np.array([1e6, 1e6 + 1])]
+    fitness = np.array([np.nan, np.inf, 0.5, np.nan])
+    for seed in range(50):
+        plan = ttest(returns, fitness, 0.05, np.random.default_rng(seed))
+        assert set(plan.values()) <= {2}
+        partners = _partners(4, seed)
+        assert plan == {i: 2 for i in (0, 1, 3) if partners[i] == 2}
+
+
+@pytest.mark.parametrize("population", [2, 3, 5, 8])
+def test_ttest_partner_uniform_over_others(population):
+    seeds = 4000
+    counts = np.zeros((population, population))
+    rng = np.random.default_rng(0)
+    returns = [np.array([0.0, 0.0])] * population
+    fitness = np.zeros(population)
+    fitness[0] = np.nan  # member 0 copies whoever it draws
+    for _ in range(seeds):
+        plan = ttest(returns, fitness, 0.05, rng)
+        counts[0, plan[0]] += 1
+    assert counts[0, 0] == 0
+    expected = seeds / (population - 1)
+    chi2 = ((counts[0, 1:] - expected) ** 2 / expected).sum()
+    assert chi2 < 25  # <= 6 dof: P(chi2 > 25) < 1e-3
+    # the draws themselves: uniform over the others for every member
+    draws = np.zeros((population, population))
+    for seed in range(1000):
+        for i, j in enumerate(_partners(population, seed)):
+            draws[i, j] += 1
+    assert np.all(np.diag(draws) == 0)
+    off = draws[~np.eye(population, dtype=bool)]
+    assert off.min() > 1000 / (population - 1) * 0.75 and off.max() < 1000 / (population - 1) * 1.25
+
+
+def test_ttest_alpha_effect():
+    worse = np.array([0.0, 1.0, 2.0, 3.0])
+    better = np.array([0.5, 1.5, 2.5, 3.5])  # p ~ 0.63 two-sided
+    p = welch_pvalue(better, worse)
+    assert 0.001 < p < 0.9
+    returns, fitness = [worse, better], np.array([worse.mean(), better.mean()])
+    assert ttest(returns, fitness, 0.9, np.random.default_rng(0)) == {0: 1}
+    assert ttest(returns, fitness, 0.001, np.random.default_rng(0)) == {}
+    borderline = [np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.6, 2.6, 3.6, 4.6])]
+    p = welch_pvalue(borderline[1], borderline[0])
+    assert 0.001 < p < 0.5
+    fit = np.array([1.5, 3.1])
+    assert ttest(borderline, fit, 0.5, np.random.default_rng(0)) == {0: 1}
+    assert ttest(borderline, fit, 0.001, np.random.default_rng(0)) == {}
+
+
+def test_ttest_seeded_determinism_and_bad_input():
+    rng = np.random.default_rng(1)
+    returns = [rng.normal(m, 1.0, size=5) for m in range(10)]
+    fitness = np.array([r.mean() for r in returns])
+    assert ttest(returns, fitness, 0.1, np.random.default_rng(7)) == ttest(
+        returns, fitness, 0.1, np.random.default_rng(7)
+    )
+    assert ttest([np.ones(3)], np.ones(1), 0.05, np.random.default_rng(0)) == {}
+    for alpha in (0.0, 1.0, -0.1, 2.0):
+        with pytest.raises(ValueError, match="alpha"):
+            ttest(returns, fitness, alpha, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="one returns array per member"):
+        ttest(returns[:3], fitness, 0.05, np.random.default_rng(0))
+
+
+# --- dispatch -----------------------------------------------------------------------------------
+
+
+def test_select_new_rules():
+    assert SELECTIONS == ("truncation", "wta", "tournament", "ttest", "none")
+    f = np.array([0.0, 1.0, 2.0, 3.0])
+    assert select("none", f, np.random.default_rng(0)) == {}
+    assert select("tournament", f, np.random.default_rng(0), tournament_size=4) == {0: 3, 1: 3, 2: 3}
+    assert select("tournament", f, np.random.default_rng(5), tournament_size=2, elitism=True) == tournament(
+        f, 2, True, np.random.default_rng(5)
+    )
+    returns = [np.array([10.0 * m, 10.0 * m + 1]) for m in range(4)]
+    assert select("ttest", f, np.random.default_rng(3), returns=returns, alpha=0.2) == ttest(
+        returns, f, 0.2, np.random.default_rng(3)
+    )
+    with pytest.raises(ValueError, match="returns"):
+        select("ttest", f, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="tournament size"):
+        select("tournament", f, np.random.default_rng(0), tournament_size=1)
