@@ -24,34 +24,71 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+_ON_POLICY = ("learning_rate", "ent_coef", "gamma", "gae_lambda", "vf_coef", "max_grad_norm")
+_OFF_POLICY = ("learning_rate", "gamma", "tau", "batch_size", "gradient_steps")
+
 #: Hyperparameters the SB3 adapter knows how to apply, per algorithm.
 ALGO_HPARAMS: dict[str, tuple[str, ...]] = {
-    "ppo": (
-        "learning_rate",
-        "ent_coef",
-        "clip_range",
-        "gamma",
-        "gae_lambda",
-        "vf_coef",
-        "n_epochs",
-        "batch_size",
-        "max_grad_norm",
-    ),
+    "ppo": (*_ON_POLICY, "clip_range", "n_epochs", "batch_size"),
+    "a2c": _ON_POLICY,
+    "sac": (*_OFF_POLICY, "action_noise_sigma"),
+    "td3": (*_OFF_POLICY, "policy_delay", "target_policy_noise", "target_noise_clip", "action_noise_sigma"),
+    "ddpg": (*_OFF_POLICY, "action_noise_sigma"),
+    "dqn": (*_OFF_POLICY, "target_update_interval", "exploration_final_eps"),
 }
+
+#: Algorithms that learn from a replay buffer.
+OFF_POLICY = ("sac", "td3", "ddpg", "dqn")
+#: Algorithms and the action spaces they support.
+ACTION_SPACES: dict[str, tuple[str, ...]] = {
+    "ppo": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
+    "a2c": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
+    "sac": ("Box",),
+    "td3": ("Box",),
+    "ddpg": ("Box",),
+    "dqn": ("Discrete",),
+}
+
+_RL = {"learning_rate": "loguniform:1e-4:3e-3", "gamma": "uniform:0.95:0.9999"}
+_ACTOR_CRITIC = {**_RL, "tau": "loguniform:0.001:0.05", "batch_size": "choice:64,128,256,512"}
 
 #: Default search space per algorithm (documented in the README).
 DEFAULT_SPACES: dict[str, dict[str, str]] = {
     "ppo": {
-        "learning_rate": "loguniform:1e-4:3e-3",
+        **_RL,
         "ent_coef": "loguniform:1e-6:1e-2",
         "clip_range": "uniform:0.1:0.4",
-        "gamma": "uniform:0.95:0.9999",
         "gae_lambda": "uniform:0.8:1.0",
         "vf_coef": "uniform:0.25:1.0",
         "n_epochs": "int:3:20",
         "batch_size": "choice:64,128,256,512",
     },
+    "a2c": {
+        **_RL,
+        "ent_coef": "loguniform:1e-6:1e-2",
+        "gae_lambda": "uniform:0.8:1.0",
+        "vf_coef": "uniform:0.25:1.0",
+        "max_grad_norm": "uniform:0.3:2.0",
+    },
+    "sac": dict(_ACTOR_CRITIC),
+    "td3": {
+        **_ACTOR_CRITIC,
+        "policy_delay": "int:1:4",
+        "target_policy_noise": "uniform:0.1:0.4",
+        "action_noise_sigma": "uniform:0.05:0.5",
+    },
+    "ddpg": {**_ACTOR_CRITIC, "action_noise_sigma": "uniform:0.05:0.5"},
+    "dqn": {
+        **_RL,
+        "batch_size": "choice:32,64,128,256",
+        "target_update_interval": "int:100:5000",
+        "exploration_final_eps": "uniform:0.01:0.2",
+    },
 }
+
+#: Selection rules (see :mod:`evo_mpi.selection`) and explore rules.
+SELECTION_CHOICES = ("truncation", "wta", "tournament", "ttest", "none")
+EXPLORE_CHOICES = ("perturb", "pb2")
 
 EXIT_CONFIG_ERROR = 2
 
@@ -76,7 +113,15 @@ def _f(default: Any, help: str, **extra: Any) -> Any:
 class Config:
     """Everything a run needs. Field names are the CLI flags with ``-`` for ``_``."""
 
-    env_id: str = _f("CartPole-v1", "Gymnasium environment id.")
+    env_id: str = _f(
+        "CartPole-v1",
+        "Gymnasium environment id, or module:Class / module:factory for your own env (module:Id-v0 imports "
+        "module, then makes the id it registered).",
+    )
+    env_kwargs: dict[str, Any] = _f({}, 'Keyword arguments for the env, as a JSON object, e.g. {"g": 9.81}.')
+    normalize: bool = _f(
+        False, "Wrap the envs in VecNormalize; its statistics move with the weights on exploit and are checkpointed."
+    )
     algo: str = _f("ppo", "SB3 algorithm.", choices=tuple(ALGO_HPARAMS))
     seed: int = _f(0, "Master seed; every random stream derives from it.")
     generations: int = _f(30, "Number of generations (train, evaluate, exploit, explore).")
@@ -85,14 +130,33 @@ class Config:
     )
     agents_per_rank: int = _f(1, "Members per MPI rank; population = ranks x agents per rank.")
     backend: str = _f("p2p", "How weights move: p2p (Send/Recv) or collective (Bcast).", choices=("p2p", "collective"))
-    selection: str = _f("truncation", "Exploit rule.", choices=("truncation", "wta"))
+    selection: str = _f(
+        "truncation",
+        "Exploit rule: truncation (bottom q copy top q), wta (all copy the best), tournament (each member copies "
+        "the best of a random tournament), ttest (copy a random other member if Welch's t-test says it is better), "
+        "none (no exploit: random search).",
+        choices=SELECTION_CHOICES,
+    )
     truncation_fraction: float = _f(0.25, "Truncation quantile q, 0 < q <= 0.5.")
+    tournament_size: int = _f(3, "Contestants per tournament (selection tournament), >= 2.")
+    elitism: bool = _f(False, "Keep the best member unchanged (selection tournament).")
+    ttest_alpha: float = _f(0.05, "Significance level of the t-test (selection ttest), 0 < alpha < 1.")
+    explore: str = _f(
+        "perturb",
+        "Explore rule for members that exploited: perturb (multiply or resample, PBT) or pb2 (GP-UCB bandit "
+        "over past fitness changes, Population-Based Bandits).",
+        choices=EXPLORE_CHOICES,
+    )
     perturb_factors: tuple[float, ...] = _f((0.8, 1.2), "Comma-separated explore multipliers.")
     resample_probability: float = _f(0.25, "Probability of resampling a hyperparameter from its prior.")
     eval_episodes: int = _f(0, "Deterministic evaluation episodes for fitness; 0 = mean of the last training episodes.")
     fitness_window: int = _f(10, "Completed training episodes averaged for fitness when eval-episodes is 0.")
     n_envs: int = _f(8, "Vectorised envs per member.")
-    n_steps: int = _f(256, "Rollout length per env (PPO n_steps).")
+    n_steps: int = _f(256, "Rollout length per env (on-policy algorithms: PPO, A2C).")
+    buffer_size: int = _f(1_000_000, "Replay buffer transitions per member (off-policy algorithms).")
+    copy_replay_buffer: bool = _f(
+        False, "On exploit, also copy the winner's replay buffer (off-policy); by default each member keeps its own."
+    )
     policy: str = _f("MlpPolicy", "SB3 policy class name.")
     net_arch: tuple[int, ...] = _f((64, 64), "Comma-separated hidden layer sizes of the policy and value networks.")
     torch_threads: int = _f(1, "Torch threads per rank; 0 = cores on the node / ranks on the node.")
@@ -150,6 +214,16 @@ def _parse_hparam(text: str) -> tuple[str, str]:
     return name.strip(), spec.strip()
 
 
+def _parse_env_kwargs(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"invalid --env-kwargs {text!r}: not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'invalid --env-kwargs {text!r}: expected a JSON object like {{"g": 9.81}}')
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI; every option shows its default, none sets one (files may)."""
     parser = argparse.ArgumentParser(
@@ -171,6 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name == "search_space":
             kwargs.update(type=_parse_hparam, action="append", metavar="NAME=PRIOR")
             kwargs["help"] = f.metadata["help"]
+        elif f.name == "env_kwargs":
+            kwargs.update(type=_parse_env_kwargs, metavar="JSON")
+        elif isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = type(default)
         parser.add_argument(flag, **kwargs)
@@ -222,6 +300,11 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
         if isinstance(value, list) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value):
             return tuple(cast(v) for v in value)
         problems.append(f"{name} = {value!r}: expected a list of {cast.__name__} values")
+        return default
+    if name == "env_kwargs":
+        if isinstance(value, dict):
+            return dict(value)
+        problems.append(f"env_kwargs = {value!r}: expected a table of keyword arguments")
         return default
     if name == "search_space":
         if isinstance(value, dict):
@@ -299,7 +382,15 @@ def validate(cfg: Config, world_size: int) -> list[str]:
     )
     for factor in cfg.perturb_factors:
         need(math.isfinite(factor) and factor > 0, f"--perturb-factors must be finite and > 0, got {factor}")
-    if cfg.n_steps > 0 and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
+    need(cfg.buffer_size > 0, f"--buffer-size must be > 0, got {cfg.buffer_size}")
+    need(cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}")
+    need(0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}")
+    if cfg.algo in OFF_POLICY and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
+        need(
+            cfg.steps_per_generation % cfg.n_envs == 0,
+            f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of n_envs = {cfg.n_envs}",
+        )
+    elif cfg.n_steps > 0 and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
         rollout = cfg.n_steps * cfg.n_envs
         need(
             cfg.steps_per_generation % rollout == 0,
@@ -332,26 +423,49 @@ def validate(cfg: Config, world_size: int) -> list[str]:
     if batch is not None:
         values = list(batch.choices) if batch.kind in ("choice", "const") else [batch.low, batch.high]
         need(all(float(v) >= 2 for v in values), f"search space: batch_size values must be >= 2, got {batch.spec()}")
-    problems.extend(_check_env(cfg.env_id))
+    problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo))
     if cfg.run_dir:
         problems.extend(_check_writable(cfg.run_dir))
     return problems
 
 
-def _check_env(env_id: str) -> list[str]:
-    """Look the id up as ``gymnasium.make`` would (``module:EnvName-v0`` imports ``module`` first)."""
+def resolve_env(env_id: str) -> Any:
+    """What to build for ``env_id``: a gymnasium id, or a user's class/factory.
+
+    ``module:Name`` imports ``module``; if ``Name`` is a callable attribute of it
+    (an ``Env`` subclass or a function returning an env) that is used, otherwise
+    ``Name`` is a gymnasium id the module registered on import.
+    """
     import importlib
 
+    if ":" in env_id:
+        module_name, name = env_id.split(":", 1)
+        target = getattr(importlib.import_module(module_name), name, None)
+        return target if callable(target) else name
+    return env_id
+
+
+def _check_env(env_id: str, kwargs: Mapping[str, Any], algo: str) -> list[str]:
+    """Build the env once (cheap next to training) to check the id, the kwargs and the action space."""
     import gymnasium
 
-    name = env_id
     try:
-        if ":" in env_id:
-            module, name = env_id.split(":", 1)
-            importlib.import_module(module)
-        gymnasium.spec(name)
+        target = resolve_env(env_id)
+        if isinstance(target, str):
+            gymnasium.spec(target)
     except Exception as exc:  # gymnasium and importlib raise several error types here
         return [f"--env-id {env_id!r} is not a registered gymnasium environment ({type(exc).__name__}: {exc})"]
+    try:
+        env = gymnasium.make(target, **kwargs) if isinstance(target, str) else target(**kwargs)
+    except Exception as exc:  # any error of the user's env constructor
+        return [f"--env-id {env_id!r} with --env-kwargs {json.dumps(dict(kwargs))}: cannot create it ({exc})"]
+    try:
+        space = type(env.action_space).__name__
+    finally:
+        env.close()
+    supported = ACTION_SPACES.get(algo)
+    if supported is not None and space not in supported:
+        return [f"--algo {algo} needs a {' or '.join(supported)} action space; {env_id!r} has {env.action_space}"]
     return []
 
 
@@ -444,4 +558,6 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")

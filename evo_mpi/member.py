@@ -9,6 +9,8 @@ its weights plus optimizer state into one contiguous byte buffer.
 from __future__ import annotations
 
 import collections
+import copy
+import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -16,24 +18,53 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3 import PPO
+from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.utils import FloatSchedule, set_random_seed, update_learning_rate
+from stable_baselines3.common.noise import NormalActionNoise
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.utils import (
+    FloatSchedule,
+    LinearSchedule,
+    set_random_seed,
+    update_learning_rate,
+)
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from . import seeding
-from .config import Config
+from .config import Config, resolve_env
 from .space import Value
+
+#: SB3 algorithm classes by ``--algo`` name.
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ddpg": DDPG, "dqn": DQN}
+
+_Apply = Callable[[BaseAlgorithm, Value], None]
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
+    """Every optimizer of ``model`` (policy, actor, critic, entropy coefficient), in SB3's save order."""
+    names, _ = model._get_torch_save_params()
+    found = [_get(model, n) for n in names]
+    return [o for o in found if isinstance(o, torch.optim.Optimizer)]
 
 
 def _set_learning_rate(model: BaseAlgorithm, value: Value) -> None:
-    # SB3 reads lr through lr_schedule, rebuilt from learning_rate at set-up.
+    # SB3 reads lr through lr_schedule, rebuilt from learning_rate at set-up, and
+    # writes it into every optimizer at each train(); set both now.
     model.learning_rate = float(value)
     model._setup_lr_schedule()
-    update_learning_rate(model.policy.optimizer, float(value))
+    for opt in optimizers(model):
+        update_learning_rate(opt, float(value))
 
 
 def _set_clip_range(model: BaseAlgorithm, value: Value) -> None:
@@ -41,7 +72,7 @@ def _set_clip_range(model: BaseAlgorithm, value: Value) -> None:
     model.clip_range = FloatSchedule(float(value))  # type: ignore[attr-defined]
 
 
-def _set_buffer_float(name: str) -> Callable[[BaseAlgorithm, Value], None]:
+def _set_buffer_float(name: str) -> _Apply:
     # gamma / gae_lambda are copied into the rollout buffer at set-up; GAE reads the buffer's copy.
     def apply(model: BaseAlgorithm, value: Value) -> None:
         setattr(model, name, float(value))
@@ -50,26 +81,83 @@ def _set_buffer_float(name: str) -> Callable[[BaseAlgorithm, Value], None]:
     return apply
 
 
-def _set_attr(name: str, cast: Callable[[Any], Any]) -> Callable[[BaseAlgorithm, Value], None]:
-    # Read directly from the model in PPO.train() on every call.
+def _set_attr(name: str, cast: Callable[[Any], Any]) -> _Apply:
+    # Read directly from the model in train() / collect_rollouts() on every call.
     def apply(model: BaseAlgorithm, value: Value) -> None:
         setattr(model, name, cast(value))
 
     return apply
 
 
-#: How each PPO hyperparameter is made to take effect.
-PPO_APPLY: dict[str, Callable[[BaseAlgorithm, Value], None]] = {
+def _set_action_noise(model: BaseAlgorithm, value: Value) -> None:
+    # Gaussian exploration noise, in the policy's [-1, 1] action scale; learn() vectorises it.
+    dim = int(np.prod(model.action_space.shape or (1,)))
+    model.action_noise = NormalActionNoise(np.zeros(dim), float(value) * np.ones(dim))  # type: ignore[attr-defined]
+
+
+def _set_exploration_final_eps(model: BaseAlgorithm, value: Value) -> None:
+    # DQN reads epsilon from exploration_schedule, built from exploration_final_eps at set-up.
+    dqn: Any = model
+    dqn.exploration_final_eps = float(value)
+    dqn.exploration_schedule = LinearSchedule(dqn.exploration_initial_eps, float(value), dqn.exploration_fraction)
+    dqn.exploration_rate = dqn.exploration_schedule(dqn._current_progress_remaining)
+
+
+_ON_POLICY: dict[str, _Apply] = {
     "learning_rate": _set_learning_rate,
-    "clip_range": _set_clip_range,
     "gamma": _set_buffer_float("gamma"),
     "gae_lambda": _set_buffer_float("gae_lambda"),
     "ent_coef": _set_attr("ent_coef", float),
     "vf_coef": _set_attr("vf_coef", float),
     "max_grad_norm": _set_attr("max_grad_norm", float),
-    "n_epochs": _set_attr("n_epochs", int),
-    "batch_size": _set_attr("batch_size", int),
 }
+_OFF_POLICY: dict[str, _Apply] = {
+    "learning_rate": _set_learning_rate,
+    "gamma": _set_attr("gamma", float),
+    "tau": _set_attr("tau", float),
+    "batch_size": _set_attr("batch_size", int),
+    "gradient_steps": _set_attr("gradient_steps", int),
+}
+_TD3: dict[str, _Apply] = {
+    **_OFF_POLICY,
+    "policy_delay": _set_attr("policy_delay", int),
+    "target_policy_noise": _set_attr("target_policy_noise", float),
+    "target_noise_clip": _set_attr("target_noise_clip", float),
+    "action_noise_sigma": _set_action_noise,
+}
+
+#: How each hyperparameter of each algorithm is made to take effect.
+APPLY: dict[str, dict[str, _Apply]] = {
+    "ppo": {
+        **_ON_POLICY,
+        "clip_range": _set_clip_range,
+        "n_epochs": _set_attr("n_epochs", int),
+        "batch_size": _set_attr("batch_size", int),
+    },
+    "a2c": dict(_ON_POLICY),
+    "sac": {**_OFF_POLICY, "action_noise_sigma": _set_action_noise},
+    "td3": _TD3,
+    "ddpg": {k: v for k, v in _TD3.items() if k not in ("policy_delay", "target_policy_noise", "target_noise_clip")},
+    "dqn": {
+        **_OFF_POLICY,
+        "target_update_interval": _set_attr("target_update_interval", int),
+        "exploration_final_eps": _set_exploration_final_eps,
+    },
+}
+
+#: Kept for callers of the PPO-only adapter.
+PPO_APPLY = APPLY["ppo"]
+
+
+def make_env(cfg: Config, n_envs: int, seed: int) -> VecEnv:
+    """The member's vectorised env (Monitor-wrapped, so episode returns are raw)."""
+    return make_vec_env(resolve_env(cfg.env_id), n_envs=n_envs, seed=seed, env_kwargs=dict(cfg.env_kwargs))
+
+
+def _rms_arrays(rms: RunningMeanStd | Mapping[str, RunningMeanStd]) -> list[RunningMeanStd]:
+    if isinstance(rms, Mapping):
+        return [rms[k] for k in sorted(rms)]
+    return [rms]
 
 
 class _StopCallback(BaseCallback):
@@ -84,25 +172,33 @@ class _StopCallback(BaseCallback):
 
 
 class Member:
-    """One population member: an SB3 PPO model, its training env and optional eval env."""
+    """One population member: an SB3 model, its training env and optional eval env."""
 
     def __init__(self, member_id: int, cfg: Config, hparams: Mapping[str, Value], tb_dir: str | None) -> None:
         self.id = member_id
         self.cfg = cfg
         seed = seeding.derive_seed(cfg.seed, seeding.INIT, member_id)
         set_random_seed(seed)
-        self.env = make_vec_env(cfg.env_id, n_envs=cfg.n_envs, seed=seed)
-        self.eval_env = make_vec_env(cfg.env_id, n_envs=1, seed=seed) if cfg.eval_episodes > 0 else None
-        self.model = PPO(
-            cfg.policy,
-            self.env,
-            n_steps=cfg.n_steps,
-            policy_kwargs={"net_arch": list(cfg.net_arch)},
-            seed=seed,
-            device="cpu",
-            verbose=0,
-            **hparams,  # type: ignore[arg-type]
-        )
+        env = make_env(cfg, cfg.n_envs, seed)
+        self.normalize: VecNormalize | None = None
+        if cfg.normalize:
+            env = self.normalize = VecNormalize(env, gamma=float(hparams.get("gamma", 0.99)))
+        self.env = env
+        self.eval_env: VecEnv | None = None
+        if cfg.eval_episodes > 0:
+            self.eval_env = make_env(cfg, 1, seed)
+            if cfg.normalize:  # evaluate on raw rewards with the training statistics, frozen
+                self.eval_env = VecNormalize(self.eval_env, training=False, norm_reward=False)
+        algo = ALGORITHMS[cfg.algo]
+        kwargs: dict[str, Any] = {"policy_kwargs": {"net_arch": list(cfg.net_arch)}, "seed": seed, "device": "cpu"}
+        self.off_policy = issubclass(algo, OffPolicyAlgorithm)
+        if self.off_policy:
+            kwargs["buffer_size"] = cfg.buffer_size
+        else:
+            kwargs["n_steps"] = cfg.n_steps
+        accepted = inspect.signature(algo.__init__).parameters
+        kwargs.update({k: v for k, v in hparams.items() if k in accepted})  # the rest is applied below
+        self.model = algo(cfg.policy, self.env, verbose=0, **kwargs)
         self.hparams: dict[str, Value] = {}
         self.apply_hparams(hparams)
         if tb_dir is not None:
@@ -117,10 +213,11 @@ class Member:
     # -- hyperparameters -------------------------------------------------------
     def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
         """Make every hyperparameter take effect from the next training step."""
+        table = APPLY[self.cfg.algo]
         for name, value in hparams.items():
-            if name not in PPO_APPLY:
-                raise KeyError(f"unknown PPO hyperparameter {name!r}")
-            PPO_APPLY[name](self.model, value)
+            if name not in table:
+                raise KeyError(f"unknown {self.cfg.algo} hyperparameter {name!r}")
+            table[name](self.model, value)
         self.hparams = dict(hparams)
 
     # -- training and fitness --------------------------------------------------
@@ -176,6 +273,8 @@ class Member:
         if self.eval_env is None:
             returns, _ = self.episode_stats()
             return float(np.mean(returns)) if returns else math.nan
+        if isinstance(self.eval_env, VecNormalize) and self.normalize is not None:
+            self.eval_env.obs_rms = copy.deepcopy(self.normalize.obs_rms)
         self.eval_env.seed(seeding.derive_seed(self.cfg.seed, seeding.EVAL, self.id, generation))
         rewards, _ = evaluate_policy(
             self.model,
@@ -190,14 +289,24 @@ class Member:
 
     # -- state as one buffer ---------------------------------------------------
     def _tensors(self) -> list[torch.Tensor]:
-        """Parameters and buffers, then optimizer state tensors, in a fixed order (each once)."""
-        policy = self.model.policy
-        tensors = list(policy.state_dict(keep_vars=True).values())
-        opt = policy.optimizer
-        for group in opt.param_groups:
-            for p in group["params"]:
-                state = opt.state.get(p, {})
-                tensors.extend(state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor))
+        """Weights, buffers and optimizer state of every network SB3 saves, in a fixed order (each once).
+
+        For PPO/A2C that is the policy and its optimizer; SAC/TD3/DDPG add the
+        target networks, the actor and critic optimizers and SAC's entropy
+        coefficient with its optimizer; DQN adds the target Q-network.
+        """
+        names, variables = self.model._get_torch_save_params()
+        tensors: list[torch.Tensor] = []
+        for name in names:
+            obj = _get(self.model, name)
+            if isinstance(obj, torch.optim.Optimizer):
+                for group in obj.param_groups:
+                    for p in group["params"]:
+                        state = obj.state.get(p, {})
+                        tensors.extend(state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor))
+            else:
+                tensors.extend(obj.state_dict(keep_vars=True).values())
+        tensors.extend(_get(self.model, v) for v in variables)
         unique: dict[int, torch.Tensor] = {}  # a module shared under two names appears twice
         for t in tensors:
             unique.setdefault(id(t), t)
@@ -213,9 +322,10 @@ class Member:
         """
         if self._flat is not None:
             return self._flat
-        opt = self.model.policy.optimizer
         tensors = self._tensors()
-        if not opt.state or any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+        if any(not opt.state for opt in optimizers(self.model)) or any(
+            t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors
+        ):
             return None
         flat = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32)
         offset = 0
@@ -281,36 +391,138 @@ class Member:
                     offset += n
         self.diverged = False
 
+    # -- state that moves besides the weights ----------------------------------
+    def _running_stats(self) -> list[RunningMeanStd]:
+        if self.normalize is None:
+            return []
+        return [*_rms_arrays(self.normalize.obs_rms), self.normalize.ret_rms]
+
+    def _replay_arrays(self) -> list[np.ndarray]:
+        """The replay buffer's storage arrays (off-policy algorithms), in a fixed order."""
+        if not self.off_policy:
+            return []
+        buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+        arrays: list[np.ndarray] = []
+        for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+            value = getattr(buffer, name, None)
+            if isinstance(value, Mapping):
+                arrays.extend(value[k] for k in sorted(value))
+            elif isinstance(value, np.ndarray):
+                arrays.append(value)
+        return arrays
+
+    def aux_nbytes(self, replay: bool) -> int:
+        """Size of :meth:`pack_aux` output (0 when there is nothing to move)."""
+        n = sum(2 * r.mean.size + 1 for r in self._running_stats()) * 8
+        if replay and self.off_policy:
+            n += sum(a.nbytes for a in self._replay_arrays()) + 16
+        return n
+
+    def pack_aux(self, replay: bool) -> np.ndarray:
+        """VecNormalize statistics (float64) and, if ``replay``, the whole replay buffer, as bytes."""
+        parts: list[np.ndarray] = []
+        for r in self._running_stats():
+            parts.append(np.concatenate([np.ravel(r.mean), np.ravel(r.var), [r.count]]).astype(np.float64))
+        if replay and self.off_policy:
+            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+            parts.extend(np.ascontiguousarray(a).reshape(-1) for a in self._replay_arrays())
+            parts.append(np.array([buffer.pos, int(buffer.full)], dtype=np.int64))
+        if not parts:
+            return np.empty(0, dtype=np.uint8)
+        return np.concatenate([p.view(np.uint8) for p in parts])
+
+    def unpack_aux(self, buf: np.ndarray, replay: bool) -> None:
+        """Load a :meth:`pack_aux` buffer of the same layout."""
+        if buf.nbytes != self.aux_nbytes(replay):
+            raise ValueError(
+                f"member {self.id}: aux buffer has {buf.nbytes} bytes, layout needs {self.aux_nbytes(replay)}"
+            )
+        offset = 0
+
+        def take(n: int, dtype: Any) -> np.ndarray:
+            nonlocal offset
+            size = n * np.dtype(dtype).itemsize
+            out = buf[offset : offset + size].view(dtype)
+            offset += size
+            return out
+
+        for r in self._running_stats():
+            k = r.mean.size
+            values = take(2 * k + 1, np.float64)
+            r.mean = values[:k].reshape(np.shape(r.mean)).copy()
+            r.var = values[k : 2 * k].reshape(np.shape(r.var)).copy()
+            r.count = float(values[2 * k])
+        if replay and self.off_policy:
+            for a in self._replay_arrays():
+                a.reshape(-1)[:] = take(a.size, a.dtype)
+            pos, full = take(2, np.int64)
+            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+            buffer.pos, buffer.full = int(pos), bool(full)
+
     # -- checkpoints -----------------------------------------------------------
     def checkpoint_tensors(self) -> dict[str, Any]:
-        """Policy and optimizer state dicts, for ``torch.save``."""
-        policy = self.model.policy
-        return {"policy": policy.state_dict(), "optimizer": policy.optimizer.state_dict()}
+        """State dicts of every network and optimizer, extra variables, and the filled replay buffer."""
+        names, variables = self.model._get_torch_save_params()
+        out: dict[str, Any] = {name: _get(self.model, name).state_dict() for name in names}
+        out.update({f"var:{v}": _get(self.model, v).detach().clone() for v in variables})
+        if self.off_policy:
+            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+            filled = buffer.buffer_size if buffer.full else buffer.pos
+            for i, a in enumerate(self._replay_arrays()):
+                out[f"replay:{i}"] = torch.from_numpy(np.ascontiguousarray(a[:filled]))
+        return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """Everything else a resume needs, as plain JSON."""
         returns, lengths = self.episode_stats()
-        return {
+        meta: dict[str, Any] = {
             "member": self.id,
             "timesteps": self.timesteps,
             "n_updates": int(self.model._n_updates),
             "episode_num": int(self.model._episode_num),
+            "n_calls": int(getattr(self.model, "_n_calls", 0)),
             "returns": returns,
             "lengths": lengths,
             "hparams": self.hparams,
             "diverged": self.diverged,
         }
+        if self.normalize is not None:
+            meta["normalize"] = [
+                {"mean": np.ravel(r.mean).tolist(), "var": np.ravel(r.var).tolist(), "count": float(r.count)}
+                for r in self._running_stats()
+            ]
+        if self.off_policy:
+            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+            meta["replay"] = {"pos": int(buffer.pos), "full": bool(buffer.full)}
+        return meta
 
     def restore(self, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         """Load a checkpoint written from :meth:`checkpoint_tensors` and :meth:`checkpoint_meta`."""
-        policy = self.model.policy
-        policy.load_state_dict(tensors["policy"])
-        policy.optimizer.load_state_dict(tensors["optimizer"])  # new state tensors: re-flatten lazily
+        names, variables = self.model._get_torch_save_params()
+        for name in names:
+            key = "optimizer" if name == "policy.optimizer" and name not in tensors else name  # pre-0.2 checkpoints
+            # Optimizers keep the given state tensors (no copy), and flattening re-points them: copy first.
+            _get(self.model, name).load_state_dict(copy.deepcopy(tensors[key]))
+        with torch.no_grad():
+            for v in variables:
+                _get(self.model, v).copy_(tensors[f"var:{v}"])
         self._flat = None
         self.model.num_timesteps = int(meta["timesteps"])
         self.model._n_updates = int(meta["n_updates"])
         self.model._episode_num = int(meta["episode_num"])
+        if hasattr(self.model, "_n_calls"):
+            self.model._n_calls = int(meta.get("n_calls", 0))
         self.set_episode_stats(list(meta["returns"]), list(meta["lengths"]))
+        for r, saved in zip(self._running_stats(), meta.get("normalize", []), strict=False):
+            r.mean = np.array(saved["mean"], dtype=np.float64).reshape(np.shape(r.mean))
+            r.var = np.array(saved["var"], dtype=np.float64).reshape(np.shape(r.var))
+            r.count = float(saved["count"])
+        if self.off_policy and "replay" in meta:
+            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+            for i, a in enumerate(self._replay_arrays()):
+                saved_array = tensors[f"replay:{i}"].numpy()
+                a[: len(saved_array)] = saved_array
+            buffer.pos, buffer.full = int(meta["replay"]["pos"]), bool(meta["replay"]["full"])
         self.apply_hparams(meta["hparams"])
         self.diverged = bool(meta["diverged"])
 
@@ -329,9 +541,17 @@ class Member:
         logger.dump(step=self.timesteps)
 
     def save(self, path: str) -> None:
-        """Save as an SB3 ``.zip`` loadable with ``PPO.load``."""
+        """Save as an SB3 ``.zip`` loadable with ``<Algo>.load`` (e.g. ``PPO.load``)."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.model.save(path)
+
+    def save_normalization(self, path: str) -> bool:
+        """Save the VecNormalize statistics (``VecNormalize.load(path, env)``); False when not normalising."""
+        if self.normalize is None:
+            return False
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.normalize.save(path)
+        return True
 
     def close(self) -> None:
         """Release envs and the TensorBoard writer."""

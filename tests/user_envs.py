@@ -1,0 +1,36 @@
+"""User-defined envs for the ``module:Class`` / ``module:factory`` tests (nothing registered)."""
+
+from __future__ import annotations
+
+import gymnasium
+import numpy as np
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from gymnasium.wrappers import TimeLimit
+
+
+class Corridor(gymnasium.Env):
+    """Walk right along a corridor of ``length`` cells: reward -1 per step, episode ends at the far end."""
+
+    def __init__(self, length: int = 5) -> None:
+        self.length = length
+        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32)
+        self.action_space = gymnasium.spaces.Discrete(2)
+        self.position = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.position / self.length], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.position = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.position = max(0, self.position + (1 if action == 1 else -1))
+        done = self.position >= self.length
+        return self._obs(), -1.0, done, False, {}
+
+
+def short_cartpole(max_episode_steps: int = 500) -> gymnasium.Env:
+    """CartPole whose episodes are cut at ``max_episode_steps`` (a factory taking env kwargs)."""
+    return TimeLimit(CartPoleEnv(), max_episode_steps=max_episode_steps)
