@@ -22,8 +22,12 @@ from .comm import Comm
 from .config import Config
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
+from .pb2 import Observation, pb2_explore
 from .selection import rank_order, select
 from .space import Value, explore, parse_space, sample_hparams
+
+#: Most recent observations PB2 keeps (its GP costs O(n^3) per explore).
+PB2_MAX_OBSERVATIONS = 1000
 
 #: Columns of the gathered table before the per-episode returns and lengths.
 _FIT, _STEPS, _NEP = 0, 1, 2
@@ -58,11 +62,15 @@ class Engine:
             self.activity = f"creating member {m}"
             self.members[m] = Member(m, cfg, self.hparams[m], os.path.join(run_dir, "tb", member_tag(m)))
         self.last_fitness = np.full(self.population, math.nan)
+        #: Each member's fitness when its current generation started (the winner's after an exploit).
+        self.start_fitness = np.full(self.population, math.nan)
+        #: PB2's data: (generation, hparams, fitness change) of every member interval with finite ends.
+        self.observations: list[Observation] = []
         #: Wall-clock time (epoch seconds) when this process started its first training step.
         self.first_train_unix: float | None = None
         #: First generation this process runs (> 0 after a resume).
         self.start = 0
-        history_bytes = 0
+        history_bytes = lineage_bytes = 0
         if resume_from is not None:
             self.activity = f"loading checkpoint of generation {resume_from}"
             saved = checkpoint.load_population(run_dir, resume_from)
@@ -70,16 +78,25 @@ class Engine:
             self.last_fitness = np.array([math.nan if f is None else f for f in saved["fitness"]])
             self.start = int(saved["generation"]) + 1
             history_bytes = int(saved["history_bytes"])
+            lineage_bytes = int(saved.get("lineage_bytes", 0))
+            self.start_fitness = np.array([math.nan if f is None else f for f in saved.get("start_fitness", [])])
+            if self.start_fitness.size != self.population:
+                self.start_fitness = np.full(self.population, math.nan)
+            self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
             for m in self.local_ids:
                 self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
         self.timer = PhaseTimer()
         self.timings = JsonlWriter(os.path.join(run_dir, "timings", f"rank_{comm.rank:03d}.jsonl"))
         self.history: JsonlWriter | None = None
+        self.lineage: JsonlWriter | None = None
         self.board: PopulationBoard | None = None
         if comm.rank == 0:
             history_path = os.path.join(run_dir, "history.jsonl")
             checkpoint.truncate(history_path, history_bytes)  # drop records newer than the checkpoint
             self.history = JsonlWriter(history_path)
+            lineage_path = os.path.join(run_dir, "lineage.jsonl")
+            checkpoint.truncate(lineage_path, lineage_bytes)
+            self.lineage = JsonlWriter(lineage_path)
             self.board = PopulationBoard(os.path.join(run_dir, "tb", "population"))
 
     def owner(self, member: int) -> int:
@@ -137,20 +154,8 @@ class Engine:
 
         timer.start("explore")
         last = g == cfg.generations - 1
-        plan: dict[int, int] = {}
-        if not last:
-            plan = select(
-                cfg.selection, fitness, seeding.stream(cfg.seed, seeding.SELECT, g), fraction=cfg.truncation_fraction
-            )
-        new_hparams = [dict(h) for h in self.hparams]
-        for loser, winner in plan.items():
-            new_hparams[loser] = explore(
-                self.hparams[winner],
-                self.space,
-                cfg.perturb_factors,
-                cfg.resample_probability,
-                seeding.stream(cfg.seed, seeding.EXPLORE, g, loser),
-            )
+        plan = {} if last else self._plan(g, table)
+        new_hparams = self._explore(g, plan, fitness)
 
         timer.start("log")
         self.activity = f"logging (generation {g})"
@@ -158,6 +163,8 @@ class Engine:
             self.members[m].log(float(fitness[m]), self.hparams[m], plan.get(m))
         if self.history is not None:
             self.history.write(self._history_records(g, table, plan))
+        if self.lineage is not None and plan:
+            self.lineage.write(self._lineage_records(g, table, plan, new_hparams))
         nonfinite = [m for m in range(self.population) if not np.isfinite(fitness[m])]
         if nonfinite and self.comm.rank == 0:
             self.echo(f"warning: generation {g}: non-finite fitness for member(s) {nonfinite}; ranked last")
@@ -198,6 +205,9 @@ class Engine:
                     "hparams": self.hparams,
                     "fitness": fitness,
                     "history_bytes": self.history.tell(),
+                    "lineage_bytes": self.lineage.tell() if self.lineage is not None else 0,
+                    "start_fitness": [float(f) if np.isfinite(f) else None for f in self.start_fitness],
+                    "pb2": [{"time": o.time, "hparams": o.hparams, "delta": o.delta} for o in self.observations],
                 },
                 keep=self.cfg.keep_checkpoints,
             )
@@ -219,14 +229,97 @@ class Engine:
             self.cfg.backend,
             receive_into=lambda w: self.members[first_loser[w]].receive_buffer() if w in first_loser else None,
         )
+        # VecNormalize statistics and (optionally) replay buffers move in a second, separate exchange.
+        replay = self.cfg.copy_replay_buffer
+        aux_nbytes = self.members[self.local_ids[0]].aux_nbytes(replay)
+        aux: dict[int, np.ndarray] = {}
+        if aux_nbytes:
+            aux = self.comm.move(
+                plan, self.owner, lambda w: self.members[w].pack_aux(replay), aux_nbytes, self.cfg.backend
+            )
         for loser in sorted(plan):
             if self.owner(loser) != self.comm.rank:
                 continue
             winner = plan[loser]
             member = self.members[loser]
             member.unpack(buffers[winner])
+            if aux_nbytes:
+                member.unpack_aux(aux[winner], replay)
             member.apply_hparams(new_hparams[loser])
             member.set_episode_stats(*self._episode_stats(table, winner))
+
+    def _plan(self, g: int, table: np.ndarray) -> dict[int, int]:
+        """Who copies whom after generation ``g`` (the same on every rank)."""
+        cfg = self.cfg
+        returns = [np.array(self._episode_stats(table, m)[0]) for m in range(self.population)]
+        return select(
+            cfg.selection,
+            table[:, _FIT],
+            seeding.stream(cfg.seed, seeding.SELECT, g),
+            fraction=cfg.truncation_fraction,
+            tournament_size=cfg.tournament_size,
+            elitism=cfg.elitism,
+            returns=returns,
+            alpha=cfg.ttest_alpha,
+        )
+
+    def _explore(self, g: int, plan: dict[int, int], fitness: np.ndarray) -> list[dict[str, Value]]:
+        """New hyperparameters for every member: losers explore from their winner's, the rest keep theirs."""
+        cfg = self.cfg
+        if cfg.explore == "pb2":
+            for m in range(self.population):
+                delta = float(fitness[m] - self.start_fitness[m])
+                if math.isfinite(delta):
+                    self.observations.append(Observation(float(g), dict(self.hparams[m]), delta))
+            del self.observations[:-PB2_MAX_OBSERVATIONS]
+        new_hparams = [dict(h) for h in self.hparams]
+        chosen: list[dict[str, Value]] = []
+        for loser in sorted(plan):
+            rng = seeding.stream(cfg.seed, seeding.EXPLORE, g, loser)
+            winner = self.hparams[plan[loser]]
+            if cfg.explore == "pb2":
+                if self.comm.rank != 0:
+                    continue  # rank 0 decides and broadcasts: GP linear algebra may round differently elsewhere
+                new_hparams[loser] = pb2_explore(
+                    winner,
+                    self.space,
+                    self.observations,
+                    float(g + 1),
+                    rng,
+                    pending=chosen,
+                    factors=cfg.perturb_factors,
+                    resample_probability=cfg.resample_probability,
+                )
+                chosen.append(new_hparams[loser])
+            else:
+                new_hparams[loser] = explore(winner, self.space, cfg.perturb_factors, cfg.resample_probability, rng)
+        if cfg.explore == "pb2" and plan:
+            new_hparams = self.comm.bcast_obj(new_hparams)
+        self.start_fitness = np.array(fitness, dtype=np.float64)
+        for loser, source in plan.items():
+            self.start_fitness[loser] = fitness[source]
+        return new_hparams
+
+    def _lineage_records(
+        self, g: int, table: np.ndarray, plan: dict[int, int], new_hparams: list[dict[str, Value]]
+    ) -> list[dict[str, Any]]:
+        def fit(m: int) -> float | None:
+            f = float(table[m, _FIT])
+            return f if math.isfinite(f) else None
+
+        return [
+            {
+                "generation": g,
+                "loser": loser,
+                "winner": winner,
+                "timesteps": int(table[loser, _STEPS]),
+                "loser_fitness": fit(loser),
+                "winner_fitness": fit(winner),
+                "old_hparams": self.hparams[loser],
+                "new_hparams": new_hparams[loser],
+            }
+            for loser, winner in sorted(plan.items())
+        ]
 
     def _history_records(self, g: int, table: np.ndarray, plan: dict[int, int]) -> list[dict[str, Any]]:
         records = []
@@ -305,10 +398,12 @@ class Engine:
         best = int(rank_order(self.last_fitness)[0])
         for m in self.local_ids:
             self.members[m].save(os.path.join(self.run_dir, "final", member_tag(m) + ".zip"))
+            self.members[m].save_normalization(os.path.join(self.run_dir, "final", member_tag(m) + ".vecnormalize.pkl"))
         self.comm.barrier()
         if best in self.members:
             tmp = os.path.join(self.run_dir, "best.tmp.zip")
             self.members[best].save(tmp)
+            self.members[best].save_normalization(os.path.join(self.run_dir, "best.vecnormalize.pkl"))
             os.replace(tmp, os.path.join(self.run_dir, "best.zip"))
         self.comm.barrier()
         if self.comm.rank == 0:
@@ -326,6 +421,8 @@ class Engine:
         self.timings.close()
         if self.history is not None:
             self.history.close()
+        if self.lineage is not None:
+            self.lineage.close()
         if self.board is not None:
             self.board.close()
 
