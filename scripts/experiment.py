@@ -1,0 +1,208 @@
+"""Does PBT find better agents for the same compute? Resumable comparison, not part of CI.
+
+    python scripts/experiment.py [--out results/experiment] [--jobs 2] [--seeds 0,1,2] [--envs ...]
+
+Compares, at equal env steps per member (a population of 4, one process each run):
+
+* ``pbt``     truncation selection + perturb/resample explore (the evo_mpi default),
+* ``pb2``     truncation selection + PB2 (GP-UCB) explore,
+* ``random``  the same population with exploit off (``--selection none``): random search,
+* ``default`` the same population, exploit off, every hyperparameter at SB3's default.
+
+For every run the member with the best final fitness (mean of its last 10 training
+episodes) is picked, then evaluated on 20 fresh deterministic episodes with a fixed
+seed: the "final best fitness" in the table, free of the bias of picking the
+maximum of noisy training returns.
+
+Every run is an ordinary evo_mpi run dir, so an interrupted experiment resumes by
+re-running the same command: finished runs are skipped, unfinished ones resume
+from their last checkpoint, evaluations are cached in ``eval.json``. Writes
+``summary.json``, ``table.md`` and ``curves.png`` into OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from evo_mpi.lineage import load  # noqa: E402
+
+#: SB3's own PPO defaults, for the searched hyperparameters of the default PPO space.
+SB3_PPO_DEFAULTS = {
+    "learning_rate": 3e-4,
+    "ent_coef": 0.0,
+    "clip_range": 0.2,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "vf_coef": 0.5,
+    "n_epochs": 10,
+    "batch_size": 64,
+}
+
+METHODS: dict[str, list[str]] = {
+    "pbt": ["--selection", "truncation", "--explore", "perturb"],
+    "pb2": ["--selection", "truncation", "--explore", "pb2"],
+    "random": ["--selection", "none"],
+    "default": ["--selection", "none"]
+    + [arg for k, v in SB3_PPO_DEFAULTS.items() for arg in ("--search-space", f"{k}=const:{v}")],
+}
+
+ENVS = ("Pendulum-v1", "Acrobot-v1")
+POPULATION = 4
+GENERATIONS = 30
+STEPS_PER_GENERATION = 4096
+EVAL_EPISODES = 20
+
+
+def run_dir(out: str, env: str, method: str, seed: int) -> str:
+    return os.path.join(out, env, method, f"seed{seed}")
+
+
+def command(out: str, env: str, method: str, seed: int) -> list[str]:
+    """One evo_mpi run: a single process holding the whole population."""
+    return [
+        sys.executable,
+        "-m",
+        "evo_mpi.run",
+        "--env-id",
+        env,
+        "--seed",
+        str(seed),
+        "--agents-per-rank",
+        str(POPULATION),
+        "--generations",
+        str(GENERATIONS),
+        "--steps-per-generation",
+        str(STEPS_PER_GENERATION),
+        "--run-dir",
+        run_dir(out, env, method, seed),
+        *METHODS[method],
+    ]
+
+
+def evaluate(path: str, env: str, seed: int) -> dict[str, Any]:
+    """Deterministic return of the run's best final member on fresh episodes (cached in eval.json)."""
+    cache = os.path.join(path, "eval.json")
+    if os.path.exists(cache):
+        with open(cache, encoding="utf-8") as fh:
+            return dict(json.load(fh))
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    torch.set_num_threads(1)
+    hist, _ = load(path)
+    last = hist.fitness[-1]
+    best = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
+    model = PPO.load(os.path.join(path, "final", f"member_{best:02d}.zip"), device="cpu")
+    venv = make_vec_env(env, n_envs=1, seed=10_000 + seed)
+    returns, _ = evaluate_policy(
+        model, venv, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True
+    )
+    result = {"member": best, "train_fitness": float(last[best]), "eval_mean": float(np.mean(returns))}
+    result["eval_returns"] = [float(r) for r in returns]  # type: ignore[assignment]
+    with open(cache + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(result, fh)
+    os.replace(cache + ".tmp", cache)
+    return result
+
+
+def one(out: str, env: str, method: str, seed: int) -> dict[str, Any]:
+    """Run (or resume, or skip) one configuration, then evaluate it."""
+    path = run_dir(out, env, method, seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t0 = time.time()
+    if not os.path.exists(os.path.join(path, "best.zip")):
+        env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+        with open(path + ".log", "a", encoding="utf-8") as log:
+            proc = subprocess.run(command(out, env, method, seed), stdout=log, stderr=subprocess.STDOUT, env=env_vars)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+    result = evaluate(path, env, seed)
+    print(f"{env:12s} {method:8s} seed {seed}: eval {result['eval_mean']:9.1f} ({time.time() - t0:.0f} s)", flush=True)
+    return result
+
+
+def curves(out: str, env: str, method: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Best training fitness per generation (rows: seeds) and the env steps per member."""
+    rows = []
+    steps = np.arange(1, GENERATIONS + 1) * STEPS_PER_GENERATION
+    for seed in seeds:
+        hist, _ = load(run_dir(out, env, method, seed))
+        fit = np.where(np.isfinite(hist.fitness), hist.fitness, -np.inf).max(axis=1)
+        rows.append(fit[:GENERATIONS])
+    return steps, np.array(rows)
+
+
+def plot(out: str, envs: list[str], seeds: list[int]) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5 * len(envs), 4))
+    FigureCanvasAgg(fig)
+    for i, env in enumerate(envs):
+        ax = fig.add_subplot(1, len(envs), i + 1)
+        for method in METHODS:
+            steps, rows = curves(out, env, method, seeds)
+            mean, sd = rows.mean(axis=0), rows.std(axis=0)
+            ax.plot(steps, mean, label=method)
+            ax.fill_between(steps, mean - sd, mean + sd, alpha=0.15)
+        ax.set_title(f"{env}: best member's training return")
+        ax.set_xlabel("env steps per member")
+        ax.set_ylabel(f"mean +- sd over {len(seeds)} seeds")
+        ax.legend()
+    fig.tight_layout()
+    path = os.path.join(out, "curves.png")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", "experiment"))
+    parser.add_argument("--jobs", type=int, default=2, help="Runs at the same time (one process each).")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--envs", default=",".join(ENVS))
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    envs = args.envs.split(",")
+    jobs = [(env, method, seed) for env in envs for seed in seeds for method in METHODS]
+    results: dict[tuple[str, str, int], dict[str, Any]] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(one, args.out, *job): job for job in jobs}
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+    summary: dict[str, Any] = {"population": POPULATION, "generations": GENERATIONS}
+    summary["steps_per_member"] = GENERATIONS * STEPS_PER_GENERATION
+    lines = ["| env | method | final best return (mean +- sd) | per seed |", "|---|---|---|---|"]
+    for env in envs:
+        for method in METHODS:
+            values = [results[(env, method, s)]["eval_mean"] for s in seeds]
+            summary[f"{env}/{method}"] = values
+            sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+            per_seed = ", ".join(f"{v:.1f}" for v in values)
+            lines.append(f"| {env} | {method} | {np.mean(values):.1f} +- {sd:.1f} | {per_seed} |")
+    with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2)
+    with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(plot(args.out, envs, seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
