@@ -61,7 +61,7 @@ METHODS: dict[str, list[str]] = {
 
 ENVS = ("Pendulum-v1", "Acrobot-v1")
 POPULATION = 4
-GENERATIONS = 30
+GENERATIONS = 36
 STEPS_PER_GENERATION = 4096
 EVAL_EPISODES = 20
 
