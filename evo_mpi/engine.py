@@ -334,6 +334,7 @@ class Engine:
                     "fitness": fit if math.isfinite(fit) else None,
                     "hparams": self.hparams[m],
                     "parent": plan.get(m),
+                    "returns": [r if math.isfinite(r) else None for r in self._episode_stats(table, m)[0]],
                 }
             )
         return records
