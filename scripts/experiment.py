@@ -61,7 +61,8 @@ METHODS: dict[str, list[str]] = {
 
 ENVS = ("Pendulum-v1", "Acrobot-v1")
 POPULATION = 4
-GENERATIONS = 36
+#: Generations per env (x STEPS_PER_GENERATION env steps per member): Acrobot needs fewer.
+GENERATIONS = {"Pendulum-v1": 36, "Acrobot-v1": 24}
 STEPS_PER_GENERATION = 4096
 EVAL_EPISODES = 20
 
@@ -83,7 +84,7 @@ def command(out: str, env: str, method: str, seed: int) -> list[str]:
         "--agents-per-rank",
         str(POPULATION),
         "--generations",
-        str(GENERATIONS),
+        str(GENERATIONS.get(env, 36)),
         "--steps-per-generation",
         str(STEPS_PER_GENERATION),
         "--run-dir",
@@ -139,11 +140,12 @@ def one(out: str, env: str, method: str, seed: int) -> dict[str, Any]:
 def curves(out: str, env: str, method: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Best training fitness per generation (rows: seeds) and the env steps per member."""
     rows = []
-    steps = np.arange(1, GENERATIONS + 1) * STEPS_PER_GENERATION
+    generations = GENERATIONS.get(env, 36)
+    steps = np.arange(1, generations + 1) * STEPS_PER_GENERATION
     for seed in seeds:
         hist, _ = load(run_dir(out, env, method, seed))
         fit = np.where(np.isfinite(hist.fitness), hist.fitness, -np.inf).max(axis=1)
-        rows.append(fit[:GENERATIONS])
+        rows.append(fit[:generations])
     return steps, np.array(rows)
 
 
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         for future in concurrent.futures.as_completed(futures):
             results[futures[future]] = future.result()
     summary: dict[str, Any] = {"population": POPULATION, "generations": GENERATIONS}
-    summary["steps_per_member"] = GENERATIONS * STEPS_PER_GENERATION
+    summary["steps_per_member"] = {env: GENERATIONS.get(env, 36) * STEPS_PER_GENERATION for env in envs}
     lines = ["| env | method | final best return (mean +- sd) | per seed |", "|---|---|---|---|"]
     for env in envs:
         for method in METHODS:

@@ -38,6 +38,19 @@ BAD = [
     (["--torch-threads", "-1"], "--torch-threads must be >= 0 (0 = automatic), got -1"),
     (["--checkpoint-every", "0"], "--checkpoint-every must be > 0, got 0"),
     (["--resume", "/nonexistent/run"], "--resume '/nonexistent/run': no config.json there"),
+    (["--selection", "tournament", "--tournament-size", "1"], "--tournament-size must be >= 2, got 1"),
+    (["--ttest-alpha", "1.5"], "--ttest-alpha must be in (0, 1), got 1.5"),
+    (["--explore", "bayes"], "argument --explore: invalid choice: 'bayes'"),
+    (["--buffer-size", "0"], "--buffer-size must be > 0, got 0"),
+    (["--algo", "dqn", "--env-id", "Pendulum-v1"], "--algo dqn needs a Discrete action space; 'Pendulum-v1' has Box"),
+    (["--algo", "sac"], "--algo sac needs a Box action space; 'CartPole-v1' has Discrete(2)"),
+    (["--env-kwargs", '{"bogus": 3}'], "--env-kwargs {\"bogus\": 3}: cannot create it"),
+    (["--env-kwargs", "[1]"], "invalid --env-kwargs '[1]': expected a JSON object"),
+    (["--env-kwargs", "{oops"], "invalid --env-kwargs '{oops': not JSON"),
+    (["--env-id", "user_envs:NoSuchThing"], "--env-id 'user_envs:NoSuchThing' is not a registered gymnasium"),
+    (["--env-id", "no_such_module:Env"], "--env-id 'no_such_module:Env' is not a registered gymnasium"),
+    (["--search-space", "tau=uniform:0:1"], "unknown ppo hyperparameter 'tau'"),
+    (["--algo", "dqn", "--search-space", "clip_range=uniform:0.1:0.2"], "unknown dqn hyperparameter 'clip_range'"),
 ]
 
 
@@ -125,6 +138,16 @@ def test_file_values_overridden_by_flags_and_toml_roundtrip(tmp_path):
     import tomllib
 
     assert merge(tomllib.loads(path.read_text()), {}) == Config(generations=5, seed=11, search_space=cfg.space_specs)
+    env = merge({"env_kwargs": {"g": 3.5, "name": "x"}, "normalize": True, "algo": "sac"}, {"elitism": True})
+    assert merge(tomllib.loads(to_toml(env)), {}).to_dict() == env.to_dict()
+    assert env.space_specs["tau"] == "loguniform:0.001:0.05"
+
+
+def test_boolean_flags_and_env_kwargs_parse():
+    from evo_mpi.config import parse
+
+    parsed = parse(["--normalize", "--no-elitism", "--env-kwargs", '{"g": 9.81}', "--explore", "pb2"])
+    assert parsed.cli_values == {"normalize": True, "elitism": False, "env_kwargs": {"g": 9.81}, "explore": "pb2"}
 
 
 def test_bad_input_under_mpiexec_reported_once_before_work(tmp_path):
