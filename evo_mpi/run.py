@@ -52,8 +52,13 @@ def _read_saved(run_dir: str) -> dict[str, Any] | None:
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as fh:
-        data: dict[str, Any] = json.load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:  # unreadable, or not JSON (ValueError covers JSONDecodeError/UTF-8)
+        raise ConfigError([f"{path}: cannot read the run's saved configuration ({exc})"]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("population"), int):
+        raise ConfigError([f"{path}: not an evo-mpi run configuration (no population)"])
     return data
 
 

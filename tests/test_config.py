@@ -155,3 +155,15 @@ def test_bad_input_under_mpiexec_reported_once_before_work(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("--truncation-fraction must be in (0, 0.5], got 0.9") == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"seed": 1}'])
+def test_corrupt_saved_config_is_reported_not_raised(tmp_path, capsys, content):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(content)
+    for argv in (["--run-dir", str(run_dir)], ["--resume", str(run_dir)]):
+        code = main([*TINY, "--agents-per-rank", "2", *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and "config.json" in err and "Traceback" not in err, err
+    assert os.listdir(run_dir) == ["config.json"]
