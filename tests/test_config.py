@@ -44,7 +44,7 @@ BAD = [
     (["--buffer-size", "0"], "--buffer-size must be > 0, got 0"),
     (["--algo", "dqn", "--env-id", "Pendulum-v1"], "--algo dqn needs a Discrete action space; 'Pendulum-v1' has Box"),
     (["--algo", "sac"], "--algo sac needs a Box action space; 'CartPole-v1' has Discrete(2)"),
-    (["--env-kwargs", '{"bogus": 3}'], "--env-kwargs {\"bogus\": 3}: cannot create it"),
+    (["--env-kwargs", '{"bogus": 3}'], '--env-kwargs {"bogus": 3}: cannot create it'),
     (["--env-kwargs", "[1]"], "invalid --env-kwargs '[1]': expected a JSON object"),
     (["--env-kwargs", "{oops"], "invalid --env-kwargs '{oops': not JSON"),
     (["--env-id", "user_envs:NoSuchThing"], "--env-id 'user_envs:NoSuchThing' is not a registered gymnasium"),
