@@ -27,6 +27,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.noise import NormalActionNoise
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.running_mean_std import RunningMeanStd
+from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import (
     FloatSchedule,
     LinearSchedule,
@@ -45,16 +46,10 @@ ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC
 _Apply = Callable[[BaseAlgorithm, Value], None]
 
 
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
     """Every optimizer of ``model`` (policy, actor, critic, entropy coefficient), in SB3's save order."""
     names, _ = model._get_torch_save_params()
-    found = [_get(model, n) for n in names]
+    found = [recursive_getattr(model, n) for n in names]
     return [o for o in found if isinstance(o, torch.optim.Optimizer)]
 
 
@@ -298,7 +293,7 @@ class Member:
         names, variables = self.model._get_torch_save_params()
         tensors: list[torch.Tensor] = []
         for name in names:
-            obj = _get(self.model, name)
+            obj = recursive_getattr(self.model, name)
             if isinstance(obj, torch.optim.Optimizer):
                 for group in obj.param_groups:
                     for p in group["params"]:
@@ -306,7 +301,7 @@ class Member:
                         tensors.extend(state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor))
             else:
                 tensors.extend(obj.state_dict(keep_vars=True).values())
-        tensors.extend(_get(self.model, v) for v in variables)
+        tensors.extend(recursive_getattr(self.model, v) for v in variables)
         unique: dict[int, torch.Tensor] = {}  # a module shared under two names appears twice
         for t in tensors:
             unique.setdefault(id(t), t)
@@ -463,8 +458,8 @@ class Member:
     def checkpoint_tensors(self) -> dict[str, Any]:
         """State dicts of every network and optimizer, extra variables, and the filled replay buffer."""
         names, variables = self.model._get_torch_save_params()
-        out: dict[str, Any] = {name: _get(self.model, name).state_dict() for name in names}
-        out.update({f"var:{v}": _get(self.model, v).detach().clone() for v in variables})
+        out: dict[str, Any] = {name: recursive_getattr(self.model, name).state_dict() for name in names}
+        out.update({f"var:{v}": recursive_getattr(self.model, v).detach().clone() for v in variables})
         if self.off_policy:
             buffer = self.model.replay_buffer  # type: ignore[attr-defined]
             filled = buffer.buffer_size if buffer.full else buffer.pos
@@ -502,10 +497,10 @@ class Member:
         for name in names:
             key = "optimizer" if name == "policy.optimizer" and name not in tensors else name  # pre-0.2 checkpoints
             # Optimizers keep the given state tensors (no copy), and flattening re-points them: copy first.
-            _get(self.model, name).load_state_dict(copy.deepcopy(tensors[key]))
+            recursive_getattr(self.model, name).load_state_dict(copy.deepcopy(tensors[key]))
         with torch.no_grad():
             for v in variables:
-                _get(self.model, v).copy_(tensors[f"var:{v}"])
+                recursive_getattr(self.model, v).copy_(tensors[f"var:{v}"])
         self._flat = None
         self.model.num_timesteps = int(meta["timesteps"])
         self.model._n_updates = int(meta["n_updates"])
