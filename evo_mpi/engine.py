@@ -251,7 +251,9 @@ class Engine:
     def _plan(self, g: int, table: np.ndarray) -> dict[int, int]:
         """Who copies whom after generation ``g`` (the same on every rank)."""
         cfg = self.cfg
-        returns = [np.array(self._episode_stats(table, m)[0]) for m in range(self.population)]
+        returns = None
+        if cfg.selection == "ttest":  # the t-test's samples: each member's recent training returns
+            returns = [np.array(self._episode_stats(table, m)[0]) for m in range(self.population)]
         return select(
             cfg.selection,
             table[:, _FIT],
