@@ -60,8 +60,7 @@ def trained():
     out = {}
     for algo in ALGO_HPARAMS:
         cfg = config(algo)
-        hp = base_hparams(algo) if algo != "a2c" else base_hparams(algo)
-        hp = {k: v for k, v in hp.items() if k in ALGO_HPARAMS[algo]}
+        hp = {k: v for k, v in base_hparams(algo).items() if k in ALGO_HPARAMS[algo]}
         m = Member(0, cfg, hp, None)
         m.train(256, 0)
         out[algo] = (cfg, hp, m.checkpoint_tensors(), m.checkpoint_meta())
@@ -175,7 +174,7 @@ def test_checkpoint_restores_replay_buffer_and_counters(trained):
 
 def test_vecnormalize_statistics_move_with_the_weights():
     cfg = config("ppo", normalize=True, eval_episodes=1)
-    hp = {k: v for k, v in base_hparams("ppo").items()}
+    hp = base_hparams("ppo")
     a, b = Member(0, cfg, hp, None), Member(0, cfg, hp, None)
     a.train(256, 0)
     b.train(128, 0)

@@ -141,24 +141,27 @@ REQUEUE_TOML = TINY_TOML.replace('"CartPole-v1"', '"slurm_cluster:SlowCartPole-v
 )
 
 
+def submit_requeue(slurm, tmp_path, run_dir, *sbatch_args: str) -> str:
+    """sbatch slurm/requeue.sbatch on 2 tasks with the slow REQUEUE_TOML config into ``run_dir``."""
+    (tmp_path / "slow.toml").write_text(REQUEUE_TOML)
+    return slurm.sbatch(
+        f"--chdir={tmp_path}",
+        f"--output={tmp_path}/job-%j.out",
+        "--ntasks=2",
+        *sbatch_args,
+        str(SLURM_DIR / "requeue.sbatch"),
+        env=job_env(EVO_CONFIG="slow.toml", EVO_RUN_DIR=str(run_dir)),
+    )
+
+
 def test_requeue_script_resumes_after_time_limit_signal(slurm, tmp_path):
     """--time=1 with --signal=B:USR1@20: SLURM signals the batch shell 10-40 s in (its time-limit
     check runs every 30 s), the script forwards it, evo_mpi checkpoints and exits 75, the script
     requeues the job, and the requeued job resumes the same run dir, until the run is complete.
     After the second restart the test lifts the time limit so that it ends in bounded time.
     """
-    (tmp_path / "slow.toml").write_text(REQUEUE_TOML)
     run_dir = tmp_path / "run"
-    env = job_env(EVO_CONFIG="slow.toml", EVO_RUN_DIR=str(run_dir))
-    job_id = slurm.sbatch(
-        f"--chdir={tmp_path}",
-        f"--output={tmp_path}/job-%j.out",
-        "--ntasks=2",
-        "--time=1",
-        "--signal=B:USR1@20",
-        str(SLURM_DIR / "requeue.sbatch"),
-        env=env,
-    )
+    job_id = submit_requeue(slurm, tmp_path, run_dir, "--time=1", "--signal=B:USR1@20")
     deadline = time.monotonic() + 300
     lifted = False
     info: dict[str, str] = {}
@@ -190,17 +193,8 @@ def test_requeue_script_resumes_after_time_limit_signal(slurm, tmp_path):
 
 def test_requeue_script_does_not_requeue_on_scancel(slurm, tmp_path):
     """scancel sends SIGTERM: evo_mpi checkpoints and exits 75, the job ends CANCELLED, not requeued."""
-    (tmp_path / "slow.toml").write_text(REQUEUE_TOML)
     run_dir = tmp_path / "run"
-    env = job_env(EVO_CONFIG="slow.toml", EVO_RUN_DIR=str(run_dir))
-    job_id = slurm.sbatch(
-        f"--chdir={tmp_path}",
-        f"--output={tmp_path}/job-%j.out",
-        "--ntasks=2",
-        "--time=10",
-        str(SLURM_DIR / "requeue.sbatch"),
-        env=env,
-    )
+    job_id = submit_requeue(slurm, tmp_path, run_dir, "--time=10")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (run_dir / "checkpoints").is_dir():
         time.sleep(0.5)
