@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import copy
+import hashlib
 import inspect
+import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -155,6 +157,40 @@ def _rms_arrays(rms: RunningMeanStd | Mapping[str, RunningMeanStd]) -> list[Runn
     return [rms]
 
 
+def _init_optimizer_state(model: BaseAlgorithm) -> None:
+    """Create every optimizer's state now, exactly as its first step would, so the layout never changes.
+
+    PyTorch optimizers create their state (Adam's moments, RMSprop's averages,
+    step counts) lazily at the first step; until then a member's state is
+    smaller than a trained member's. One step with zero gradients and a zero
+    learning rate creates the state without moving a weight; every state
+    tensor is then zeroed, which is the value a first real step starts from.
+    """
+    for opt in optimizers(model):
+        if opt.state:
+            continue
+        saved_lr = [group["lr"] for group in opt.param_groups]
+        params = [p for group in opt.param_groups for p in group["params"]]
+        grads = [p.grad for p in params]
+        with torch.no_grad():
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            for group in opt.param_groups:
+                group["lr"] = 0.0
+            before = [p.detach().clone() for p in params]
+            opt.step()
+            for p, old in zip(params, before, strict=True):
+                p.copy_(old)
+            for group, lr in zip(opt.param_groups, saved_lr, strict=True):
+                group["lr"] = lr
+            for state in opt.state.values():
+                for value in state.values():
+                    if isinstance(value, torch.Tensor):
+                        value.zero_()
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+
+
 class _StopCallback(BaseCallback):
     """Ends ``learn()`` at the next env step once ``should_stop()`` is true."""
 
@@ -194,6 +230,10 @@ class Member:
         accepted = inspect.signature(algo.__init__).parameters
         kwargs.update({k: v for k, v in hparams.items() if k in accepted})  # the rest is applied below
         self.model = algo(cfg.policy, self.env, verbose=0, **kwargs)
+        # SB3 measures progress against the end of the current learn() call; PBT calls learn() once per
+        # generation, so without this epsilon (and any schedule) would restart or finish every generation.
+        self.model._update_current_progress_remaining = self._progress_remaining  # type: ignore[method-assign,assignment]
+        _init_optimizer_state(self.model)
         self.hparams: dict[str, Value] = {}
         self.apply_hparams(hparams)
         if tb_dir is not None:
@@ -213,7 +253,28 @@ class Member:
             if name not in table:
                 raise KeyError(f"unknown {self.cfg.algo} hyperparameter {name!r}")
             table[name](self.model, value)
+        if self.normalize is not None and "gamma" in hparams:
+            # VecNormalize discounts the return it normalises rewards by with its own copy of gamma
+            self.normalize.gamma = float(hparams["gamma"])
         self.hparams = dict(hparams)
+        self._sync_progress()
+
+    # -- schedules -------------------------------------------------------------
+    @property
+    def run_timesteps(self) -> int:
+        """The member's whole training budget: what SB3's progress-driven schedules count against."""
+        return self.cfg.generations * self.cfg.steps_per_generation
+
+    def _progress_remaining(self, num_timesteps: int, total_timesteps: int = 0) -> None:
+        """SB3's progress hook, measured against the run's budget, not ``total_timesteps`` (the ``learn()`` call's)."""
+        self.model._current_progress_remaining = 1.0 - float(num_timesteps) / float(self.run_timesteps)
+
+    def _sync_progress(self) -> None:
+        """Set SB3's progress (and DQN's epsilon, which follows it) from the member's step count now."""
+        self._progress_remaining(self.timesteps)
+        schedule = getattr(self.model, "exploration_schedule", None)
+        if schedule is not None:
+            self.model.exploration_rate = schedule(self.model._current_progress_remaining)  # type: ignore[attr-defined]
 
     # -- training and fitness --------------------------------------------------
     @property
@@ -234,8 +295,11 @@ class Member:
         if self.diverged:
             return
         set_random_seed(seeding.derive_seed(self.cfg.seed, seeding.TRAIN, self.id, generation))
+        # off-policy random actions (learning_starts, DQN's epsilon) come from the action space's own stream
+        self.model.action_space.seed(seeding.derive_seed(self.cfg.seed, seeding.ACTION, self.id, generation))
         self.env.seed(seeding.derive_seed(self.cfg.seed, seeding.ENV, self.id, generation))
         self.model._last_obs = None  # makes learn() reset the (re-seeded) env
+        self._sync_progress()
         try:
             self.model.learn(steps, reset_num_timesteps=False, callback=_StopCallback(should_stop))
         except (ValueError, RuntimeError):
@@ -283,29 +347,51 @@ class Member:
         return float(np.mean(self.last_eval_returns))
 
     # -- state as one buffer ---------------------------------------------------
-    def _tensors(self) -> list[torch.Tensor]:
-        """Weights, buffers and optimizer state of every network SB3 saves, in a fixed order (each once).
+    def _named_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """Weights, buffers and optimizer state of every network SB3 saves, named, in a fixed order (each once).
 
         For PPO/A2C that is the policy and its optimizer; SAC/TD3/DDPG add the
         target networks, the actor and critic optimizers and SAC's entropy
         coefficient with its optimizer; DQN adds the target Q-network.
         """
         names, variables = self.model._get_torch_save_params()
-        tensors: list[torch.Tensor] = []
+        tensors: list[tuple[str, torch.Tensor]] = []
         for name in names:
             obj = recursive_getattr(self.model, name)
             if isinstance(obj, torch.optim.Optimizer):
+                index = 0
                 for group in obj.param_groups:
                     for p in group["params"]:
                         state = obj.state.get(p, {})
-                        tensors.extend(state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor))
+                        tensors.extend(
+                            (f"{name}.state.{index}.{k}", state[k])
+                            for k in sorted(state)
+                            if isinstance(state[k], torch.Tensor)
+                        )
+                        index += 1
             else:
-                tensors.extend(obj.state_dict(keep_vars=True).values())
-        tensors.extend(recursive_getattr(self.model, v) for v in variables)
-        unique: dict[int, torch.Tensor] = {}  # a module shared under two names appears twice
-        for t in tensors:
-            unique.setdefault(id(t), t)
+                tensors.extend((f"{name}.{k}", t) for k, t in obj.state_dict(keep_vars=True).items())
+        tensors.extend((v, recursive_getattr(self.model, v)) for v in variables)
+        unique: dict[int, tuple[str, torch.Tensor]] = {}  # a module shared under two names appears twice
+        for named in tensors:
+            unique.setdefault(id(named[1]), named)
         return list(unique.values())
+
+    def _tensors(self) -> list[torch.Tensor]:
+        """The tensors of :meth:`_named_tensors`, in the same order."""
+        return [t for _, t in self._named_tensors()]
+
+    def state_layout(self) -> tuple[int, int, str]:
+        """What peers must agree on before states move: state bytes, aux bytes and a hash of the layout.
+
+        The hash covers every tensor's name, shape and dtype in packing order
+        and the aux buffer's size, so two members with equal hashes pack
+        byte-compatible buffers.
+        """
+        described = [(n, list(t.shape), str(t.dtype)) for n, t in self._named_tensors()]
+        aux = self.aux_nbytes(self.cfg.copy_replay_buffer)
+        digest = hashlib.sha256(json.dumps([described, aux]).encode()).hexdigest()[:16]
+        return self.state_nbytes, aux, digest
 
     def _flat_state(self) -> np.ndarray | None:
         """The member's state as one contiguous uint8 array that *is* its weights and Adam state.
@@ -538,7 +624,7 @@ class Member:
     def save(self, path: str) -> None:
         """Save as an SB3 ``.zip`` loadable with ``<Algo>.load`` (e.g. ``PPO.load``)."""
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self.model.save(path)
+        self.model.save(path, exclude=["_update_current_progress_remaining"])
 
     def save_normalization(self, path: str) -> bool:
         """Save the VecNormalize statistics (``VecNormalize.load(path, env)``); False when not normalising."""

@@ -15,6 +15,7 @@ ENV = 3
 EVAL = 4
 SELECT = 5
 EXPLORE = 6
+ACTION = 7
 
 
 def derive_seed(seed: int, purpose: int, *keys: int) -> int:

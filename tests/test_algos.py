@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from evo_mpi import checkpoint
 from evo_mpi.config import ALGO_HPARAMS, DEFAULT_SPACES, Config
 from evo_mpi.member import Member, optimizers
 from evo_mpi.space import parse_space, sample_hparams
@@ -115,28 +116,116 @@ def test_sac_tau_is_the_polyak_coefficient(trained):
         torch.testing.assert_close(new, 0.7 * old + 0.3 * online.detach())
 
 
-def test_dqn_epsilon_and_td3_noise_are_the_ones_used(trained):
-    m = from_checkpoint(trained, "dqn", exploration_final_eps=0.123)
-    m.train(128, 1)  # past the decay window: epsilon is the final value
-    assert m.model.exploration_rate == pytest.approx(0.123)
+def test_dqn_epsilon_follows_the_runs_progress_not_the_learn_call():
+    """The epsilon DQN acts with in generation 1 is its schedule at the run's global progress.
+
+    SB3 measures progress against the end of each learn() call; PBT calls
+    learn() once per generation, which would finish the decay within every
+    generation (or, with reset_num_timesteps=False, sit at the final value).
+    """
+    cfg = config("dqn", n_envs=1, generations=20, steps_per_generation=256)  # run: 5120 steps, decay: first 512
+    m = Member(0, cfg, {"exploration_final_eps": 0.05}, None)
+    m.train(256, 0)
+    used = []
+    predict = m.model.predict
+
+    def recording_predict(*args, **kwargs):
+        used.append(m.model.exploration_rate)  # DQN.predict draws a random action with this probability
+        return predict(*args, **kwargs)
+
+    m.model.predict = recording_predict
+    m.train(256, 1)
+    assert len(used) == 256
+    initial, final, fraction = 1.0, 0.05, 0.1  # SB3's DQN defaults, and our final eps
+
+    def schedule(steps_done):
+        progress = steps_done / 5120
+        return initial + (final - initial) * min(progress / fraction, 1.0)
+
+    # step k of generation 1 acts with the epsilon of the run's progress after 256 + k steps
+    expected = [schedule(256 + k) for k in range(256)]
+    assert used == pytest.approx(expected, abs=1e-12)
+    assert used[0] == pytest.approx(0.525) and used[-1] > final  # mid-decay, not yet at its final value
+
+
+def test_td3_noise_is_the_one_used(trained):
     t = from_checkpoint(trained, "td3", action_noise_sigma=0.37)
     t.train(64, 1)
     assert np.allclose(t.model.action_noise.noises[0]._sigma, 0.37)  # vectorised by learn() for 2 envs
 
 
 @pytest.mark.parametrize("algo", list(ALGO_HPARAMS))
-def test_state_moves_and_checkpoints_bit_for_bit(trained, algo):
-    """pack/unpack and checkpoint/restore carry every network, target network and optimizer state."""
+def test_state_moves_and_checkpoints_bit_for_bit(trained, algo, tmp_path):
+    """pack/unpack and checkpoint files carry every network, target network, optimizer state and counter.
+
+    ``a`` is the original; ``b`` (same id, other seeds, same step count)
+    receives its state by pack/unpack plus the replay buffer; ``c`` is built
+    fresh and restored from checkpoint files written to disk. All three then
+    train one more generation to identical tensors.
+    """
     a = from_checkpoint(trained, algo)
-    b = Member(0, trained[algo][0], trained[algo][1], None)  # same id: same seeds from here on
-    b.train(128, 0)
+    b = Member(0, trained[algo][0], trained[algo][1], None)
+    b.train(256, 5)  # other seeds: other weights, same counters
     assert not same(all_tensors(a), all_tensors(b))
+    assert b.state_layout() == a.state_layout()
     b.unpack(a.pack().copy())
+    b.unpack_aux(a.pack_aux(replay=True), replay=True)
     assert same(all_tensors(a), all_tensors(b))
-    a.train(64, 2)
-    b.train(64, 2)  # same state, same generation: the copy trains like the original (own replay buffer aside)
-    if algo in ("ppo", "a2c"):
-        assert same(all_tensors(a), all_tensors(b))
+    checkpoint.begin(str(tmp_path), 0)
+    checkpoint.write_member(str(tmp_path), 0, 0, a.checkpoint_tensors(), a.checkpoint_meta())
+    checkpoint.commit(str(tmp_path), 0, {"generation": 0}, keep=1)
+    c = Member(0, trained[algo][0], trained[algo][1], None)
+    c.restore(*checkpoint.load_member(str(tmp_path), 0, 0))
+    assert same(all_tensors(a), all_tensors(c))
+    for member in (a, b, c):
+        member.train(64, 2)
+    assert same(all_tensors(a), all_tensors(b)), "a moved state trains like the original"
+    assert same(all_tensors(a), all_tensors(c)), "a restored checkpoint trains like the original"
+
+
+@pytest.mark.parametrize("algo", list(ALGO_HPARAMS))
+def test_optimizer_state_exists_from_the_start_and_layout_never_changes(algo):
+    """A fresh member packs the same layout as a trained one (so peers can check it once, at start-up)."""
+    cfg = config(algo)
+    fresh = Member(0, cfg, base_hparams(algo) if algo == "ppo" else {}, None)
+    before = fresh.state_layout()
+    weights = [p.detach().clone() for p in fresh.model.policy.parameters()]
+    assert all(opt.state for opt in optimizers(fresh.model))
+    assert all(torch.equal(w, p) for w, p in zip(weights, fresh.model.policy.parameters(), strict=True))
+    steps = [v for opt in optimizers(fresh.model) for s in opt.state.values() for k, v in s.items() if k == "step"]
+    assert steps and all(float(v) == 0.0 for v in steps), "state as a first step would create it: step 0"
+    fresh.train(256, 0)
+    assert fresh.state_layout() == before
+    assert all(float(v) > 0 for opt in optimizers(fresh.model) for s in opt.state.values() for v in [s["step"]])
+
+
+def test_eager_optimizer_state_trains_like_lazy_state():
+    """Creating Adam's state up front is the same as PyTorch creating it at the first step."""
+    cfg = config("ppo")
+    hp = base_hparams("ppo")
+    eager = Member(0, cfg, hp, None)
+    lazy = Member(0, cfg, hp, None)
+    lazy.model.policy.optimizer.state.clear()  # what PyTorch starts from
+    lazy._flat = None
+    eager.train(256, 0)
+    lazy.train(256, 0)
+    assert same(
+        [p.detach() for p in eager.model.policy.parameters()], [p.detach() for p in lazy.model.policy.parameters()]
+    )
+
+
+def test_vecnormalize_gamma_follows_the_members_gamma():
+    """VecNormalize discounts the return it scales rewards by with the member's current gamma."""
+    cfg = config("ppo", normalize=True)
+    hp = base_hparams("ppo")
+    runs = []
+    for gamma in (0.9, 0.9, 0.999):
+        m = Member(0, cfg, {**hp, "gamma": 0.99}, None)
+        m.apply_hparams({**hp, "gamma": gamma})  # as after an exploit + explore
+        assert m.normalize.gamma == gamma
+        m.train(256, 0)
+        runs.append(m.normalize.ret_rms.var.copy())
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
 
 
 @pytest.mark.parametrize("algo", ["sac", "dqn"])
