@@ -16,6 +16,7 @@ for slow peers does not burn a core.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -34,6 +35,38 @@ except Exception as exc:  # pragma: no cover - only without a loadable MPI libra
 _LAUNCHER_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 
 BACKENDS = ("p2p", "collective")
+
+
+class ExchangeError(RuntimeError):
+    """Two ranks disagree about what moves: a message of the wrong size, or member states of different layouts."""
+
+
+def launcher_world_size() -> int | None:
+    """The number of processes the MPI launcher says it started, if a known launcher variable is set."""
+    for name in _LAUNCHER_VARS:
+        value = os.environ.get(name, "")
+        if value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def launcher_mismatch(world_size: int) -> str | None:
+    """Why this process sees a world of 1 while its launcher started several, or None if they agree.
+
+    That happens when mpi4py is built against one MPI and the job is started
+    by another MPI's ``mpiexec``: every process then runs alone, silently.
+    """
+    launched = launcher_world_size()
+    if world_size != 1 or launched is None or launched <= 1:
+        return None
+    variable = next(v for v in _LAUNCHER_VARS if os.environ.get(v, "").strip().isdigit())
+    library = MPI.Get_library_version().splitlines()[0].strip() if MPI is not None else "none"
+    return (
+        f"the MPI launcher started {launched} processes ({variable}={launched}), but MPI gives this one a world of "
+        f"1 rank: mpi4py uses a different MPI ({library}) than the launcher. Start the job with the mpiexec of "
+        "the MPI mpi4py was built with (python -c 'import mpi4py; print(mpi4py.get_config())'), or rebuild "
+        "mpi4py against your MPI (pip install --no-binary mpi4py --force-reinstall mpi4py)"
+    )
 
 # Poll without sleeping this long before backing off. Synchronisation points
 # (where a rank may wait seconds for slower peers) back off almost at once; data
@@ -67,8 +100,19 @@ class Comm:
 
     # -- small, pickled metadata -------------------------------------------------
     def bcast_obj(self, obj: Any, root: int = 0) -> Any:
-        """Broadcast a small picklable object."""
-        return self._comm.bcast(obj, root=root) if self.uses_mpi else obj
+        """Broadcast a small picklable object; waiting ranks poll and sleep instead of spinning."""
+        if not self.uses_mpi:
+            return obj
+        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.rank == root else None
+        size = np.array([0 if data is None else data.size], dtype=np.int64)
+        _wait([self._comm.Ibcast(size, root=root)])
+        buf = data.copy() if data is not None else np.empty(int(size[0]), dtype=np.uint8)
+        _wait([self._comm.Ibcast(buf, root=root)], _MOVE_SPIN_S)
+        return obj if self.rank == root else pickle.loads(buf.tobytes())
+
+    def allgather_obj(self, obj: Any) -> list[Any]:
+        """Every rank's small picklable object, in rank order (start-up metadata only)."""
+        return self._comm.allgather(obj) if self.uses_mpi else [obj]
 
     def ranks_on_node(self) -> int:
         """How many ranks share this rank's node (shared-memory communicator split)."""
@@ -169,15 +213,34 @@ class Comm:
         target: Callable[[int], np.ndarray | None],
     ) -> dict[int, np.ndarray]:
         me = self.rank
-        requests = []
+        requests: list[Any] = []
+        receives: list[tuple[int, int]] = []  # (position in ``requests``, winner) of each receive
         received: dict[int, np.ndarray] = {}
         for w, dst in remote:
             if dst == me and w not in received:
                 received[w] = _or_new(target(w), nbytes)
+                receives.append((len(requests), w))
                 requests.append(self._comm.Irecv(received[w], source=owner(w), tag=w))
             if owner(w) == me:
                 requests.append(self._comm.Isend(packed[w], dest=dst, tag=w))
-        _wait(requests, _MOVE_SPIN_S)
+        statuses = [MPI.Status() for _ in requests]
+        try:
+            _wait(requests, _MOVE_SPIN_S, statuses)
+        except MPI.Exception as exc:  # a longer message than the receive buffer: MPI_ERR_TRUNCATE
+            failed = [(w, statuses[i].Get_error()) for i, w in receives if statuses[i].Get_error() != MPI.SUCCESS]
+            w, code = failed[0] if failed else (None, exc.Get_error_code())
+            source = f"member {w}'s state from rank {owner(w)}" if w is not None else "member state"
+            raise ExchangeError(
+                f"rank {me}: receiving {source} failed ({MPI.Get_error_string(code)}); this rank expected "
+                f"{nbytes} bytes: the ranks disagree on the state layout"
+            ) from None
+        for index, w in receives:
+            count = statuses[index].Get_count(MPI.BYTE)
+            if count != nbytes:
+                raise ExchangeError(
+                    f"rank {me}: member {w}'s state from rank {owner(w)} has {count} bytes, this rank expected "
+                    f"{nbytes}: the ranks disagree on the state layout"
+                )
         return received
 
     def _collective(
@@ -200,6 +263,13 @@ class Comm:
                 if self._scratch is None or self._scratch.nbytes != nbytes:
                     self._scratch = np.empty(nbytes, dtype=np.uint8)
                 buf = self._scratch
+            size = np.array([buf.nbytes], dtype=np.int64)
+            _wait([self._comm.Ibcast(size, root=owner(w))])
+            if int(size[0]) != nbytes:
+                raise ExchangeError(
+                    f"rank {self.rank}: member {w}'s state from rank {owner(w)} has {int(size[0])} bytes, this rank "
+                    f"expected {nbytes}: the ranks disagree on the state layout"
+                )
             _wait([self._comm.Ibcast(buf, root=owner(w))], _MOVE_SPIN_S)
             if w in wanted:
                 received[w] = buf
@@ -211,13 +281,16 @@ def _or_new(buf: np.ndarray | None, nbytes: int) -> np.ndarray:
     return buf if buf is not None and buf.nbytes == nbytes else np.empty(nbytes, dtype=np.uint8)
 
 
-def _wait(requests: list[Any], spin_s: float = _SPIN_S) -> None:
-    """Complete MPI requests, polling for ``spin_s`` seconds, then sleeping with back-off."""
+def _wait(requests: list[Any], spin_s: float = _SPIN_S, statuses: list[Any] | None = None) -> None:
+    """Complete MPI requests, polling for ``spin_s`` seconds, then sleeping with back-off.
+
+    ``statuses``, if given, receives one status per request (for received counts).
+    """
     if not requests:
         return
     start = time.perf_counter()
     delay = 1e-5
-    while not MPI.Request.Testall(requests):
+    while not MPI.Request.Testall(requests, statuses):
         if time.perf_counter() - start > spin_s:
             time.sleep(delay)
             delay = min(delay * 2, _MAX_SLEEP_S)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint, seeding
-from .comm import Comm
+from .comm import Comm, ExchangeError
 from .config import Config
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
@@ -85,6 +85,15 @@ class Engine:
             self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
             for m in self.local_ids:
                 self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
+        self.activity = "checking that all ranks agree on the member state layout"
+        gathered = comm.allgather_obj(
+            {"threads": torch_threads(), "layouts": {m: self.members[m].state_layout() for m in self.local_ids}}
+        )
+        check_layouts({m: layout for rank in gathered for m, layout in rank["layouts"].items()}, self.owner)
+        #: Torch threads each member trains with (its rank's); a change on resume can change float sums.
+        self.member_threads = [int(gathered[self.owner(m)]["threads"]) for m in range(self.population)]
+        if resume_from is not None:
+            self._warn_threads(saved.get("torch_threads"))
         self.timer = PhaseTimer()
         self.timings = JsonlWriter(os.path.join(run_dir, "timings", f"rank_{comm.rank:03d}.jsonl"))
         self.history: JsonlWriter | None = None
@@ -102,6 +111,19 @@ class Engine:
     def owner(self, member: int) -> int:
         """Rank holding ``member``."""
         return member // self.cfg.agents_per_rank
+
+    def _warn_threads(self, saved: list[int] | None) -> None:
+        """Say so when members resume with other torch thread counts than they trained with."""
+        if saved is None or len(saved) != self.population:
+            return
+        changed = [m for m in range(self.population) if saved[m] != self.member_threads[m]]
+        if changed:
+            self.echo(
+                f"warning: member(s) {changed} trained with {sorted({saved[m] for m in changed})} torch thread(s) "
+                f"per rank and resume with {sorted({self.member_threads[m] for m in changed})}: float sums may "
+                "round differently, so the history may not match an uninterrupted run bit for bit; pass "
+                "--torch-threads N with the run's thread count to keep it exact"
+            )
 
     # -- one generation ----------------------------------------------------------
     def _local_rows(self, generation: int) -> np.ndarray:
@@ -208,6 +230,7 @@ class Engine:
                     "lineage_bytes": self.lineage.tell() if self.lineage is not None else 0,
                     "start_fitness": [float(f) if np.isfinite(f) else None for f in self.start_fitness],
                     "pb2": [{"time": o.time, "hparams": o.hparams, "delta": o.delta} for o in self.observations],
+                    "torch_threads": self.member_threads,
                 },
                 keep=self.cfg.keep_checkpoints,
             )
@@ -428,6 +451,24 @@ class Engine:
             self.lineage.close()
         if self.board is not None:
             self.board.close()
+
+
+class LayoutMismatch(ExchangeError):
+    """Members' states differ in layout; raised alike on every rank, before any training."""
+
+
+def check_layouts(layouts: dict[int, tuple[int, int, str]], owner: Callable[[int], int]) -> None:
+    """Raise :class:`LayoutMismatch` naming both sides unless every member's state layout equals member 0's."""
+    reference = layouts[min(layouts)]
+    for m in sorted(layouts):
+        if layouts[m] != reference:
+            ref_m = min(layouts)
+            raise LayoutMismatch(
+                f"member {m} on rank {owner(m)} has a state layout of {layouts[m][0]} + {layouts[m][1]} bytes "
+                f"(hash {layouts[m][2]}), member {ref_m} on rank {owner(ref_m)} has {reference[0]} + "
+                f"{reference[1]} bytes (hash {reference[2]}): members must have the same networks, optimizers "
+                "and spaces to exchange state (does the env's observation or action space differ between ranks?)"
+            )
 
 
 def torch_threads() -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 from . import checkpoint
 from . import config as config_mod
-from .comm import Comm
+from .comm import Comm, launcher_mismatch
 from .config import EXIT_CONFIG_ERROR, Config, ConfigError
 
 EXIT_OK = 0
@@ -143,7 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in _STOP_SIGNALS:  # first, so a stop during start-up is not lost either
         signal.signal(sig, request_stop)
-    comm = Comm()
+    try:
+        comm = Comm()
+    except RuntimeError as exc:  # launched by an MPI launcher, but mpi4py cannot load an MPI library
+        _print_problems([str(exc)])
+        return EXIT_CONFIG_ERROR
+    mismatch = launcher_mismatch(comm.size)
+    if mismatch is not None:  # every process is a world of its own: each says so and stops
+        _print_problems([mismatch])
+        return EXIT_CONFIG_ERROR
 
     plan = Plan()
     if comm.rank == 0:
@@ -155,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plan.print_only = True
         except ConfigError as exc:
             plan.problems = exc.problems
+        except Exception as exc:  # noqa: BLE001 - any error here must reach every rank, not leave them waiting
+            plan.problems = [f"cannot check the configuration: {type(exc).__name__}: {exc}"]
     plan = comm.bcast_obj(plan)
     if plan.problems:
         if comm.rank == 0:
@@ -172,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(cfg.torch_threads or auto_threads(comm.ranks_on_node()))
-    from .engine import Engine, write_config
+    from .engine import Engine, LayoutMismatch, write_config
 
     engine = None
     try:
@@ -218,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 flush=True,
             )
         return EXIT_INTERRUPTED
+    except LayoutMismatch as exc:  # raised alike on every rank before any training: a setup error
+        if comm.rank == 0:
+            _print_problems([str(exc)])
+        return EXIT_CONFIG_ERROR
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank
         activity = engine.activity if engine is not None else "starting"
         report = f"evo-mpi: rank {comm.rank} failed while {activity}: {type(exc).__name__}: {exc}\n"

@@ -8,6 +8,7 @@ import math
 import os
 
 import gymnasium
+import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 
@@ -42,3 +43,26 @@ class NanRewardCartPole(CartPoleEnv):
 
 gymnasium.register("CrashingCartPole-v0", entry_point=CrashingCartPole, max_episode_steps=500)
 gymnasium.register("NanRewardCartPole-v0", entry_point=NanRewardCartPole, max_episode_steps=500)
+
+
+class RankShapedCartPole(CartPoleEnv):
+    """Observes one extra (constant) value in the bad rank: its members' networks have another input size."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if _bad_rank():
+            low = np.append(self.observation_space.low, 0.0).astype(np.float32)
+            high = np.append(self.observation_space.high, 1.0).astype(np.float32)
+            self.observation_space = gymnasium.spaces.Box(low, high, dtype=np.float32)
+
+    def _extend(self, obs):
+        return np.append(obs, np.float32(0.5)).astype(np.float32) if _bad_rank() else obs
+
+    def reset(self, **kwargs):
+        obs, info = super().reset(**kwargs)
+        return self._extend(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return self._extend(obs), reward, terminated, truncated, info
+gymnasium.register("RankShapedCartPole-v0", entry_point=RankShapedCartPole, max_episode_steps=500)
