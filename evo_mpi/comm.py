@@ -68,6 +68,7 @@ def launcher_mismatch(world_size: int) -> str | None:
         "mpi4py against your MPI (pip install --no-binary mpi4py --force-reinstall mpi4py)"
     )
 
+
 # Poll without sleeping this long before backing off. Synchronisation points
 # (where a rank may wait seconds for slower peers) back off almost at once; data
 # movement happens after such a point, and MPI only progresses multi-step
@@ -228,8 +229,9 @@ class Comm:
             _wait(requests, _MOVE_SPIN_S, statuses)
         except MPI.Exception as exc:  # a longer message than the receive buffer: MPI_ERR_TRUNCATE
             failed = [(w, statuses[i].Get_error()) for i, w in receives if statuses[i].Get_error() != MPI.SUCCESS]
-            w, code = failed[0] if failed else (None, exc.Get_error_code())
-            source = f"member {w}'s state from rank {owner(w)}" if w is not None else "member state"
+            source, code = "member state", exc.Get_error_code()
+            if failed:
+                source, code = f"member {failed[0][0]}'s state from rank {owner(failed[0][0])}", failed[0][1]
             raise ExchangeError(
                 f"rank {me}: receiving {source} failed ({MPI.Get_error_string(code)}); this rank expected "
                 f"{nbytes} bytes: the ranks disagree on the state layout"

@@ -13,10 +13,14 @@ import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import tomli_w
+
+from .hparams import check_prior
 from .space import SpaceError, parse_space
 
 if sys.version_info >= (3, 11):
@@ -238,8 +242,6 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         kwargs: dict[str, Any] = {"help": f.metadata["help"] + f" (default: {_show(default)})"}
-        if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
         if f.name in TUPLE_FIELDS:
             kwargs["type"] = _tuple_parser(f.name, TUPLE_FIELDS[f.name])
         elif f.name == "search_space":
@@ -251,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = type(default)
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+            kwargs["type"] = str.lower  # --algo SAC names the same algorithm as --algo sac
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--config", metavar="FILE", help="TOML file with any of the options above (flags override it).")
     parser.add_argument(
@@ -304,8 +309,16 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
     if name == "env_kwargs":
         if isinstance(value, dict):
             return dict(value)
+        if isinstance(value, str):  # how to_toml writes kwargs TOML cannot hold (null)
+            try:
+                return _parse_env_kwargs(value)
+            except argparse.ArgumentTypeError as exc:
+                problems.append(str(exc))
+                return default
         problems.append(f"env_kwargs = {value!r}: expected a table of keyword arguments")
         return default
+    if "choices" in FIELDS[name].metadata and isinstance(value, str):
+        value = value.lower()
     if name == "search_space":
         if isinstance(value, dict):
             return {str(k): v for k, v in value.items()}
@@ -419,11 +432,15 @@ def validate(cfg: Config, world_size: int) -> list[str]:
     allowed = ALGO_HPARAMS.get(cfg.algo, ())
     for name in sorted(cfg.space_specs):
         need(name in allowed, f"search space: unknown {cfg.algo} hyperparameter {name!r} (known: {', '.join(allowed)})")
-    batch = space.get("batch_size")
-    if batch is not None:
-        values = list(batch.choices) if batch.kind in ("choice", "const") else [batch.low, batch.high]
-        need(all(float(v) >= 2 for v in values), f"search space: batch_size values must be >= 2, got {batch.spec()}")
-    problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo))
+    for name, prior in space.items():
+        if name in allowed:
+            problems.extend(check_prior(name, prior))
+    try:
+        json.dumps(cfg.env_kwargs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"--env-kwargs {cfg.env_kwargs!r}: not JSON-serialisable ({exc}); use JSON values only")
+    else:
+        problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo))
     if cfg.run_dir:
         problems.extend(_check_writable(cfg.run_dir))
     return problems
@@ -470,7 +487,11 @@ def _check_env(env_id: str, kwargs: Mapping[str, Any], algo: str) -> list[str]:
 
 
 def _check_writable(path: str) -> list[str]:
-    """Check that ``path`` could be created/written, without creating it."""
+    """Check that ``path`` can be created, by creating and removing a file in its nearest existing parent.
+
+    Permission bits are not enough: root passes ``os.access`` everywhere, and
+    ``/proc`` or a read-only mount refuse files whatever the bits say.
+    """
     probe = os.path.abspath(path)
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
@@ -479,8 +500,12 @@ def _check_writable(path: str) -> list[str]:
         probe = parent
     if not os.path.isdir(probe):
         return [f"--run-dir {path!r}: {probe!r} exists and is not a directory"]
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return [f"--run-dir {path!r}: {probe!r} is not writable"]
+    try:
+        fd, name = tempfile.mkstemp(prefix=".evo-mpi-probe-", dir=probe)
+        os.close(fd)
+        os.remove(name)
+    except OSError as exc:
+        return [f"--run-dir {path!r}: cannot create files in {probe!r} ({exc.strerror or exc})"]
     return []
 
 
@@ -538,26 +563,16 @@ def differences(cfg: Config, saved: Mapping[str, Any]) -> list[str]:
 
 
 def to_toml(cfg: Config) -> str:
-    """Serialise a config as TOML that :func:`load` reads back (strings via JSON quoting)."""
-    lines = []
+    """Serialise a config as TOML that ``--config`` reads back.
+
+    ``env_kwargs`` is written as a table when TOML can hold it, otherwise (a
+    JSON null, say) as its JSON text, which ``--config`` also accepts.
+    """
     data = cfg.to_dict()
     space = data.pop("search_space")
-    for key, value in data.items():
-        lines.append(f"{key} = {_toml_value(value)}")
-    lines.append("")
-    lines.append("[search_space]")
-    for key in sorted(space):
-        lines.append(f"{key} = {_toml_value(space[key])}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float, str)):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
+    try:
+        tomli_w.dumps({"env_kwargs": data["env_kwargs"]})
+    except TypeError:
+        data["env_kwargs"] = json.dumps(data["env_kwargs"])
+    data["search_space"] = {key: space[key] for key in sorted(space)}
+    return tomli_w.dumps(data)

@@ -114,9 +114,15 @@ def plan_run(parsed: config_mod.Parsed, world_size: int) -> Plan:
         if done:
             plan.resume_from = done[-1]
             # finished = last generation checkpointed *and* the final models written (best.zip comes last)
-            plan.finished = bool(checkpoint.load_population(run_dir, done[-1])["finished"]) and os.path.isfile(
-                os.path.join(run_dir, "best.zip")
-            )
+            try:
+                last = checkpoint.load_population(run_dir, done[-1])
+            except (OSError, ValueError) as exc:  # unreadable or not JSON
+                plan.problems.append(
+                    f"{run_dir}: cannot read the checkpoint of generation {done[-1]} ({exc}); move that checkpoint "
+                    "directory away to resume from the one before it"
+                )
+                return plan
+            plan.finished = bool(last.get("finished")) and os.path.isfile(os.path.join(run_dir, "best.zip"))
     plan.cfg = dataclasses.replace(cfg, run_dir=run_dir)
     plan.run_dir = run_dir
     return plan

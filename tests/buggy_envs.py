@@ -65,4 +65,6 @@ class RankShapedCartPole(CartPoleEnv):
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
         return self._extend(obs), reward, terminated, truncated, info
+
+
 gymnasium.register("RankShapedCartPole-v0", entry_point=RankShapedCartPole, max_episode_steps=500)

@@ -8,6 +8,7 @@ member 1 while expecting 120 (``short``: a shorter message arrives) or 80
 """
 
 import sys
+import time
 
 import numpy as np
 
@@ -21,6 +22,7 @@ try:
     buffers = comm.move({0: 1}, lambda m: m, lambda _w: state, expected, backend)
 except ExchangeError as exc:
     print(f"caught {exc}", flush=True)
+    time.sleep(1)  # as the entry point does: let the launcher forward the report before the abort
     comm.abort(3)
     sys.exit(3)
 if comm.rank == 0:

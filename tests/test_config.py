@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from evo_mpi.config import Config, merge, to_toml
+from evo_mpi.config import Config, load_toml, merge, to_toml
 from evo_mpi.run import main
 from helpers import TINY, run_evo
 
@@ -30,7 +30,7 @@ BAD = [
     (["--search-space", "learning_rate=loguniform:0:1"], "loguniform prior 'loguniform:0:1' needs low > 0"),
     (["--search-space", "n_epochs=int:3.5:7"], "n_epochs: int prior bounds must be integers"),
     (["--search-space", "momentum=uniform:0:1"], "unknown ppo hyperparameter 'momentum'"),
-    (["--search-space", "batch_size=choice:1,64"], "batch_size values must be >= 2"),
+    (["--search-space", "batch_size=choice:1,64"], "1 is out of range (batch_size must be an integer >= 2)"),
     (["--search-space", "gamma"], "invalid --search-space 'gamma': expected NAME=PRIOR"),
     (["--search-space", "ent_coef=gauss:0:1"], "unknown prior kind 'gauss'"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
@@ -51,12 +51,62 @@ BAD = [
     (["--env-id", "no_such_module:Env"], "--env-id 'no_such_module:Env' is not a registered gymnasium"),
     (["--search-space", "tau=uniform:0:1"], "unknown ppo hyperparameter 'tau'"),
     (["--algo", "dqn", "--search-space", "clip_range=uniform:0.1:0.2"], "unknown dqn hyperparameter 'clip_range'"),
-]
+    # every searchable hyperparameter has a type and an interval (hparams.BOUNDS)
+    (["--search-space", "gamma=uniform:0.9:1.5"], "1.5 is out of range (gamma must be in (0, 1])"),
+    (["--search-space", "learning_rate=uniform:-1:1"], "-1.0 is out of range (learning_rate must be > 0)"),
+    (["--search-space", "batch_size=choice:a,b"], "batch_size=choice:a,b: 'a' is not a number"),
+    (["--search-space", "batch_size=uniform:32:64"], "batch_size takes integers; use int:LO:HI or choice:A,B"),
+    (["--search-space", "n_epochs=choice:1.5,3"], "1.5 is not an integer (n_epochs must be an integer >= 1)"),
+    (["--search-space", "n_epochs=int:0:3"], "0 is out of range (n_epochs must be an integer >= 1)"),
+    (["--search-space", "gae_lambda=uniform:0.5:1.2"], "1.2 is out of range (gae_lambda must be in [0, 1])"),
+    (["--search-space", "ent_coef=uniform:-0.1:0.1"], "-0.1 is out of range (ent_coef must be >= 0)"),
+    (["--search-space", "vf_coef=const:-1"], "-1 is out of range (vf_coef must be >= 0)"),
+    (["--search-space", "clip_range=const:0"], "0 is out of range (clip_range must be in (0, 1])"),
+    (["--algo", "a2c", "--search-space", "max_grad_norm=const:0"], "0 is out of range (max_grad_norm must be > 0)"),
+    (
+        ["--algo", "td3", "--env-id", "Pendulum-v1", "--steps-per-generation", "256", "--search-space",
+         "policy_delay=int:0:3"],
+        "policy_delay=int:0:3: 0 is out of range (policy_delay must be an integer >= 1)",
+    ),
+    (
+        ["--algo", "sac", "--env-id", "Pendulum-v1", "--steps-per-generation", "256", "--search-space",
+         "tau=uniform:0:0.5"],
+        "0.0 is out of range (tau must be in (0, 1])",
+    ),
+    (
+        ["--algo", "sac", "--env-id", "Pendulum-v1", "--steps-per-generation", "256", "--search-space",
+         "gradient_steps=int:0:2"],
+        "0 is out of range (gradient_steps must be an integer >= 1)",
+    ),
+    (
+        ["--algo", "ddpg", "--env-id", "Pendulum-v1", "--steps-per-generation", "256", "--search-space",
+         "action_noise_sigma=uniform:-1:1"],
+        "-1.0 is out of range (action_noise_sigma must be >= 0)",
+    ),
+    (
+        ["--algo", "dqn", "--steps-per-generation", "256", "--search-space", "exploration_final_eps=uniform:0.1:1.5"],
+        "1.5 is out of range (exploration_final_eps must be in [0, 1])",
+    ),
+    (
+        ["--algo", "dqn", "--steps-per-generation", "256", "--search-space", "target_update_interval=int:0:10"],
+        "0 is out of range (target_update_interval must be an integer >= 1)",
+    ),
+    (
+        ["--algo", "td3", "--env-id", "Pendulum-v1", "--steps-per-generation", "256", "--search-space",
+         "target_noise_clip=const:-0.5"],
+        "-0.5 is out of range (target_noise_clip must be >= 0)",
+    ),
+    # a run dir must really accept files: root passes every permission check, /proc and /sys refuse anyway
+    (["--run-dir", "/proc/evo/run"], "--run-dir '/proc/evo/run': cannot create files in '/proc'"),
+    (["--run-dir", "/sys/x"], "--run-dir '/sys/x': cannot create files in '/sys'"),
+    (["--algo", "Sac"], "--algo sac needs a Box action space"),  # names are case-insensitive: this is SAC
+]  # fmt: skip
 
 
 def _run(argv, tmp_path, capsys):
     run_dir = tmp_path / "run"
     code = main([*TINY, "--agents-per-rank", "2", "--run-dir", str(run_dir), *argv])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".evo-mpi-probe")], "the write probe is removed"
     captured = capsys.readouterr()
     assert not run_dir.exists(), "nothing may be created on bad input"
     return code, captured
@@ -167,3 +217,60 @@ def test_corrupt_saved_config_is_reported_not_raised(tmp_path, capsys, content):
         err = capsys.readouterr().err
         assert code == 2 and "config.json" in err and "Traceback" not in err, err
     assert os.listdir(run_dir) == ["config.json"]
+
+
+def test_bad_input_list_is_long():
+    assert len(BAD) >= 40
+
+
+def test_algorithm_names_are_case_insensitive(tmp_path):
+    for argv in (["--algo", "SAC"], ["--algo", "Sac"]):
+        proc = run_evo([*argv, "--env-id", "Pendulum-v1", "--agents-per-rank", "2", "--print-config"], None)
+        assert 'algo = "sac"' in proc.stdout
+    path = tmp_path / "c.toml"
+    path.write_text('algo = "DQN"\nselection = "WTA"\n')
+    assert merge(load_toml(str(path)), {}).algo == "dqn"
+    assert merge(load_toml(str(path)), {}).selection == "wta"
+
+
+def test_env_kwargs_with_null_round_trips_through_toml(tmp_path):
+    """TOML has no null: such kwargs are written as their JSON text, which --config reads back."""
+    cfg = merge({}, {"env_kwargs": {"render_mode": None, "g": 9.81}})
+    text = to_toml(cfg)
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert merge(load_toml(str(path)), {}).env_kwargs == {"render_mode": None, "g": 9.81}
+    plain = merge({}, {"env_kwargs": {"g": 9.81}, "perturb_factors": (0.8, float("inf"))})
+    path.write_text(to_toml(plain))
+    assert "[env_kwargs]" in path.read_text()  # a table when TOML can hold it; inf is valid TOML
+    assert merge(load_toml(str(path)), {}).to_dict() == plain.to_dict()
+
+
+def test_env_kwargs_null_runs_and_writes_its_config(tmp_path):
+    run_dir = tmp_path / "run"
+    run_evo([*TINY, "--generations", "1", "--agents-per-rank", "2", "--env-kwargs", '{"render_mode": null}',
+             "--run-dir", str(run_dir)], 2)  # fmt: skip
+    assert merge(load_toml(str(run_dir / "config.toml")), {}).env_kwargs == {"render_mode": None}
+
+
+def test_unreadable_checkpoint_is_exit_2_on_every_rank(tmp_path):
+    """An exception on rank 0 before the plan is broadcast must not leave rank 1 waiting in the broadcast."""
+    run_dir = tmp_path / "run"
+    run_evo([*TINY, "--generations", "2", "--agents-per-rank", "2", "--run-dir", str(run_dir)], None)
+    population = sorted((run_dir / "checkpoints").glob("gen_*/population.json"))[-1]
+    population.write_text("{truncated")
+    proc = run_evo(["--resume", str(run_dir)], 2, timeout=60, check=False)
+    assert proc.returncode == 2
+    assert "cannot read the checkpoint of generation" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_any_unexpected_error_while_planning_is_exit_2(tmp_path, capsys, monkeypatch):
+    import evo_mpi.config as config_mod
+
+    def broken(cfg, world_size):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(config_mod, "validate", broken)
+    code = main([*TINY, "--agents-per-rank", "2", "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot check the configuration: KeyError: 'surprise'" in err and "Traceback" not in err

@@ -13,7 +13,6 @@ import pytest
 
 from helpers import LONG, ROOT, TINY, child_env, launch, mpiexec, run_evo, wait_for_line
 
-
 WRONG_SIZE = [
     ("p2p", "short", "has 100 bytes, this rank expected 120"),
     ("p2p", "long", "truncated"),  # MPI refuses the message; we name the member and the rank it came from
