@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -39,6 +40,13 @@ BACKENDS = ("p2p", "collective")
 
 class ExchangeError(RuntimeError):
     """Two ranks disagree about what moves: a message of the wrong size, or member states of different layouts."""
+
+
+def usable_cores() -> set[int]:
+    """The CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
 
 
 def launcher_world_size() -> int | None:
@@ -122,6 +130,22 @@ class Comm:
         node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
         try:
             return int(node.Get_size())
+        finally:
+            node.Free()
+
+    def node_usage(self) -> tuple[str, int, int]:
+        """(host name, ranks on this node, cores usable by them): the union of the node's ranks' CPU affinities.
+
+        The union, not this rank's own affinity: a scheduler that pins each rank
+        to its own cores (SLURM's task binding) leaves every rank one core.
+        """
+        mine = sorted(usable_cores())
+        if not self.uses_mpi:
+            return socket.gethostname(), 1, len(mine)
+        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)
+        try:
+            cores = set().union(*node.allgather(mine))
+            return socket.gethostname(), int(node.Get_size()), len(cores)
         finally:
             node.Free()
 

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,10 +128,31 @@ def plan_run(parsed: config_mod.Parsed, world_size: int) -> Plan:
     return plan
 
 
-def auto_threads(ranks_on_node: int) -> int:
-    """max(1, usable cores / ranks on this node): no oversubscribed torch thread pools."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // ranks_on_node)
+def auto_threads(ranks_on_node: int, node_cores: int) -> int:
+    """max(1, usable cores on this node / ranks on this node): no oversubscribed torch thread pools."""
+    return max(1, node_cores // ranks_on_node)
+
+
+def oversubscription_hint(nodes: Mapping[str, tuple[int, int]], agents_per_rank: int) -> str | None:
+    """One line when some node runs more ranks than it has usable cores, with a launch that fits; else None.
+
+    Args:
+        nodes: Host name -> (ranks on it, cores its ranks may use).
+        agents_per_rank: Members per rank now.
+
+    """
+    crowded = {host: rc for host, rc in nodes.items() if rc[0] > rc[1]}
+    if not crowded:
+        return None
+    ranks = sum(r for r, _ in nodes.values())
+    population = ranks * agents_per_rank
+    cores = sum(min(r, c) for r, c in nodes.values())
+    fit = max(n for n in range(1, cores + 1) if population % n == 0)
+    where = ", ".join(f"{r} ranks on {c} core(s) of {host}" for host, (r, c) in sorted(crowded.items()))
+    return (
+        f"evo-mpi: note: more ranks than cores ({where}): ranks share cores and the run is slower for the same "
+        f"result; for the same {population} members launch -n {fit} --agents-per-rank {population // fit}"
+    )
 
 
 def _print_problems(problems: Sequence[str]) -> None:
@@ -187,7 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    torch.set_num_threads(cfg.torch_threads or auto_threads(comm.ranks_on_node()))
+    host, ranks_here, cores_here = comm.node_usage()
+    torch.set_num_threads(cfg.torch_threads or auto_threads(ranks_here, cores_here))
+    nodes = dict((h, (r, c)) for h, r, c in comm.allgather_obj((host, ranks_here, cores_here)))
+    hint = oversubscription_hint(nodes, cfg.agents_per_rank)
+    if hint is not None and comm.rank == 0:
+        print(hint, flush=True)
     from .engine import Engine, LayoutMismatch, write_config
 
     engine = None

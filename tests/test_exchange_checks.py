@@ -73,3 +73,30 @@ def test_resume_with_other_thread_count_warns(tmp_path):
     os.remove(run_dir / "best.zip")  # resume the finished run's last step again, with the same thread count
     quiet = run_evo(["--resume", str(run_dir), "--torch-threads", "2"], None)
     assert "torch thread(s)" not in quiet.stdout
+
+
+def test_oversubscription_hint_pure():
+    from evo_mpi.run import oversubscription_hint
+
+    assert oversubscription_hint({"a": (2, 2)}, 2) is None
+    assert oversubscription_hint({"a": (1, 16)}, 4) is None
+    line = oversubscription_hint({"a": (4, 2)}, 1)
+    assert line is not None and "4 ranks on 2 core(s) of a" in line and "launch -n 2 --agents-per-rank 2" in line
+    # two nodes, one crowded: 3 + 4 usable cores, 8 members: the largest divisor of 8 that fits is 4
+    line = oversubscription_hint({"a": (4, 3), "b": (4, 8)}, 2)
+    assert line is not None and "4 ranks on 3 core(s) of a" in line and "of b" not in line
+    assert "for the same 16 members launch -n 7" not in line and "launch -n 4 --agents-per-rank 4" in line
+
+
+@pytest.mark.parametrize("cores, n, expect", [("0", 2, "-n 1 --agents-per-rank 4"), ("0,1", 2, None)])
+def test_more_ranks_than_cores_prints_one_line_with_the_fix(tmp_path, cores, n, expect):
+    """Pinned to one core, 2 ranks get the hint; on 2 cores they do not (this machine has at least 2)."""
+    cmd = ["taskset", "-c", cores, mpiexec(), "-n", str(n), sys.executable, "-m", "evo_mpi.run", *TINY]
+    cmd += ["--generations", "1", "--agents-per-rank", "2", "--run-dir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=child_env(), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    hints = [line for line in proc.stdout.splitlines() if "more ranks than cores" in line]
+    if expect is None:
+        assert hints == []
+    else:
+        assert len(hints) == 1 and "2 ranks on 1 core(s)" in hints[0] and expect in hints[0]
