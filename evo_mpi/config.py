@@ -20,6 +20,7 @@ from typing import Any
 
 import tomli_w
 
+from . import algorithms
 from .hparams import check_prior
 from .space import SpaceError, parse_space
 
@@ -27,68 +28,6 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
-
-_ON_POLICY = ("learning_rate", "ent_coef", "gamma", "gae_lambda", "vf_coef", "max_grad_norm")
-_OFF_POLICY = ("learning_rate", "gamma", "tau", "batch_size", "gradient_steps")
-
-#: Hyperparameters the SB3 adapter knows how to apply, per algorithm.
-ALGO_HPARAMS: dict[str, tuple[str, ...]] = {
-    "ppo": (*_ON_POLICY, "clip_range", "n_epochs", "batch_size"),
-    "a2c": _ON_POLICY,
-    "sac": (*_OFF_POLICY, "action_noise_sigma"),
-    "td3": (*_OFF_POLICY, "policy_delay", "target_policy_noise", "target_noise_clip", "action_noise_sigma"),
-    "ddpg": (*_OFF_POLICY, "action_noise_sigma"),
-    "dqn": (*_OFF_POLICY, "target_update_interval", "exploration_final_eps"),
-}
-
-#: Algorithms that learn from a replay buffer.
-OFF_POLICY = ("sac", "td3", "ddpg", "dqn")
-#: Algorithms and the action spaces they support.
-ACTION_SPACES: dict[str, tuple[str, ...]] = {
-    "ppo": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
-    "a2c": ("Box", "Discrete", "MultiDiscrete", "MultiBinary"),
-    "sac": ("Box",),
-    "td3": ("Box",),
-    "ddpg": ("Box",),
-    "dqn": ("Discrete",),
-}
-
-_RL = {"learning_rate": "loguniform:1e-4:3e-3", "gamma": "uniform:0.95:0.9999"}
-_ACTOR_CRITIC = {**_RL, "tau": "loguniform:0.001:0.05", "batch_size": "choice:64,128,256,512"}
-
-#: Default search space per algorithm (documented in the README).
-DEFAULT_SPACES: dict[str, dict[str, str]] = {
-    "ppo": {
-        **_RL,
-        "ent_coef": "loguniform:1e-6:1e-2",
-        "clip_range": "uniform:0.1:0.4",
-        "gae_lambda": "uniform:0.8:1.0",
-        "vf_coef": "uniform:0.25:1.0",
-        "n_epochs": "int:3:20",
-        "batch_size": "choice:64,128,256,512",
-    },
-    "a2c": {
-        **_RL,
-        "ent_coef": "loguniform:1e-6:1e-2",
-        "gae_lambda": "uniform:0.8:1.0",
-        "vf_coef": "uniform:0.25:1.0",
-        "max_grad_norm": "uniform:0.3:2.0",
-    },
-    "sac": dict(_ACTOR_CRITIC),
-    "td3": {
-        **_ACTOR_CRITIC,
-        "policy_delay": "int:1:4",
-        "target_policy_noise": "uniform:0.1:0.4",
-        "action_noise_sigma": "uniform:0.05:0.5",
-    },
-    "ddpg": {**_ACTOR_CRITIC, "action_noise_sigma": "uniform:0.05:0.5"},
-    "dqn": {
-        **_RL,
-        "batch_size": "choice:32,64,128,256",
-        "target_update_interval": "int:100:5000",
-        "exploration_final_eps": "uniform:0.01:0.2",
-    },
-}
 
 #: Selection rules (see :mod:`evo_mpi.selection`) and explore rules.
 SELECTION_CHOICES = ("truncation", "wta", "tournament", "ttest", "none")
@@ -126,7 +65,7 @@ class Config:
     normalize: bool = _f(
         False, "Wrap the envs in VecNormalize; its statistics move with the weights on exploit and are checkpointed."
     )
-    algo: str = _f("ppo", "SB3 algorithm.", choices=tuple(ALGO_HPARAMS))
+    algo: str = _f("ppo", "SB3 algorithm (see evo_mpi.algorithms).", choices=algorithms.names)
     seed: int = _f(0, "Master seed; every random stream derives from it.")
     generations: int = _f(30, "Number of generations (train, evaluate, exploit, explore).")
     steps_per_generation: int = _f(
@@ -176,7 +115,7 @@ class Config:
     @property
     def space_specs(self) -> dict[str, str]:
         """The algorithm's default space with the user's overrides applied."""
-        specs = dict(DEFAULT_SPACES.get(self.algo, {}))
+        specs = dict(algorithms.get(self.algo).default_space) if self.algo in algorithms.names() else {}
         specs.update(self.search_space)
         return specs
 
@@ -190,6 +129,12 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def choices_of(name: str) -> tuple[str, ...]:
+    """The values option ``name`` accepts; algorithms are looked up when asked, so late registrations count."""
+    choices = FIELDS[name].metadata["choices"]
+    return tuple(choices() if callable(choices) else choices)
 
 
 def _tuple_parser(name: str, cast: type) -> Any:
@@ -254,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             kwargs["type"] = type(default)
         if "choices" in f.metadata:
-            kwargs["choices"] = f.metadata["choices"]
+            kwargs["choices"] = choices_of(f.name)
             kwargs["type"] = str.lower  # --algo SAC names the same algorithm as --algo sac
         parser.add_argument(flag, **kwargs)
     parser.add_argument("--config", metavar="FILE", help="TOML file with any of the options above (flags override it).")
@@ -398,7 +343,8 @@ def validate(cfg: Config, world_size: int) -> list[str]:
     need(cfg.buffer_size > 0, f"--buffer-size must be > 0, got {cfg.buffer_size}")
     need(cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}")
     need(0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}")
-    if cfg.algo in OFF_POLICY and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
+    algo = algorithms.get(cfg.algo) if cfg.algo in algorithms.names() else None
+    if algo is not None and algo.off_policy and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
         need(
             cfg.steps_per_generation % cfg.n_envs == 0,
             f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of n_envs = {cfg.n_envs}",
@@ -411,7 +357,7 @@ def validate(cfg: Config, world_size: int) -> list[str]:
             f"n_steps * n_envs = {cfg.n_steps} * {cfg.n_envs} = {rollout}",
         )
     for f in dataclasses.fields(Config):
-        choices = f.metadata.get("choices")
+        choices = choices_of(f.name) if "choices" in f.metadata else None
         value = getattr(cfg, f.name)
         flag = "--" + f.name.replace("_", "-")
         need(
@@ -429,7 +375,7 @@ def validate(cfg: Config, world_size: int) -> list[str]:
     except SpaceError as exc:
         problems.extend(f"search space: {line}" for line in str(exc).splitlines())
         space = {}
-    allowed = ALGO_HPARAMS.get(cfg.algo, ())
+    allowed = algo.hparams if algo is not None else ()
     for name in sorted(cfg.space_specs):
         need(name in allowed, f"search space: unknown {cfg.algo} hyperparameter {name!r} (known: {', '.join(allowed)})")
     for name, prior in space.items():
@@ -480,7 +426,7 @@ def _check_env(env_id: str, kwargs: Mapping[str, Any], algo: str) -> list[str]:
         space = type(env.action_space).__name__
     finally:
         env.close()
-    supported = ACTION_SPACES.get(algo)
+    supported = algorithms.get(algo).action_spaces if algo in algorithms.names() else None
     if supported is not None and space not in supported:
         return [f"--algo {algo} needs a {' or '.join(supported)} action space; {env_id!r} has {env.action_space}"]
     return []

@@ -20,32 +20,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.noise import NormalActionNoise
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.save_util import recursive_getattr
-from stable_baselines3.common.utils import (
-    FloatSchedule,
-    LinearSchedule,
-    set_random_seed,
-    update_learning_rate,
-)
+from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from . import seeding
+from . import algorithms, seeding
 from .config import Config, resolve_env
 from .space import Value
-
-#: SB3 algorithm classes by ``--algo`` name.
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3, "ddpg": DDPG, "dqn": DQN}
-
-_Apply = Callable[[BaseAlgorithm, Value], None]
 
 
 def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
@@ -53,97 +40,6 @@ def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
     names, _ = model._get_torch_save_params()
     found = [recursive_getattr(model, n) for n in names]
     return [o for o in found if isinstance(o, torch.optim.Optimizer)]
-
-
-def _set_learning_rate(model: BaseAlgorithm, value: Value) -> None:
-    # SB3 reads lr through lr_schedule, rebuilt from learning_rate at set-up, and
-    # writes it into every optimizer at each train(); set both now.
-    model.learning_rate = float(value)
-    model._setup_lr_schedule()
-    for opt in optimizers(model):
-        update_learning_rate(opt, float(value))
-
-
-def _set_clip_range(model: BaseAlgorithm, value: Value) -> None:
-    # PPO calls self.clip_range(progress) in train(): it must stay a schedule.
-    model.clip_range = FloatSchedule(float(value))  # type: ignore[attr-defined]
-
-
-def _set_buffer_float(name: str) -> _Apply:
-    # gamma / gae_lambda are copied into the rollout buffer at set-up; GAE reads the buffer's copy.
-    def apply(model: BaseAlgorithm, value: Value) -> None:
-        setattr(model, name, float(value))
-        setattr(model.rollout_buffer, name, float(value))  # type: ignore[attr-defined]
-
-    return apply
-
-
-def _set_attr(name: str, cast: Callable[[Any], Any]) -> _Apply:
-    # Read directly from the model in train() / collect_rollouts() on every call.
-    def apply(model: BaseAlgorithm, value: Value) -> None:
-        setattr(model, name, cast(value))
-
-    return apply
-
-
-def _set_action_noise(model: BaseAlgorithm, value: Value) -> None:
-    # Gaussian exploration noise, in the policy's [-1, 1] action scale; learn() vectorises it.
-    dim = int(np.prod(model.action_space.shape or (1,)))
-    model.action_noise = NormalActionNoise(np.zeros(dim), float(value) * np.ones(dim))  # type: ignore[attr-defined]
-
-
-def _set_exploration_final_eps(model: BaseAlgorithm, value: Value) -> None:
-    # DQN reads epsilon from exploration_schedule, built from exploration_final_eps at set-up.
-    dqn: Any = model
-    dqn.exploration_final_eps = float(value)
-    dqn.exploration_schedule = LinearSchedule(dqn.exploration_initial_eps, float(value), dqn.exploration_fraction)
-    dqn.exploration_rate = dqn.exploration_schedule(dqn._current_progress_remaining)
-
-
-_ON_POLICY: dict[str, _Apply] = {
-    "learning_rate": _set_learning_rate,
-    "gamma": _set_buffer_float("gamma"),
-    "gae_lambda": _set_buffer_float("gae_lambda"),
-    "ent_coef": _set_attr("ent_coef", float),
-    "vf_coef": _set_attr("vf_coef", float),
-    "max_grad_norm": _set_attr("max_grad_norm", float),
-}
-_OFF_POLICY: dict[str, _Apply] = {
-    "learning_rate": _set_learning_rate,
-    "gamma": _set_attr("gamma", float),
-    "tau": _set_attr("tau", float),
-    "batch_size": _set_attr("batch_size", int),
-    "gradient_steps": _set_attr("gradient_steps", int),
-}
-_TD3: dict[str, _Apply] = {
-    **_OFF_POLICY,
-    "policy_delay": _set_attr("policy_delay", int),
-    "target_policy_noise": _set_attr("target_policy_noise", float),
-    "target_noise_clip": _set_attr("target_noise_clip", float),
-    "action_noise_sigma": _set_action_noise,
-}
-
-#: How each hyperparameter of each algorithm is made to take effect.
-APPLY: dict[str, dict[str, _Apply]] = {
-    "ppo": {
-        **_ON_POLICY,
-        "clip_range": _set_clip_range,
-        "n_epochs": _set_attr("n_epochs", int),
-        "batch_size": _set_attr("batch_size", int),
-    },
-    "a2c": dict(_ON_POLICY),
-    "sac": {**_OFF_POLICY, "action_noise_sigma": _set_action_noise},
-    "td3": _TD3,
-    "ddpg": {k: v for k, v in _TD3.items() if k not in ("policy_delay", "target_policy_noise", "target_noise_clip")},
-    "dqn": {
-        **_OFF_POLICY,
-        "target_update_interval": _set_attr("target_update_interval", int),
-        "exploration_final_eps": _set_exploration_final_eps,
-    },
-}
-
-#: Kept for callers of the PPO-only adapter.
-PPO_APPLY = APPLY["ppo"]
 
 
 def make_env(cfg: Config, n_envs: int, seed: int) -> VecEnv:
@@ -220,14 +116,15 @@ class Member:
             self.eval_env = make_env(cfg, 1, seed)
             if cfg.normalize:  # evaluate on raw rewards with the training statistics, frozen
                 self.eval_env = VecNormalize(self.eval_env, training=False, norm_reward=False)
-        algo = ALGORITHMS[cfg.algo]
+        self.algorithm = algorithms.get(cfg.algo)
+        algo: type[BaseAlgorithm] = self.algorithm.model_class()
         kwargs: dict[str, Any] = {"policy_kwargs": {"net_arch": list(cfg.net_arch)}, "seed": seed, "device": "cpu"}
-        self.off_policy = issubclass(algo, OffPolicyAlgorithm)
+        self.off_policy = self.algorithm.off_policy
         if self.off_policy:
             kwargs["buffer_size"] = cfg.buffer_size
         else:
             kwargs["n_steps"] = cfg.n_steps
-        accepted = inspect.signature(algo.__init__).parameters
+        accepted = inspect.signature(algo).parameters
         kwargs.update({k: v for k, v in hparams.items() if k in accepted})  # the rest is applied below
         self.model = algo(cfg.policy, self.env, verbose=0, **kwargs)
         # SB3 measures progress against the end of the current learn() call; PBT calls learn() once per
@@ -248,7 +145,7 @@ class Member:
     # -- hyperparameters -------------------------------------------------------
     def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
         """Make every hyperparameter take effect from the next training step."""
-        table = APPLY[self.cfg.algo]
+        table = self.algorithm.appliers
         for name, value in hparams.items():
             if name not in table:
                 raise KeyError(f"unknown {self.cfg.algo} hyperparameter {name!r}")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from evo_mpi import checkpoint
-from evo_mpi.config import ALGO_HPARAMS, DEFAULT_SPACES, Config
+from evo_mpi import algorithms, checkpoint
+from evo_mpi.config import Config
 from evo_mpi.member import Member, optimizers
 from evo_mpi.space import parse_space, sample_hparams
 
@@ -44,7 +44,8 @@ def config(algo, **extra):
 
 
 def base_hparams(algo):
-    return sample_hparams(parse_space(DEFAULT_SPACES[algo]), np.random.default_rng(0)) | {"batch_size": 32}
+    space = parse_space(algorithms.get(algo).default_space)
+    return sample_hparams(space, np.random.default_rng(0)) | {"batch_size": 32}
 
 
 def all_tensors(member):
@@ -59,9 +60,9 @@ def same(a, b):
 def trained():
     """One member per algorithm trained past learning_starts, as a checkpoint to start every test from."""
     out = {}
-    for algo in ALGO_HPARAMS:
+    for algo in algorithms.names():
         cfg = config(algo)
-        hp = {k: v for k, v in base_hparams(algo).items() if k in ALGO_HPARAMS[algo]}
+        hp = {k: v for k, v in base_hparams(algo).items() if k in algorithms.get(algo).hparams}
         m = Member(0, cfg, hp, None)
         m.train(256, 0)
         out[algo] = (cfg, hp, m.checkpoint_tensors(), m.checkpoint_meta())
@@ -79,7 +80,7 @@ def from_checkpoint(trained, algo, **hp):
 #: Settings some checks need to be visible within 128 steps.
 EXTRA = {("dqn", "tau"): {"target_update_interval": 10}}
 
-CASES = [(algo, name) for algo, names in ALGO_HPARAMS.items() for name in names]
+CASES = [(algo, name) for algo in algorithms.names() for name in algorithms.get(algo).hparams]
 
 
 @pytest.mark.parametrize("algo, name", CASES, ids=[f"{a}-{n}" for a, n in CASES])
@@ -96,7 +97,7 @@ def test_hyperparameter_changes_training(trained, algo, name):
     assert not same(runs[0], runs[2]), f"{algo} {name}: {low} and {high} trained identically"
 
 
-@pytest.mark.parametrize("algo", list(ALGO_HPARAMS))
+@pytest.mark.parametrize("algo", list(algorithms.names()))
 def test_learning_rate_reaches_every_optimizer(trained, algo):
     m = from_checkpoint(trained, algo, learning_rate=2.5e-4)
     m.train(128, 1)  # SB3 re-applies the schedule inside train()
@@ -154,7 +155,7 @@ def test_td3_noise_is_the_one_used(trained):
     assert np.allclose(t.model.action_noise.noises[0]._sigma, 0.37)  # vectorised by learn() for 2 envs
 
 
-@pytest.mark.parametrize("algo", list(ALGO_HPARAMS))
+@pytest.mark.parametrize("algo", list(algorithms.names()))
 def test_state_moves_and_checkpoints_bit_for_bit(trained, algo, tmp_path):
     """pack/unpack and checkpoint files carry every network, target network, optimizer state and counter.
 
@@ -183,7 +184,7 @@ def test_state_moves_and_checkpoints_bit_for_bit(trained, algo, tmp_path):
     assert same(all_tensors(a), all_tensors(c)), "a restored checkpoint trains like the original"
 
 
-@pytest.mark.parametrize("algo", list(ALGO_HPARAMS))
+@pytest.mark.parametrize("algo", list(algorithms.names()))
 def test_optimizer_state_exists_from_the_start_and_layout_never_changes(algo):
     """A fresh member packs the same layout as a trained one (so peers can check it once, at start-up)."""
     cfg = config(algo)

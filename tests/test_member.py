@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from evo_mpi import algorithms
 from evo_mpi.config import Config
-from evo_mpi.member import PPO_APPLY, Member
+from evo_mpi.member import Member
 
 torch.set_num_threads(1)
 
@@ -106,9 +107,8 @@ def test_loss_coefficients_change_the_update(name, a, b):
 
 
 def test_every_default_hyperparameter_has_an_applier():
-    from evo_mpi.config import DEFAULT_SPACES
-
-    assert set(DEFAULT_SPACES["ppo"]) <= set(PPO_APPLY)
+    for name in algorithms.names():
+        assert set(algorithms.get(name).default_space) <= set(algorithms.get(name).hparams), name
     with pytest.raises(KeyError, match="n_steps"):
         make().apply_hparams({"n_steps": 3})
 

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from evo_mpi.config import DEFAULT_SPACES
+from evo_mpi import algorithms
 from evo_mpi.space import SpaceError, explore, parse_prior, parse_space, sample_hparams
 
 
@@ -44,7 +44,7 @@ def test_parse_space_collects_every_error():
 
 
 def test_samples_within_bounds_and_typed():
-    space = parse_space(DEFAULT_SPACES["ppo"])
+    space = parse_space(algorithms.get("ppo").default_space)
     rng = np.random.default_rng(0)
     for _ in range(200):
         hp = sample_hparams(space, rng)
