@@ -1,0 +1,163 @@
+"""The configuration's schema: one frozen dataclass, a docstring (help text) per field.
+
+Every other home of the configuration reads this one: the CLI
+(:mod:`.cli`) mirrors its fields 1:1 as flags, the file format
+(:mod:`.fileformat`) as TOML keys, :mod:`.validation` checks its values and
+:mod:`.resume` compares it with a run's saved options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import algorithms
+
+#: Selection rules (see :mod:`evo_mpi.selection`) and explore rules.
+SELECTION_CHOICES = ("truncation", "wta", "tournament", "ttest", "none")
+
+
+EXPLORE_CHOICES = ("perturb", "pb2")
+
+
+EXIT_CONFIG_ERROR = 2
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: Sequence[str]):
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+def _f(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field carrying its CLI help text."""
+    meta = {"help": help, **extra}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs. Field names are the CLI flags with ``-`` for ``_``."""
+
+    env_id: str = _f(
+        "CartPole-v1",
+        "Gymnasium environment id, or module:Class / module:factory for your own env (module:Id-v0 imports "
+        "module, then makes the id it registered).",
+    )
+    env_kwargs: dict[str, Any] = _f({}, 'Keyword arguments for the env, as a JSON object, e.g. {"g": 9.81}.')
+    normalize: bool = _f(
+        False, "Wrap the envs in VecNormalize; its statistics move with the weights on exploit and are checkpointed."
+    )
+    algo: str = _f("ppo", "SB3 algorithm (see evo_mpi.algorithms).", choices=algorithms.names)
+    seed: int = _f(0, "Master seed; every random stream derives from it.")
+    generations: int = _f(30, "Number of generations (train, evaluate, exploit, explore).")
+    steps_per_generation: int = _f(
+        8192, "Env steps each member trains per generation (a multiple of n_steps * n_envs)."
+    )
+    agents_per_rank: int = _f(1, "Members per MPI rank; population = ranks x agents per rank.")
+    backend: str = _f("p2p", "How weights move: p2p (Send/Recv) or collective (Bcast).", choices=("p2p", "collective"))
+    selection: str = _f(
+        "truncation",
+        "Exploit rule: truncation (bottom q copy top q), wta (all copy the best), tournament (each member copies "
+        "the best of a random tournament), ttest (copy a random other member if Welch's t-test says it is better), "
+        "none (no exploit: random search).",
+        choices=SELECTION_CHOICES,
+    )
+    truncation_fraction: float = _f(0.25, "Truncation quantile q, 0 < q <= 0.5.")
+    tournament_size: int = _f(3, "Contestants per tournament (selection tournament), >= 2.")
+    elitism: bool = _f(False, "Keep the best member unchanged (selection tournament).")
+    ttest_alpha: float = _f(0.05, "Significance level of the t-test (selection ttest), 0 < alpha < 1.")
+    explore: str = _f(
+        "perturb",
+        "Explore rule for members that exploited: perturb (multiply or resample, PBT) or pb2 (GP-UCB bandit "
+        "over past fitness changes, Population-Based Bandits).",
+        choices=EXPLORE_CHOICES,
+    )
+    perturb_factors: tuple[float, ...] = _f((0.8, 1.2), "Comma-separated explore multipliers.")
+    resample_probability: float = _f(0.25, "Probability of resampling a hyperparameter from its prior.")
+    eval_episodes: int = _f(0, "Deterministic evaluation episodes for fitness; 0 = mean of the last training episodes.")
+    fitness_window: int = _f(10, "Completed training episodes averaged for fitness when eval-episodes is 0.")
+    n_envs: int = _f(8, "Vectorised envs per member.")
+    n_steps: int = _f(256, "Rollout length per env (on-policy algorithms: PPO, A2C).")
+    buffer_size: int = _f(1_000_000, "Replay buffer transitions per member (off-policy algorithms).")
+    copy_replay_buffer: bool = _f(
+        False, "On exploit, also copy the winner's replay buffer (off-policy); by default each member keeps its own."
+    )
+    policy: str = _f("MlpPolicy", "SB3 policy class name.")
+    net_arch: tuple[int, ...] = _f((64, 64), "Comma-separated hidden layer sizes of the policy and value networks.")
+    torch_threads: int = _f(1, "Torch threads per rank; 0 = cores on the node / ranks on the node.")
+    search_space: dict[str, str] = _f(
+        {},
+        "Search-space overrides NAME=PRIOR, e.g. learning_rate=loguniform:1e-5:1e-3, "
+        "batch_size=choice:64,128, n_epochs=int:3:10, gamma=const:0.99 (repeatable).",
+    )
+    run_dir: str = _f("", "Output directory (default runs/<env>-<timestamp>); an existing run there is resumed.")
+    checkpoint_every: int = _f(1, "Write a checkpoint every N generations (and always at the end or on a stop).")
+    keep_checkpoints: int = _f(2, "Complete checkpoints kept on disk (older ones are pruned).")
+
+    @property
+    def space_specs(self) -> dict[str, str]:
+        """The algorithm's default space with the user's overrides applied."""
+        specs = dict(algorithms.get(self.algo).default_space) if self.algo in algorithms.names() else {}
+        specs.update(self.search_space)
+        return specs
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-friendly form; ``search_space`` is the full resolved space."""
+        out = dataclasses.asdict(self)
+        out["perturb_factors"] = list(self.perturb_factors)
+        out["net_arch"] = list(self.net_arch)
+        out["search_space"] = self.space_specs
+        return out
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def choices_of(name: str) -> tuple[str, ...]:
+    """The values option ``name`` accepts; algorithms are looked up when asked, so late registrations count."""
+    choices = FIELDS[name].metadata["choices"]
+    return tuple(choices() if callable(choices) else choices)
+
+
+#: Options that may differ when a run is resumed: they change the layout or
+#: bookkeeping, never the history.
+RESUME_OVERRIDABLE = ("agents_per_rank", "backend", "torch_threads", "checkpoint_every", "keep_checkpoints", "run_dir")
+
+
+#: Comma-separated options and their element types.
+TUPLE_FIELDS: dict[str, type] = {"perturb_factors": float, "net_arch": int}
+
+
+def parse_tuple(name: str, cast: type) -> Any:
+    """Parse ``"a,b,c"`` into a tuple of ``cast`` values, for a comma-separated option."""
+
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(cast(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            flag = "--" + name.replace("_", "-")
+            raise argparse.ArgumentTypeError(
+                f"invalid {flag} {text!r}: expected comma-separated {cast.__name__} values"
+            ) from None
+
+    return parse
+
+
+def parse_env_kwargs(text: str) -> dict[str, Any]:
+    """Parse ``--env-kwargs`` JSON text into a dict (argparse type)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"invalid --env-kwargs {text!r}: not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f'invalid --env-kwargs {text!r}: expected a JSON object like {{"g": 9.81}}')
+    return value

@@ -1,0 +1,167 @@
+"""Validation: every problem with a configuration, each naming its offending value, before any rank starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+from .. import algorithms
+from ..hparams import check_prior
+from ..space import SpaceError, parse_space
+from .schema import Config, choices_of
+
+
+def validate(cfg: Config, world_size: int) -> list[str]:
+    """Every problem with ``cfg`` for a run on ``world_size`` ranks, with offending values."""
+    problems: list[str] = []
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            problems.append(msg)
+
+    for name in (
+        "generations",
+        "steps_per_generation",
+        "agents_per_rank",
+        "n_envs",
+        "n_steps",
+        "fitness_window",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
+        value = getattr(cfg, name)
+        need(value > 0, f"--{name.replace('_', '-')} must be > 0, got {value}")
+    need(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {cfg.eval_episodes}")
+    need(cfg.torch_threads >= 0, f"--torch-threads must be >= 0 (0 = automatic), got {cfg.torch_threads}")
+    need(
+        0 < cfg.truncation_fraction <= 0.5, f"--truncation-fraction must be in (0, 0.5], got {cfg.truncation_fraction}"
+    )
+    need(
+        0 <= cfg.resample_probability <= 1,
+        f"--resample-probability must be in [0, 1], got {cfg.resample_probability}",
+    )
+    need(len(cfg.perturb_factors) > 0, "--perturb-factors is empty")
+    need(
+        len(cfg.net_arch) > 0 and all(n > 0 for n in cfg.net_arch),
+        f"--net-arch needs positive layer sizes, got {','.join(map(str, cfg.net_arch)) or 'nothing'}",
+    )
+    for factor in cfg.perturb_factors:
+        need(math.isfinite(factor) and factor > 0, f"--perturb-factors must be finite and > 0, got {factor}")
+    need(cfg.buffer_size > 0, f"--buffer-size must be > 0, got {cfg.buffer_size}")
+    need(cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}")
+    need(0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}")
+    algo = algorithms.get(cfg.algo) if cfg.algo in algorithms.names() else None
+    if algo is not None and algo.off_policy and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
+        need(
+            cfg.steps_per_generation % cfg.n_envs == 0,
+            f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of n_envs = {cfg.n_envs}",
+        )
+    elif cfg.n_steps > 0 and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
+        rollout = cfg.n_steps * cfg.n_envs
+        need(
+            cfg.steps_per_generation % rollout == 0,
+            f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of "
+            f"n_steps * n_envs = {cfg.n_steps} * {cfg.n_envs} = {rollout}",
+        )
+    for f in dataclasses.fields(Config):
+        choices = choices_of(f.name) if "choices" in f.metadata else None
+        value = getattr(cfg, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        need(
+            choices is None or value in choices, f"{flag} {value!r} is unknown (choose from {', '.join(choices or ())})"
+        )
+    population = world_size * cfg.agents_per_rank
+    if cfg.agents_per_rank > 0:
+        need(
+            population >= 2,
+            f"population of {population} ({world_size} rank(s) x {cfg.agents_per_rank} agent(s)) is too small "
+            "for selection: run under 'mpiexec -n N' or pass --agents-per-rank N with N >= 2",
+        )
+    try:
+        space = parse_space(cfg.space_specs)
+    except SpaceError as exc:
+        problems.extend(f"search space: {line}" for line in str(exc).splitlines())
+        space = {}
+    allowed = algo.hparams if algo is not None else ()
+    for name in sorted(cfg.space_specs):
+        need(name in allowed, f"search space: unknown {cfg.algo} hyperparameter {name!r} (known: {', '.join(allowed)})")
+    for name, prior in space.items():
+        if name in allowed:
+            problems.extend(check_prior(name, prior))
+    try:
+        json.dumps(cfg.env_kwargs, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"--env-kwargs {cfg.env_kwargs!r}: not JSON-serialisable ({exc}); use JSON values only")
+    else:
+        problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo))
+    if cfg.run_dir:
+        problems.extend(_check_writable(cfg.run_dir))
+    return problems
+
+
+def resolve_env(env_id: str) -> Any:
+    """What to build for ``env_id``: a gymnasium id, or a user's class/factory.
+
+    ``module:Name`` imports ``module``; if ``Name`` is a callable attribute of it
+    (an ``Env`` subclass or a function returning an env) that is used, otherwise
+    ``Name`` is a gymnasium id the module registered on import.
+    """
+    import importlib
+
+    if ":" in env_id:
+        module_name, name = env_id.split(":", 1)
+        target = getattr(importlib.import_module(module_name), name, None)
+        return target if callable(target) else name
+    return env_id
+
+
+def _check_env(env_id: str, kwargs: Mapping[str, Any], algo: str) -> list[str]:
+    """Build the env once (cheap next to training) to check the id, the kwargs and the action space."""
+    import gymnasium
+
+    try:
+        target = resolve_env(env_id)
+        if isinstance(target, str):
+            gymnasium.spec(target)
+    except Exception as exc:  # gymnasium and importlib raise several error types here
+        return [f"--env-id {env_id!r} is not a registered gymnasium environment ({type(exc).__name__}: {exc})"]
+    try:
+        env = gymnasium.make(target, **kwargs) if isinstance(target, str) else target(**kwargs)
+    except Exception as exc:  # any error of the user's env constructor
+        return [f"--env-id {env_id!r} with --env-kwargs {json.dumps(dict(kwargs))}: cannot create it ({exc})"]
+    try:
+        space = type(env.action_space).__name__
+    finally:
+        env.close()
+    supported = algorithms.get(algo).action_spaces if algo in algorithms.names() else None
+    if supported is not None and space not in supported:
+        return [f"--algo {algo} needs a {' or '.join(supported)} action space; {env_id!r} has {env.action_space}"]
+    return []
+
+
+def _check_writable(path: str) -> list[str]:
+    """Check that ``path`` can be created, by creating and removing a file in its nearest existing parent.
+
+    Permission bits are not enough: root passes ``os.access`` everywhere, and
+    ``/proc`` or a read-only mount refuse files whatever the bits say.
+    """
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return [f"--run-dir {path!r}: {probe!r} exists and is not a directory"]
+    try:
+        fd, name = tempfile.mkstemp(prefix=".evo-mpi-probe-", dir=probe)
+        os.close(fd)
+        os.remove(name)
+    except OSError as exc:
+        return [f"--run-dir {path!r}: cannot create files in {probe!r} ({exc.strerror or exc})"]
+    return []
