@@ -18,11 +18,13 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint, seeding
+from .api import FINISHED, INTERRUPTED, STOPPED_BY_CALLBACK, GenerationSummary
 from .comm import Comm, ExchangeError
-from .config import Config
+from .config import Config, resolve_member
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
 from .pb2 import Observation, pb2_explore
+from .protocol import MemberFactory, PBTMember
 from .selection import rank_order, select
 from .space import Value, explore, parse_space, sample_hparams
 
@@ -44,8 +46,12 @@ class Engine:
         echo: Callable[[str], None] = print,
         should_stop: Callable[[], bool] = lambda: False,
         resume_from: int | None = None,
+        env_factory: Callable[..., Any] | None = None,
+        callback: Callable[[GenerationSummary], bool | None] | None = None,
+        member_factory: MemberFactory | None = None,
     ) -> None:
         self.cfg = cfg
+        self.callback = callback
         self.should_stop = should_stop
         self.comm = comm
         self.run_dir = run_dir
@@ -57,10 +63,16 @@ class Engine:
         ]
         self.local_ids = list(range(comm.rank * cfg.agents_per_rank, (comm.rank + 1) * cfg.agents_per_rank))
         self.activity = "creating members"
-        self.members: dict[int, Member] = {}
+        self.members: dict[int, PBTMember] = {}
+        if member_factory is None and cfg.member:
+            member_factory = resolve_member(cfg.member)
         for m in self.local_ids:
             self.activity = f"creating member {m}"
-            self.members[m] = Member(m, cfg, self.hparams[m], os.path.join(run_dir, "tb", member_tag(m)))
+            tb_dir = os.path.join(run_dir, "tb", member_tag(m))
+            if member_factory is not None:
+                self.members[m] = member_factory(m, cfg, self.hparams[m], tb_dir)
+            else:
+                self.members[m] = Member(m, cfg, self.hparams[m], tb_dir, env_factory=env_factory)
         self.last_fitness = np.full(self.population, math.nan)
         #: Each member's fitness when its current generation started (the winner's after an exploit).
         self.start_fitness = np.full(self.population, math.nan)
@@ -99,6 +111,7 @@ class Engine:
         self.history: JsonlWriter | None = None
         self.lineage: JsonlWriter | None = None
         self.board: PopulationBoard | None = None
+        self.wandb: Any = None
         if comm.rank == 0:
             history_path = os.path.join(run_dir, "history.jsonl")
             checkpoint.truncate(history_path, history_bytes)  # drop records newer than the checkpoint
@@ -107,6 +120,10 @@ class Engine:
             checkpoint.truncate(lineage_path, lineage_bytes)
             self.lineage = JsonlWriter(lineage_path)
             self.board = PopulationBoard(os.path.join(run_dir, "tb", "population"))
+            if cfg.wandb_project:
+                from .wandb_log import WandbLogger
+
+                self.wandb = WandbLogger(cfg.wandb_project, cfg.wandb_entity, run_dir, cfg.to_dict())
 
     def owner(self, member: int) -> int:
         """Rank holding ``member``."""
@@ -175,7 +192,8 @@ class Engine:
         self.last_fitness = fitness
 
         timer.start("explore")
-        last = g == cfg.generations - 1
+        early = self._ask_callback(g, table)
+        last = g == cfg.generations - 1 or early
         plan = {} if last else self._plan(g, table)
         new_hparams = self._explore(g, plan, fitness)
 
@@ -194,7 +212,7 @@ class Engine:
         timer.start("exchange")
         self.activity = f"exchanging weights (generation {g}, backend {cfg.backend})"
         self._exploit(plan, table, new_hparams)
-        self.hparams = new_hparams
+        used_hparams, self.hparams = self.hparams, new_hparams
 
         stop = self.comm.any(self.should_stop())
         if stop or last or (g + 1) % cfg.checkpoint_every == 0:
@@ -203,7 +221,30 @@ class Engine:
             self.save_checkpoint(g, finished=last)
         timings = timer.stop()
         wall = time.perf_counter() - t0
-        return {"generation": g, "table": table, "plan": plan, "wall": wall, "timings": timings, "stop": stop}
+        return {
+            "generation": g,
+            "table": table,
+            "plan": plan,
+            "wall": wall,
+            "timings": timings,
+            "stop": stop,
+            "early": early,
+            "hparams": used_hparams,
+        }
+
+    def _ask_callback(self, g: int, table: np.ndarray) -> bool:
+        """Whether the user's callback (run on every rank) asks any rank to end the run after generation ``g``."""
+        if self.callback is None:
+            return False
+        self.activity = f"running the callback (generation {g})"
+        summary = GenerationSummary(
+            generation=g,
+            generations=self.cfg.generations,
+            timesteps=[int(t) for t in table[:, _STEPS]],
+            fitness=[float(f) for f in table[:, _FIT]],
+            hparams=[dict(h) for h in self.hparams],
+        )
+        return self.comm.any(bool(self.callback(summary)))
 
     def save_checkpoint(self, g: int, finished: bool) -> None:
         """Write every member and the population state after generation ``g``, atomically."""
@@ -365,24 +406,29 @@ class Engine:
         return records
 
     # -- whole run ---------------------------------------------------------------
-    def run(self) -> bool:
+    def run(self) -> str:
         """Run the remaining generations and save the final models.
 
         Returns:
-            True when the run finished, False when a stop was requested (the
-            last complete checkpoint then holds every finished generation).
+            ``finished``; ``callback`` when the callback ended the run early
+            (final models written); ``interrupted`` when a stop was requested
+            (the last complete checkpoint then holds every finished generation).
         """
         cfg = self.cfg
         t_start = time.perf_counter()
         for g in range(self.start, cfg.generations):
             summary = self.generation(g)
             if summary is None:
-                return False
+                return INTERRUPTED
             self._report(summary, time.perf_counter() - t_start, g - self.start + 1)
+            if summary["early"]:
+                self.echo(f"evo-mpi: the callback ended the run after generation {g + 1}/{cfg.generations}")
+                self.finish()
+                return STOPPED_BY_CALLBACK
             if summary["stop"] and g < cfg.generations - 1:
-                return False
+                return INTERRUPTED
         self.finish()
-        return True
+        return FINISHED
 
     def _report(self, summary: dict[str, Any], elapsed: float, done: int) -> None:
         g, table, plan, wall, timings = (summary[k] for k in ("generation", "table", "plan", "wall", "timings"))
@@ -404,6 +450,10 @@ class Engine:
             len(plan),
             {"timing/overhead_fraction": overhead_s / wall if wall > 0 else 0.0},
         )
+        if self.wandb is not None:
+            self.wandb.log(
+                g, [int(t) for t in table[:, _STEPS]], [float(f) for f in fitness], summary["hparams"], len(plan)
+            )
         self.echo(
             progress_line(
                 g,
@@ -451,6 +501,8 @@ class Engine:
             self.lineage.close()
         if self.board is not None:
             self.board.close()
+        if self.wandb is not None:
+            self.wandb.close()
 
 
 class LayoutMismatch(ExchangeError):

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import collections
 import copy
-import hashlib
 import inspect
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -33,6 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from . import algorithms, seeding
 from .config import Config, resolve_env
 from .space import Value
+from .torchstate import FlatTorchState, init_optimizer_state
 
 
 def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
@@ -42,49 +41,16 @@ def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
     return [o for o in found if isinstance(o, torch.optim.Optimizer)]
 
 
-def make_env(cfg: Config, n_envs: int, seed: int) -> VecEnv:
-    """The member's vectorised env (Monitor-wrapped, so episode returns are raw)."""
-    return make_vec_env(resolve_env(cfg.env_id), n_envs=n_envs, seed=seed, env_kwargs=dict(cfg.env_kwargs))
+def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | None = None) -> VecEnv:
+    """The member's vectorised env (Monitor-wrapped, so episode returns are raw); ``factory`` overrides env_id."""
+    target = factory if factory is not None else resolve_env(cfg.env_id)
+    return make_vec_env(target, n_envs=n_envs, seed=seed, env_kwargs=dict(cfg.env_kwargs))
 
 
 def _rms_arrays(rms: RunningMeanStd | Mapping[str, RunningMeanStd]) -> list[RunningMeanStd]:
     if isinstance(rms, Mapping):
         return [rms[k] for k in sorted(rms)]
     return [rms]
-
-
-def _init_optimizer_state(model: BaseAlgorithm) -> None:
-    """Create every optimizer's state now, exactly as its first step would, so the layout never changes.
-
-    PyTorch optimizers create their state (Adam's moments, RMSprop's averages,
-    step counts) lazily at the first step; until then a member's state is
-    smaller than a trained member's. One step with zero gradients and a zero
-    learning rate creates the state without moving a weight; every state
-    tensor is then zeroed, which is the value a first real step starts from.
-    """
-    for opt in optimizers(model):
-        if opt.state:
-            continue
-        saved_lr = [group["lr"] for group in opt.param_groups]
-        params = [p for group in opt.param_groups for p in group["params"]]
-        grads = [p.grad for p in params]
-        with torch.no_grad():
-            for p in params:
-                p.grad = torch.zeros_like(p)
-            for group in opt.param_groups:
-                group["lr"] = 0.0
-            before = [p.detach().clone() for p in params]
-            opt.step()
-            for p, old in zip(params, before, strict=True):
-                p.copy_(old)
-            for group, lr in zip(opt.param_groups, saved_lr, strict=True):
-                group["lr"] = lr
-            for state in opt.state.values():
-                for value in state.values():
-                    if isinstance(value, torch.Tensor):
-                        value.zero_()
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
 
 
 class _StopCallback(BaseCallback):
@@ -98,22 +64,29 @@ class _StopCallback(BaseCallback):
         return not self.should_stop()
 
 
-class Member:
+class Member(FlatTorchState):
     """One population member: an SB3 model, its training env and optional eval env."""
 
-    def __init__(self, member_id: int, cfg: Config, hparams: Mapping[str, Value], tb_dir: str | None) -> None:
+    def __init__(
+        self,
+        member_id: int,
+        cfg: Config,
+        hparams: Mapping[str, Value],
+        tb_dir: str | None,
+        env_factory: Callable[..., Any] | None = None,
+    ) -> None:
         self.id = member_id
         self.cfg = cfg
         seed = seeding.derive_seed(cfg.seed, seeding.INIT, member_id)
         set_random_seed(seed)
-        env = make_env(cfg, cfg.n_envs, seed)
+        env = make_env(cfg, cfg.n_envs, seed, env_factory)
         self.normalize: VecNormalize | None = None
         if cfg.normalize:
             env = self.normalize = VecNormalize(env, gamma=float(hparams.get("gamma", 0.99)))
         self.env = env
         self.eval_env: VecEnv | None = None
         if cfg.eval_episodes > 0:
-            self.eval_env = make_env(cfg, 1, seed)
+            self.eval_env = make_env(cfg, 1, seed, env_factory)
             if cfg.normalize:  # evaluate on raw rewards with the training statistics, frozen
                 self.eval_env = VecNormalize(self.eval_env, training=False, norm_reward=False)
         self.algorithm = algorithms.get(cfg.algo)
@@ -130,7 +103,7 @@ class Member:
         # SB3 measures progress against the end of the current learn() call; PBT calls learn() once per
         # generation, so without this epsilon (and any schedule) would restart or finish every generation.
         self.model._update_current_progress_remaining = self._progress_remaining  # type: ignore[method-assign,assignment]
-        _init_optimizer_state(self.model)
+        init_optimizer_state(optimizers(self.model))
         self.hparams: dict[str, Value] = {}
         self.apply_hparams(hparams)
         if tb_dir is not None:
@@ -140,7 +113,7 @@ class Member:
         self.last_eval_returns: list[float] = []
         #: Set when training produced non-finite weights (the member then has NaN fitness).
         self.diverged = False
-        self._flat: np.ndarray | None = None
+        self._flat = None
 
     # -- hyperparameters -------------------------------------------------------
     def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
@@ -244,6 +217,9 @@ class Member:
         return float(np.mean(self.last_eval_returns))
 
     # -- state as one buffer ---------------------------------------------------
+    def _optimizers(self) -> list[torch.optim.Optimizer]:
+        return optimizers(self.model)
+
     def _named_tensors(self) -> list[tuple[str, torch.Tensor]]:
         """Weights, buffers and optimizer state of every network SB3 saves, named, in a fixed order (each once).
 
@@ -273,101 +249,6 @@ class Member:
         for named in tensors:
             unique.setdefault(id(named[1]), named)
         return list(unique.values())
-
-    def _tensors(self) -> list[torch.Tensor]:
-        """The tensors of :meth:`_named_tensors`, in the same order."""
-        return [t for _, t in self._named_tensors()]
-
-    def state_layout(self) -> tuple[int, int, str]:
-        """What peers must agree on before states move: state bytes, aux bytes and a hash of the layout.
-
-        The hash covers every tensor's name, shape and dtype in packing order
-        and the aux buffer's size, so two members with equal hashes pack
-        byte-compatible buffers.
-        """
-        described = [(n, list(t.shape), str(t.dtype)) for n, t in self._named_tensors()]
-        aux = self.aux_nbytes(self.cfg.copy_replay_buffer)
-        digest = hashlib.sha256(json.dumps([described, aux]).encode()).hexdigest()[:16]
-        return self.state_nbytes, aux, digest
-
-    def _flat_state(self) -> np.ndarray | None:
-        """The member's state as one contiguous uint8 array that *is* its weights and Adam state.
-
-        On first use (once the optimizer state exists) every parameter, buffer and
-        optimizer-state tensor is re-pointed at a slice of one float32 tensor, so
-        packing costs nothing and unpacking is one memcpy. Returns None when the
-        layout cannot be flattened (no optimizer state yet, or mixed dtypes).
-        """
-        if self._flat is not None:
-            return self._flat
-        tensors = self._tensors()
-        if any(not opt.state for opt in optimizers(self.model)) or any(
-            t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors
-        ):
-            return None
-        flat = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float32)
-        offset = 0
-        with torch.no_grad():
-            for t in tensors:
-                n = t.numel()
-                view = flat[offset : offset + n].view(t.shape)
-                view.copy_(t.detach())
-                t.data = view  # the Parameter / state tensor object stays; its storage moves
-                offset += n
-        self._flat = flat.numpy().view(np.uint8)
-        return self._flat
-
-    @property
-    def state_nbytes(self) -> int:
-        """Size of :meth:`pack` output."""
-        flat = self._flat_state()
-        if flat is not None:
-            return flat.nbytes
-        return sum(t.numel() * t.element_size() for t in self._tensors())
-
-    def pack(self) -> np.ndarray:
-        """Weights + optimizer state as one contiguous uint8 buffer.
-
-        This is normally a live view of the member's state, not a copy: copy it
-        before changing the member if the old state must survive.
-        """
-        flat = self._flat_state()
-        if flat is not None:
-            return flat
-        tensors = self._tensors()
-        out = np.empty(sum(t.numel() * t.element_size() for t in tensors), dtype=np.uint8)
-        offset = 0
-        for t in tensors:
-            raw = t.detach().contiguous().reshape(-1).numpy().view(np.uint8)
-            out[offset : offset + raw.size] = raw
-            offset += raw.size
-        return out
-
-    def receive_buffer(self) -> np.ndarray | None:
-        """Where an incoming state can be received directly (see :meth:`unpack`), if anywhere."""
-        return self._flat_state()
-
-    def unpack(self, buf: np.ndarray) -> None:
-        """Load weights + optimizer state from a :meth:`pack` buffer of the same layout.
-
-        Only finite members are ever copied, so the member is no longer diverged.
-        """
-        flat = self._flat_state()
-        need = self.state_nbytes
-        if buf.nbytes != need:
-            raise ValueError(f"member {self.id}: state buffer has {buf.nbytes} bytes, layout needs {need}")
-        if flat is not None:
-            if buf.ctypes.data != flat.ctypes.data:  # equal when received in place
-                flat[:] = buf
-        else:
-            offset = 0
-            with torch.no_grad():
-                for t in self._tensors():
-                    n = t.numel() * t.element_size()
-                    src = buf[offset : offset + n].view(t.detach().numpy().dtype)
-                    t.copy_(torch.from_numpy(src.copy()).reshape(t.shape))
-                    offset += n
-        self.diverged = False
 
     # -- state that moves besides the weights ----------------------------------
     def _running_stats(self) -> list[RunningMeanStd]:

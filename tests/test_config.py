@@ -267,7 +267,7 @@ def test_unreadable_checkpoint_is_exit_2_on_every_rank(tmp_path):
 def test_any_unexpected_error_while_planning_is_exit_2(tmp_path, capsys, monkeypatch):
     import evo_mpi.config as config_mod
 
-    def broken(cfg, world_size):
+    def broken(cfg, world_size, **factories):
         raise KeyError("surprise")
 
     monkeypatch.setattr(config_mod, "validate", broken)

@@ -18,7 +18,7 @@ from .schema import (
     ConfigError,
     choices_of,
 )
-from .validation import resolve_env, validate
+from .validation import resolve_env, resolve_member, validate
 
 __all__ = [
     "EXIT_CONFIG_ERROR",
@@ -37,6 +37,7 @@ __all__ = [
     "merge",
     "parse",
     "resolve_env",
+    "resolve_member",
     "to_toml",
     "validate",
 ]

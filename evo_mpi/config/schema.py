@@ -92,6 +92,11 @@ class Config:
         False, "On exploit, also copy the winner's replay buffer (off-policy); by default each member keeps its own."
     )
     policy: str = _f("MlpPolicy", "SB3 policy class name.")
+    member: str = _f(
+        "",
+        "Member factory module:function for training code that is not SB3 (see evo_mpi.protocol); empty: the "
+        "SB3 adapter with --algo.",
+    )
     net_arch: tuple[int, ...] = _f((64, 64), "Comma-separated hidden layer sizes of the policy and value networks.")
     torch_threads: int = _f(1, "Torch threads per rank; 0 = cores on the node / ranks on the node.")
     search_space: dict[str, str] = _f(
@@ -99,6 +104,10 @@ class Config:
         "Search-space overrides NAME=PRIOR, e.g. learning_rate=loguniform:1e-5:1e-3, "
         "batch_size=choice:64,128, n_epochs=int:3:10, gamma=const:0.99 (repeatable).",
     )
+    wandb_project: str = _f(
+        "", "Weights & Biases project to log to (rank 0, one W&B run per PBT run); empty: off. Needs evo-mpi[wandb]."
+    )
+    wandb_entity: str = _f("", "Weights & Biases entity (user or team); empty: your default.")
     run_dir: str = _f("", "Output directory (default runs/<env>-<timestamp>); an existing run there is resumed.")
     checkpoint_every: int = _f(1, "Write a checkpoint every N generations (and always at the end or on a stop).")
     keep_checkpoints: int = _f(2, "Complete checkpoints kept on disk (older ones are pruned).")
@@ -106,6 +115,8 @@ class Config:
     @property
     def space_specs(self) -> dict[str, str]:
         """The algorithm's default space with the user's overrides applied."""
+        if self.member:  # a custom member has no default space
+            return dict(self.search_space)
         specs = dict(algorithms.get(self.algo).default_space) if self.algo in algorithms.names() else {}
         specs.update(self.search_space)
         return specs
@@ -130,7 +141,16 @@ def choices_of(name: str) -> tuple[str, ...]:
 
 #: Options that may differ when a run is resumed: they change the layout or
 #: bookkeeping, never the history.
-RESUME_OVERRIDABLE = ("agents_per_rank", "backend", "torch_threads", "checkpoint_every", "keep_checkpoints", "run_dir")
+RESUME_OVERRIDABLE = (
+    "agents_per_rank",
+    "backend",
+    "torch_threads",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "run_dir",
+    "wandb_project",
+    "wandb_entity",
+)
 
 
 #: Comma-separated options and their element types.

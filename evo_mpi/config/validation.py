@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import algorithms
@@ -16,7 +17,12 @@ from ..space import SpaceError, parse_space
 from .schema import Config, choices_of
 
 
-def validate(cfg: Config, world_size: int) -> list[str]:
+def validate(
+    cfg: Config,
+    world_size: int,
+    env_factory: Callable[..., Any] | None = None,
+    member_factory: Callable[..., Any] | None = None,
+) -> list[str]:
     """Every problem with ``cfg`` for a run on ``world_size`` ranks, with offending values."""
     problems: list[str] = []
 
@@ -56,7 +62,9 @@ def validate(cfg: Config, world_size: int) -> list[str]:
     need(cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}")
     need(0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}")
     algo = algorithms.get(cfg.algo) if cfg.algo in algorithms.names() else None
-    if algo is not None and algo.off_policy and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
+    if cfg.member:
+        pass  # a custom member counts its own steps
+    elif algo is not None and algo.off_policy and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
         need(
             cfg.steps_per_generation % cfg.n_envs == 0,
             f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of n_envs = {cfg.n_envs}",
@@ -87,18 +95,39 @@ def validate(cfg: Config, world_size: int) -> list[str]:
     except SpaceError as exc:
         problems.extend(f"search space: {line}" for line in str(exc).splitlines())
         space = {}
-    allowed = algo.hparams if algo is not None else ()
-    for name in sorted(cfg.space_specs):
-        need(name in allowed, f"search space: unknown {cfg.algo} hyperparameter {name!r} (known: {', '.join(allowed)})")
-    for name, prior in space.items():
-        if name in allowed:
+    if cfg.member:  # a custom member searches its own hyperparameters; the SB3 bounds apply to names it shares
+        if member_factory is None:
+            try:
+                resolve_member(cfg.member)
+            except Exception as exc:  # importlib raises several error types
+                problems.append(f"--member {cfg.member!r}: cannot import it ({type(exc).__name__}: {exc})")
+        need(bool(space), "--member needs a --search-space: a custom member has no default one")
+        for name, prior in space.items():
             problems.extend(check_prior(name, prior))
+    else:
+        allowed = algo.hparams if algo is not None else ()
+        for name in sorted(cfg.space_specs):
+            need(
+                name in allowed,
+                f"search space: unknown {cfg.algo} hyperparameter {name!r} (known: {', '.join(allowed)})",
+            )
+        for name, prior in space.items():
+            if name in allowed:
+                problems.extend(check_prior(name, prior))
     try:
         json.dumps(cfg.env_kwargs, allow_nan=False)
     except (TypeError, ValueError) as exc:
         problems.append(f"--env-kwargs {cfg.env_kwargs!r}: not JSON-serialisable ({exc}); use JSON values only")
     else:
-        problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo))
+        if not cfg.member:  # the SB3 adapter's env; a custom member makes (or does without) its own
+            problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo, env_factory))
+    if cfg.wandb_project:
+        try:
+            importlib.import_module("wandb")
+        except ImportError:
+            problems.append(
+                f"--wandb-project {cfg.wandb_project!r}: wandb is not installed (pip install 'evo-mpi[wandb]')"
+            )
     if cfg.run_dir:
         problems.extend(_check_writable(cfg.run_dir))
     return problems
@@ -120,12 +149,27 @@ def resolve_env(env_id: str) -> Any:
     return env_id
 
 
-def _check_env(env_id: str, kwargs: Mapping[str, Any], algo: str) -> list[str]:
+def resolve_member(spec: str) -> Callable[..., Any]:
+    """The member factory named ``module:function``."""
+    import importlib
+
+    module_name, sep, name = spec.partition(":")
+    if not sep:
+        raise ValueError("expected module:function")
+    target = getattr(importlib.import_module(module_name), name)
+    if not callable(target):
+        raise TypeError(f"{name} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _check_env(
+    env_id: str, kwargs: Mapping[str, Any], algo: str, factory: Callable[..., Any] | None = None
+) -> list[str]:
     """Build the env once (cheap next to training) to check the id, the kwargs and the action space."""
     import gymnasium
 
     try:
-        target = resolve_env(env_id)
+        target = factory if factory is not None else resolve_env(env_id)
         if isinstance(target, str):
             gymnasium.spec(target)
     except Exception as exc:  # gymnasium and importlib raise several error types here

@@ -1,0 +1,501 @@
+"""The Python API: ``evo_mpi.train(...)`` runs PBT in this process or, under ``mpiexec``, on every rank.
+
+The command line (:mod:`evo_mpi.run`) is a thin layer over :func:`execute`:
+both plan on rank 0 (validation, run dir, resume), broadcast the plan, and
+run the same engine. Bad options raise :class:`~evo_mpi.config.ConfigError`
+on every rank, listing every problem, before any rank builds a member.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import checkpoint
+from . import config as config_mod
+from .comm import Comm, launcher_mismatch
+from .config import Config, ConfigError
+
+#: Signals that stop a run at the next env step with a resumable checkpoint.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+#: How a run ended.
+FINISHED, STOPPED_BY_CALLBACK, INTERRUPTED, ALREADY_FINISHED = "finished", "callback", "interrupted", "already"
+
+#: Seconds a failing rank waits before MPI_Abort, so the launcher forwards its report first.
+REPORT_GRACE_S = 1.0
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """What a per-generation callback receives (the same on every rank).
+
+    Attributes:
+        generation: 0-based generation that just finished training and evaluation.
+        generations: The run's number of generations.
+        timesteps: Env steps each member has trained so far.
+        fitness: Each member's fitness (NaN when not finite).
+        hparams: Each member's hyperparameters during this generation.
+
+    """
+
+    generation: int
+    generations: int
+    timesteps: list[int]
+    fitness: list[float]
+    hparams: list[dict[str, Any]]
+
+    @property
+    def best(self) -> float:
+        """The best finite fitness (NaN if none is finite)."""
+        finite = [f for f in self.fitness if math.isfinite(f)]
+        return max(finite) if finite else math.nan
+
+
+#: ``callback(summary)``: return True to end the run after this generation (final models are written).
+Callback = Callable[[GenerationSummary], "bool | None"]
+
+
+@dataclass
+class Result:
+    """What a run produced (the same on every rank).
+
+    Attributes:
+        status: ``finished``, ``callback`` (ended early by the callback),
+            ``interrupted`` (a stop signal; resume it) or ``already`` (the run
+            dir held a finished run).
+        run_dir: Where everything was written.
+        config: The run's resolved configuration.
+        best_member: The best member after the last generation (None when interrupted).
+        best_fitness: Its fitness.
+        best_hparams: Its hyperparameters.
+        history: Every ``history.jsonl`` record (one per member and generation).
+        rank: This process's MPI rank (0 alone), e.g. to print only once.
+
+    """
+
+    status: str
+    run_dir: str
+    config: Config
+    rank: int = 0
+    best_member: int | None = None
+    best_fitness: float | None = None
+    best_hparams: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    _model: Any = field(default=None, repr=False)
+
+    @property
+    def best_model_path(self) -> str:
+        """``RUN_DIR/best.zip``."""
+        return os.path.join(self.run_dir, "best.zip")
+
+    @property
+    def best_model(self) -> Any:
+        """The best member's model from ``best.zip``, loaded on first use (CPU).
+
+        An SB3 model for the SB3 adapter; for a custom member, what its ``save``
+        wrote (for :class:`~evo_mpi.torch_member.TorchMember`: the modules' state dicts).
+        """
+        if self._model is None and self.config.member:
+            import torch
+
+            self._model = torch.load(self.best_model_path, weights_only=True)
+        if self._model is None:
+            from . import algorithms
+
+            model_class: Any = algorithms.get(self.config.algo).model_class()
+            self._model = model_class.load(self.best_model_path, device="cpu")
+        return self._model
+
+
+# -- planning (rank 0) -----------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What rank 0 decided before any rank does expensive work."""
+
+    cfg: Config | None = None
+    run_dir: str = ""
+    resume_from: int | None = None
+    resuming: bool = False
+    finished: bool = False
+    print_only: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+def _default_run_dir(env_id: str) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{env_id.replace('/', '_').replace(':', '_')}-{stamp}")
+
+
+def _read_saved(run_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:  # unreadable, or not JSON (ValueError covers JSONDecodeError/UTF-8)
+        raise ConfigError([f"{path}: cannot read the run's saved configuration ({exc})"]) from None
+    if not isinstance(data, dict) or not isinstance(data.get("population"), int):
+        raise ConfigError([f"{path}: not an evo-mpi run configuration (no population)"])
+    return data
+
+
+def plan_run(
+    parsed: config_mod.Parsed,
+    world_size: int,
+    env_factory: Callable[..., Any] | None = None,
+    member_factory: Callable[..., Any] | None = None,
+) -> Plan:
+    """Resolve the configuration and run dir: fresh run, resume, or errors. Creates nothing."""
+    plan = Plan()
+    try:
+        if parsed.resume:
+            saved = _read_saved(parsed.resume)
+            if saved is None:
+                plan.problems.append(f"--resume {parsed.resume!r}: no config.json there (not an evo-mpi run dir)")
+                return plan
+            given = {**parsed.file_values, **parsed.cli_values}
+            overrides = {k: v for k, v in given.items() if k in config_mod.RESUME_OVERRIDABLE and k != "run_dir"}
+            if "agents_per_rank" not in overrides:
+                population = int(saved["population"])
+                if population % world_size:
+                    plan.problems.append(
+                        f"--resume: the run has {population} members, which {world_size} rank(s) cannot share "
+                        "evenly; launch a divisor of that many ranks or pass --agents-per-rank"
+                    )
+                    return plan
+                overrides["agents_per_rank"] = population // world_size
+            cfg = config_mod.merge(config_mod.from_saved(saved), {**overrides, "run_dir": parsed.resume})
+            merged_given = config_mod.merge(config_mod.from_saved(saved), given)
+            plan.problems += [f"--resume: {d}" for d in config_mod.differences(merged_given, saved)]
+            run_dir = parsed.resume
+        else:
+            cfg = config_mod.merge(parsed.file_values, parsed.cli_values)
+            run_dir = cfg.run_dir or _default_run_dir(cfg.env_id)
+            saved = _read_saved(run_dir)
+            if saved is not None:
+                plan.problems += [
+                    f"--run-dir {run_dir!r} holds a run with other options ({d}); use another --run-dir, "
+                    f"or --resume {run_dir} to continue it"
+                    for d in config_mod.differences(cfg, saved)
+                ]
+            elif os.path.isdir(run_dir) and os.listdir(run_dir):
+                plan.problems.append(f"--run-dir {run_dir!r} exists, is not empty and holds no evo-mpi run")
+        plan.problems += config_mod.validate(cfg, world_size, env_factory=env_factory, member_factory=member_factory)
+    except ConfigError as exc:
+        plan.problems += exc.problems
+        return plan
+    if saved is not None:
+        population = world_size * cfg.agents_per_rank
+        if int(saved["population"]) != population:
+            plan.problems.append(
+                f"the run in {run_dir!r} has {saved['population']} members, this launch makes {population} "
+                f"({world_size} rank(s) x {cfg.agents_per_rank}); change -n or --agents-per-rank"
+            )
+        plan.resuming = True
+        done = checkpoint.complete(run_dir)
+        if done:
+            plan.resume_from = done[-1]
+            # finished = last generation checkpointed *and* the final models written (best.zip comes last)
+            try:
+                last = checkpoint.load_population(run_dir, done[-1])
+            except (OSError, ValueError) as exc:  # unreadable or not JSON
+                plan.problems.append(
+                    f"{run_dir}: cannot read the checkpoint of generation {done[-1]} ({exc}); move that checkpoint "
+                    "directory away to resume from the one before it"
+                )
+                return plan
+            plan.finished = bool(last.get("finished")) and os.path.isfile(os.path.join(run_dir, "best.zip"))
+    plan.cfg = dataclasses.replace(cfg, run_dir=run_dir)
+    plan.run_dir = run_dir
+    return plan
+
+
+# -- running (every rank) --------------------------------------------------------------------------
+
+
+def connect() -> Comm:
+    """The job's communicator; ConfigError when the launcher and MPI disagree (each process says so)."""
+    try:
+        comm = Comm()
+    except RuntimeError as exc:  # launched by an MPI launcher, but mpi4py cannot load an MPI library
+        raise ConfigError([str(exc)]) from None
+    mismatch = launcher_mismatch(comm.size)
+    if mismatch is not None:
+        raise ConfigError([mismatch])
+    return comm
+
+
+def auto_threads(ranks_on_node: int, node_cores: int) -> int:
+    """max(1, usable cores on this node / ranks on this node): no oversubscribed torch thread pools."""
+    return max(1, node_cores // ranks_on_node)
+
+
+def oversubscription_hint(nodes: Mapping[str, tuple[int, int]], agents_per_rank: int) -> str | None:
+    """One line when some node runs more ranks than it has usable cores, with a launch that fits; else None.
+
+    Args:
+        nodes: Host name -> (ranks on it, cores its ranks may use).
+        agents_per_rank: Members per rank now.
+
+    """
+    crowded = {host: rc for host, rc in nodes.items() if rc[0] > rc[1]}
+    if not crowded:
+        return None
+    ranks = sum(r for r, _ in nodes.values())
+    population = ranks * agents_per_rank
+    cores = sum(min(r, c) for r, c in nodes.values())
+    fit = max(n for n in range(1, cores + 1) if population % n == 0)
+    where = ", ".join(f"{r} ranks on {c} core(s) of {host}" for host, (r, c) in sorted(crowded.items()))
+    return (
+        f"evo-mpi: note: more ranks than cores ({where}): ranks share cores and the run is slower for the same "
+        f"result; for the same {population} members launch -n {fit} --agents-per-rank {population // fit}"
+    )
+
+
+def execute(
+    comm: Comm,
+    parsed: config_mod.Parsed,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    echo: Callable[[str], None] | None = print,
+    env_factory: Callable[..., Any] | None = None,
+    callback: Callback | None = None,
+    member_factory: Callable[..., Any] | None = None,
+    report_failures: bool = True,
+) -> Result | None:
+    """Plan on rank 0, broadcast, run the engine on every rank; the one path of the CLI and the API.
+
+    Returns:
+        The result, or None after ``--print-config`` (nothing ran).
+
+    Raises:
+        ConfigError: on every rank, listing every problem, before any member exists.
+
+    """
+    say = echo if (echo is not None and comm.rank == 0) else (lambda _line: None)
+    plan = Plan()
+    if comm.rank == 0:
+        try:
+            plan = plan_run(parsed, comm.size, env_factory, member_factory)
+            if parsed.print_config and not plan.problems and plan.cfg is not None:
+                say(config_mod.to_toml(plan.cfg).rstrip("\n"))
+                plan.print_only = True
+        except ConfigError as exc:
+            plan.problems = exc.problems
+        except Exception as exc:  # noqa: BLE001 - any error here must reach every rank, not leave them waiting
+            plan.problems = [f"cannot check the configuration: {type(exc).__name__}: {exc}"]
+    plan = comm.bcast_obj(plan)
+    if plan.problems:
+        raise ConfigError(plan.problems)
+    if plan.print_only:
+        return None
+    assert plan.cfg is not None
+    cfg, run_dir = plan.cfg, plan.run_dir
+    if plan.finished:
+        say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
+        return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
+
+    import torch
+
+    host, ranks_here, cores_here = comm.node_usage()
+    torch.set_num_threads(cfg.torch_threads or auto_threads(ranks_here, cores_here))
+    nodes = dict((h, (r, c)) for h, r, c in comm.allgather_obj((host, ranks_here, cores_here)))
+    hint = oversubscription_hint(nodes, cfg.agents_per_rank)
+    if hint is not None:
+        say(hint)
+    from .engine import Engine, LayoutMismatch, write_config
+
+    engine = None
+    try:
+        if comm.rank == 0:
+            population = comm.size * cfg.agents_per_rank
+            if plan.resuming:
+                where = (
+                    f"from generation {plan.resume_from + 1} (checkpoint of generation {plan.resume_from})"
+                    if plan.resume_from is not None
+                    else "from generation 0 (no complete checkpoint yet)"
+                )
+                say(f"evo-mpi: resuming the run in {run_dir} {where} with {comm.size} rank(s)")
+            else:
+                os.makedirs(run_dir, exist_ok=True)
+                data = cfg.to_dict()
+                data.update(world_size=comm.size, population=population)
+                write_config(run_dir, data, config_mod.to_toml(cfg))
+            say(
+                f"evo-mpi: {population} members on {comm.size} rank(s), {cfg.member or cfg.env_id}, "
+                f"{cfg.generations} generations x {cfg.steps_per_generation} steps; output in {run_dir}"
+            )
+        comm.barrier()
+        engine = Engine(
+            cfg,
+            comm,
+            run_dir,
+            echo=say,
+            should_stop=should_stop,
+            resume_from=plan.resume_from,
+            env_factory=env_factory,
+            callback=callback,
+            member_factory=member_factory,
+        )
+        status = engine.run()
+        engine.close()
+        if status == INTERRUPTED:
+            done = checkpoint.complete(run_dir)
+            last = f"generation {done[-1]}" if done else "none yet (the resumed run starts at generation 0)"
+            say(f"evo-mpi: interrupted by a stop signal; last complete checkpoint: {last}.")
+        return _result(status, cfg, run_dir, comm.rank)
+    except LayoutMismatch as exc:  # raised alike on every rank before any training: a setup error
+        raise ConfigError([str(exc)]) from None
+    except BaseException as exc:
+        activity = engine.activity if engine is not None else "starting"
+        report = f"evo-mpi: rank {comm.rank} failed while {activity}: {type(exc).__name__}: {exc}\n"
+        _keep_report(run_dir, report + traceback.format_exc())
+        if report_failures or comm.uses_mpi:
+            print(report + traceback.format_exc(), file=sys.stderr, flush=True)
+        if comm.uses_mpi:  # one failing rank must not leave the others waiting in a collective
+            time.sleep(REPORT_GRACE_S)  # MPI_Abort tears the job down at once; let the launcher forward stderr
+            comm.abort(1)
+        raise
+
+
+def _result(status: str, cfg: Config, run_dir: str, rank: int) -> Result:
+    """Read the run's history and best member from its files (every rank sees the same files)."""
+    history: list[dict[str, Any]] = []
+    path = os.path.join(run_dir, "history.jsonl")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as fh:
+            history = [json.loads(line) for line in fh if line.strip()]
+    result = Result(status=status, run_dir=run_dir, config=cfg, history=history, rank=rank)
+    if history and status != INTERRUPTED:
+        last = max(r["generation"] for r in history)
+        records = sorted((r for r in history if r["generation"] == last), key=lambda r: r["member"])
+        from .selection import rank_order
+
+        fitness = [math.nan if r["fitness"] is None else r["fitness"] for r in records]
+        best = int(rank_order(np.array(fitness))[0])
+        result.best_member, result.best_fitness = best, records[best]["fitness"]
+        result.best_hparams = records[best]["hparams"]
+    return result
+
+
+def _keep_report(run_dir: str, text: str) -> None:
+    """Append a failure report to RUN_DIR/errors.log, which survives a lost stderr."""
+    try:
+        with open(os.path.join(run_dir, "errors.log"), "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError:
+        pass  # the run dir itself may be the problem; stderr still has the report
+
+
+@contextmanager
+def stop_signals(flag: dict[str, int]) -> Iterator[None]:
+    """While inside, SIGTERM/SIGINT/SIGUSR1 set ``flag['signal']`` instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        flag["signal"] = signum
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- the public call -------------------------------------------------------------------------------
+
+
+def _import_path(obj: Callable[..., Any]) -> str:
+    """``module:qualname`` of a module-level callable (how config.json names an env or member factory)."""
+    return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def train(
+    config: Config | None = None,
+    *,
+    env: str | Callable[..., Any] | None = None,
+    callback: Callback | None = None,
+    member: str | Callable[..., Any] | None = None,
+    resume: str | None = None,
+    echo: Callable[[str], None] | None = print,
+    **options: Any,
+) -> Result:
+    """Run PBT and return its :class:`Result`: alone, or on every rank when started under ``mpiexec``.
+
+    Args:
+        config: A :class:`~evo_mpi.config.Config`; ``options`` override its fields.
+        env: A gymnasium id, ``module:Name``, or a callable returning a gymnasium env
+            (called with ``env_kwargs``); it overrides ``env_id``.
+        callback: Called on every rank after each generation's evaluation with a
+            :class:`GenerationSummary`; returning True ends the run there (no exploit,
+            final models written).
+        member: A member factory (``module:function`` or the callable itself) for
+            training code that is not SB3; see :mod:`evo_mpi.protocol`.
+        resume: A run dir to continue (as ``--resume``); ``options`` may change only
+            what the CLI lets a resume change.
+        echo: Where rank 0's progress lines go (None: nowhere).
+        **options: Any :class:`~evo_mpi.config.Config` field, e.g. ``agents_per_rank=4``.
+
+    Raises:
+        ConfigError: listing every problem with the options, on every rank, before any work.
+
+    """
+    unknown = sorted(set(options) - set(config_mod.FIELDS))
+    if unknown:
+        raise ConfigError([f"unknown option {name!r} (see evo_mpi.Config)" for name in unknown])
+    values: dict[str, Any] = {}
+    if config is not None:
+        values.update(dataclasses.asdict(config))
+    values.update(options)
+    env_factory = None
+    if callable(env):
+        env_factory, values["env_id"] = env, _import_path(env)
+    elif env is not None:
+        values["env_id"] = env
+    member_factory = None
+    if callable(member):
+        member_factory, values["member"] = member, _import_path(member)
+    elif member is not None:
+        values["member"] = member
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    comm = connect()
+    parsed = config_mod.Parsed(values, {}, None, False, resume)
+    flag = {"signal": 0}
+    with stop_signals(flag):
+        result = execute(
+            comm,
+            parsed,
+            should_stop=lambda: flag["signal"] != 0,
+            echo=echo,
+            env_factory=env_factory,
+            callback=callback,
+            member_factory=member_factory,
+            report_failures=False,
+        )
+    assert result is not None
+    return result
+
+
+__all__: Sequence[str] = ("GenerationSummary", "Result", "train", "execute", "plan_run")

@@ -1,0 +1,130 @@
+"""The member protocol: what the engine needs from a population member, whatever trains it.
+
+The SB3 adapter (:class:`evo_mpi.member.Member`) is one implementation;
+:class:`evo_mpi.torch_member.TorchMember` is a base class that gives a plain
+PyTorch training loop everything but its training step, fitness and
+hyperparameters. Plug another in with ``--member module:factory`` or
+``evo_mpi.train(member=factory)``; the factory is called as
+``factory(member_id, cfg, hparams, tb_dir)`` on the rank that owns the member.
+
+The engine relies on these promises:
+
+* ``train(steps, generation, should_stop)`` depends only on the member's
+  state, its hyperparameters and ``(cfg.seed, member_id, generation)``, so any
+  rank layout and any resume reproduce it.
+* ``pack()`` returns the whole state that moves on exploit as one contiguous
+  ``uint8`` buffer whose size and layout (``state_layout()``) are the same for
+  every member of the run from construction on; ``unpack()`` loads such a
+  buffer from any member.
+* ``checkpoint_tensors()`` / ``checkpoint_meta()`` hold everything
+  ``restore()`` needs to continue exactly (tensors for ``torch.save``, the rest
+  plain JSON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .config import Config
+from .space import Value
+
+
+@runtime_checkable
+class PBTMember(Protocol):
+    """A population member as the engine sees it."""
+
+    id: int
+    hparams: dict[str, Value]
+
+    @property
+    def timesteps(self) -> int:
+        """Training steps (env steps, samples, ...) this member has taken in all."""
+        ...
+
+    def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
+        """Make every hyperparameter take effect from the next training step."""
+        ...
+
+    def train(self, steps: int, generation: int, should_stop: Callable[[], bool] = ...) -> None:
+        """Train ``steps`` steps of ``generation``; return early once ``should_stop()`` is true."""
+        ...
+
+    def fitness(self, generation: int) -> float:
+        """Higher is better; NaN when it cannot be measured (never copied, replaced first)."""
+        ...
+
+    def episode_stats(self) -> tuple[list[float], list[float]]:
+        """Recent scores behind the fitness (the t-test's samples) and their lengths (or weights)."""
+        ...
+
+    def set_episode_stats(self, returns: list[float], lengths: list[float]) -> None:
+        """Take over another member's recent scores (after an exploit)."""
+        ...
+
+    def state_layout(self) -> tuple[int, int, str]:
+        """(state bytes, aux bytes, layout hash); equal for every member of a run."""
+        ...
+
+    @property
+    def state_nbytes(self) -> int:
+        """Size of :meth:`pack`'s buffer."""
+        ...
+
+    def pack(self) -> np.ndarray:
+        """The state that moves on exploit, as one contiguous uint8 buffer (may be a live view)."""
+        ...
+
+    def receive_buffer(self) -> np.ndarray | None:
+        """Where an incoming state can be received in place, or None."""
+        ...
+
+    def unpack(self, buf: np.ndarray) -> None:
+        """Load a :meth:`pack` buffer of another member."""
+        ...
+
+    def aux_nbytes(self, replay: bool) -> int:
+        """Size of :meth:`pack_aux`'s buffer (0: nothing besides the state)."""
+        ...
+
+    def pack_aux(self, replay: bool) -> np.ndarray:
+        """State that moves besides the tensors (normalisation statistics, replay buffers)."""
+        ...
+
+    def unpack_aux(self, buf: np.ndarray, replay: bool) -> None:
+        """Load a :meth:`pack_aux` buffer."""
+        ...
+
+    def checkpoint_tensors(self) -> dict[str, Any]:
+        """Tensors (or state dicts of tensors) for ``torch.save``."""
+        ...
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        """Everything else a resume needs, as plain JSON."""
+        ...
+
+    def restore(self, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Continue exactly from a checkpoint."""
+        ...
+
+    def log(self, fitness: float, hparams: Mapping[str, Value], parent: int | None) -> None:
+        """Record the generation's PBT scalars (TensorBoard, ...)."""
+        ...
+
+    def save(self, path: str) -> None:
+        """Write the final model to ``path`` (``.zip`` for SB3)."""
+        ...
+
+    def save_normalization(self, path: str) -> bool:
+        """Write normalisation statistics next to the model; False when there are none."""
+        ...
+
+    def close(self) -> None:
+        """Release envs, files and writers."""
+        ...
+
+
+#: ``factory(member_id, cfg, hparams, tb_dir)`` builds one member on the rank that owns it.
+MemberFactory = Callable[[int, Config, Mapping[str, Value], "str | None"], PBTMember]
