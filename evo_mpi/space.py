@@ -69,8 +69,26 @@ class Prior:
             return int(min(max(round(value), int(self.low)), int(self.high)))
         return float(min(max(value, self.low), self.high))
 
+    def scale(self, value: Value, factor: float) -> Value:
+        """``value * factor`` within the bounds; an integer moves at least one step in the factor's direction.
+
+        round(1 * 1.2) = 1 and round(2 * 0.8) = 2: without the minimum step,
+        small integers (policy_delay, gradient_steps, n_epochs near their
+        lower bound) would never move by perturbation, only by resampling.
+        At a bound the value may stay.
+        """
+        if self.kind != "int":
+            return self.clip(float(value) * factor)
+        current = int(value)
+        moved = round(current * factor)
+        if factor > 1 and moved <= current:
+            moved = current + 1
+        elif factor < 1 and moved >= current:
+            moved = current - 1
+        return self.clip(moved)
+
     def perturb(self, value: Value, factors: Sequence[float], rng: np.random.Generator) -> Value:
-        """Multiply by a random factor (numeric) or step to a neighbour (choice)."""
+        """Multiply by a random factor (numeric; see :meth:`scale`) or step to a neighbour (choice)."""
         if self.kind == "choice":
             n = len(self.choices)
             if n == 1:
@@ -83,7 +101,7 @@ class Prior:
         if self.kind == "const":
             return self.choices[0]
         factor = float(factors[int(rng.integers(len(factors)))])
-        return self.clip(float(value) * factor)
+        return self.scale(value, factor)
 
 
 def _number(text: str, name: str) -> float:
@@ -185,7 +203,8 @@ def explore(
     """PBT explore: resample each searched hyperparameter with probability p,
     otherwise perturb it (multiply by a factor, or move a choice to a neighbour).
 
-    Results are clipped to the prior's bounds and integers are rounded.
+    Results are clipped to the prior's bounds and integers are rounded; a
+    factor other than 1 moves an integer by at least one step (within bounds).
     Hyperparameters not in ``space`` or constant are returned unchanged.
     """
     out = dict(hparams)

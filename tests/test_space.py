@@ -1,4 +1,3 @@
-import math
 
 import numpy as np
 import pytest
@@ -103,4 +102,41 @@ def test_const_and_unsearched_untouched_and_seeded():
     a = explore(hp, space, (0.8, 1.2), 0.25, np.random.default_rng(5))
     b = explore(hp, space, (0.8, 1.2), 0.25, np.random.default_rng(5))
     assert a == b and a["g"] == 0.99 and a["other"] == 7
-    assert math.isclose(a["x"], 1e-3 * 0.8) or math.isclose(a["x"], 1e-3 * 1.2) or 1e-4 <= a["x"] <= 1e-2
+    # without resampling the value is exactly one of the two perturbations, never anything else
+    perturbed = {explore(hp, space, (0.8, 1.2), 0.0, np.random.default_rng(s))["x"] for s in range(40)}
+    assert perturbed == {1e-3 * 0.8, 1e-3 * 1.2}
+    # with resampling it comes from the prior: many distinct values, mostly not the perturbations
+    drawn = [explore(hp, space, (0.8, 1.2), 1.0, np.random.default_rng(s))["x"] for s in range(40)]
+    assert all(1e-4 <= x <= 1e-2 for x in drawn) and len(set(drawn) - perturbed) == 40
+
+
+INT_PRIORS = ["int:1:4", "int:0:3", "int:3:20", "int:100:5000"]
+FACTORS = [0.5, 0.8, 0.95, 1.0, 1.05, 1.2, 2.0]
+
+
+@pytest.mark.parametrize("spec", INT_PRIORS)
+def test_integer_perturbation_moves_at_least_one_step(spec):
+    """round(1 x 1.2) = 1 and round(2 x 0.8) = 2 used to leave small integers where they were."""
+    prior = parse_prior("n", spec)
+    low, high = int(prior.low), int(prior.high)
+    values = range(low, high + 1) if high - low < 50 else [low, low + 1, low + 2, (low + high) // 2, high - 1, high]
+    for value in values:
+        for factor in FACTORS:
+            out = prior.scale(value, factor)
+            assert isinstance(out, int) and low <= out <= high, (value, factor, out)
+            plain = min(max(round(value * factor), low), high)
+            if factor == 1.0:
+                assert out == value
+            elif factor > 1:
+                assert out == (high if value == high else max(plain, value + 1)), (value, factor, out)
+            else:
+                assert out == (low if value == low else min(plain, value - 1)), (value, factor, out)
+
+
+def test_policy_delay_leaves_one_by_perturbation():
+    space = parse_space({"policy_delay": "int:1:4"})
+    seen = {
+        explore({"policy_delay": 1}, space, (0.8, 1.2), 0.0, np.random.default_rng(s))["policy_delay"]
+        for s in range(40)
+    }
+    assert seen == {1, 2}  # 0.8 keeps it at the bound, 1.2 moves it up
