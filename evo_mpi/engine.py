@@ -23,7 +23,7 @@ from .comm import Comm, ExchangeError
 from .config import Config, resolve_member
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
-from .pb2 import Observation, pb2_explore
+from .pb2 import Observation, fit_observations, pb2_explore
 from .protocol import MemberFactory, PBTMember
 from .selection import rank_order, select
 from .space import Value, explore, parse_space, sample_hparams
@@ -340,6 +340,9 @@ class Engine:
             del self.observations[:-PB2_MAX_OBSERVATIONS]
         new_hparams = [dict(h) for h in self.hparams]
         chosen: list[dict[str, Value]] = []
+        # PB2's kernel depends only on the observations: fit it once for all of this generation's losers
+        pb2_rank0 = cfg.explore == "pb2" and bool(plan) and self.comm.rank == 0
+        kernel = fit_observations(self.observations, self.space) if pb2_rank0 else None
         for loser in sorted(plan):
             rng = seeding.stream(cfg.seed, seeding.EXPLORE, g, loser)
             winner = self.hparams[plan[loser]]
@@ -355,6 +358,7 @@ class Engine:
                     pending=chosen,
                     factors=cfg.perturb_factors,
                     resample_probability=cfg.resample_probability,
+                    params=kernel,
                 )
                 chosen.append(new_hparams[loser])
             else:

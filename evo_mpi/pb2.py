@@ -210,12 +210,7 @@ def gp_posterior(
         params: Kernel parameters; by default :func:`fit_kernel`.
 
     """
-    y = np.asarray(y, dtype=np.float64)
-    centre = float(y.mean())
-    spread = float(y.std())
-    if not spread > 1e-12 * max(1.0, abs(centre)):
-        spread = 1.0
-    ys = (y - centre) / spread
+    ys, centre, spread = _standardise(y)
     if params is None:
         params = fit_kernel(t, x, ys)
     n = y.size
@@ -231,6 +226,16 @@ def gp_posterior(
     v = solve_triangular(low, cross, lower=True, check_finite=False)
     var = np.maximum(1.0 - np.einsum("ij,ij->j", v, v), 0.0)
     return centre + spread * mean, spread * np.sqrt(var)
+
+
+def _standardise(y: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``(y - mean) / sd`` with its mean and sd (a zero spread counts as 1)."""
+    y = np.asarray(y, dtype=np.float64)
+    centre = float(y.mean())
+    spread = float(y.std())
+    if not spread > 1e-12 * max(1.0, abs(centre)):
+        spread = 1.0
+    return (y - centre) / spread, centre, spread
 
 
 def _numeric_names(space: Mapping[str, Prior]) -> list[str]:
@@ -275,6 +280,7 @@ def pb2_explore(
     factors: Sequence[float] = (0.8, 1.2),
     resample_probability: float = 0.25,
     beta: float = PB2_BETA,
+    params: KernelParams | None = None,
 ) -> dict[str, Value]:
     """New hyperparameters for a loser that copied ``winner_hparams``, chosen by PB2.
 
@@ -299,6 +305,8 @@ def pb2_explore(
         factors: PBT perturbation factors (fallback and ``choice`` priors).
         resample_probability: PBT resample probability (fallback and ``choice`` priors).
         beta: UCB weight, acquisition = mean + sqrt(beta) * std.
+        params: The kernel fitted to ``observations`` by :func:`fit_observations`; the
+            losers of one generation share it (omitted: fitted here, with the same result).
 
     Returns:
         A dict with the keys of ``winner_hparams``; every value inside its prior.
@@ -313,19 +321,10 @@ def pb2_explore(
     if not beta >= 0.0:
         raise ValueError(f"pb2_explore: beta must be >= 0, got {beta}")
     names = _numeric_names(space)
-    rows: list[tuple[float, np.ndarray, float]] = []
-    if names:
-        for obs in observations:
-            point = _point(obs.hparams, names, space)
-            if point is not None and math.isfinite(obs.time) and math.isfinite(obs.delta):
-                rows.append((float(obs.time), point, float(obs.delta)))
-    if len(rows) < 2:
+    data = _training_data(observations, names, space)
+    if data is None:
         return explore(winner_hparams, space, factors, resample_probability, rng)
-
-    order = sorted(range(len(rows)), key=lambda i: rows[i][0])[-MAX_OBSERVATIONS:]
-    t = np.array([rows[i][0] for i in order])
-    x = np.array([rows[i][1] for i in order])
-    y = np.array([rows[i][2] for i in order])
+    t, x, y = data
     pending_points = [p for p in (_point(h, names, space) for h in pending) if p is not None]
     pending_x = np.array(pending_points).reshape(len(pending_points), len(names))
     pending_t = np.full(len(pending_points), float(time))
@@ -344,7 +343,14 @@ def pb2_explore(
     )
     candidates = np.concatenate([winner[None, :], np.clip(local, 0.0, 1.0), uniform])
     mean, std = gp_posterior(
-        t, x, y, np.full(len(candidates), float(time)), candidates, pending_t=pending_t, pending_x=pending_x
+        t,
+        x,
+        y,
+        np.full(len(candidates), float(time)),
+        candidates,
+        pending_t=pending_t,
+        pending_x=pending_x,
+        params=params,
     )
     best = candidates[int(np.argmax(mean + math.sqrt(beta) * std))]
 
@@ -353,3 +359,36 @@ def pb2_explore(
     for k, name in enumerate(names):
         out[name] = _from_unit(space[name], float(best[k]))
     return out
+
+
+def _training_data(
+    observations: Sequence[Observation], names: Sequence[str], space: Mapping[str, Prior]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(times, unit-cube points, fitness changes) of the usable observations, time-sorted, or None if < 2."""
+    rows: list[tuple[float, np.ndarray, float]] = []
+    if names:
+        for obs in observations:
+            point = _point(obs.hparams, names, space)
+            if point is not None and math.isfinite(obs.time) and math.isfinite(obs.delta):
+                rows.append((float(obs.time), point, float(obs.delta)))
+    if len(rows) < 2:
+        return None
+    order = sorted(range(len(rows)), key=lambda i: rows[i][0])[-MAX_OBSERVATIONS:]
+    return (
+        np.array([rows[i][0] for i in order]),
+        np.array([rows[i][1] for i in order]),
+        np.array([rows[i][2] for i in order]),
+    )
+
+
+def fit_observations(observations: Sequence[Observation], space: Mapping[str, Prior]) -> KernelParams | None:
+    """The kernel :func:`pb2_explore` would fit to ``observations``, once for all losers of a generation.
+
+    None when PB2 would fall back to ``explore`` (fewer than 2 usable
+    observations, or no numeric searched hyperparameter).
+    """
+    data = _training_data(observations, _numeric_names(space), space)
+    if data is None:
+        return None
+    t, x, y = data
+    return fit_kernel(t, x, _standardise(y)[0])

@@ -9,6 +9,7 @@ from evo_mpi.pb2 import (
     KernelParams,
     Observation,
     fit_kernel,
+    fit_observations,
     gp_posterior,
     kernel,
     pb2_explore,
@@ -250,3 +251,31 @@ def test_pb2_beats_random_perturbation_on_a_drifting_bump():
     assert pb2.mean() > pbt.mean() + 1.0
     assert (pb2 > pbt).sum() >= 8
     assert PB2_BETA > 0
+
+
+def test_one_kernel_fit_per_generation_gives_the_same_picks(monkeypatch):
+    """The losers of one generation share the observations, so one fit serves all of them, unchanged."""
+    from evo_mpi import pb2
+
+    observations = _observations(40, seed=2)
+    winner = sample_hparams(SPACE, np.random.default_rng(9))
+    fits = []
+    real_fit = pb2.fit_kernel
+    monkeypatch.setattr(pb2, "fit_kernel", lambda *a: fits.append(1) or real_fit(*a))
+
+    def generation(shared):
+        params = fit_observations(observations, SPACE) if shared else None
+        chosen = []
+        for loser in range(5):
+            rng = np.random.default_rng(100 + loser)
+            chosen.append(pb2_explore(winner, SPACE, observations, 6.0, rng, pending=chosen, params=params))
+        return chosen
+
+    fits.clear()
+    per_loser = generation(shared=False)
+    assert len(fits) == 5
+    fits.clear()
+    shared = generation(shared=True)
+    assert len(fits) == 1
+    assert shared == per_loser
+    assert fit_observations(observations[:1], SPACE) is None  # PB2 falls back to explore: nothing to fit
