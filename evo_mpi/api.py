@@ -33,7 +33,11 @@ from .config import Config, ConfigError
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 #: How a run ended.
-FINISHED, STOPPED_BY_CALLBACK, INTERRUPTED, ALREADY_FINISHED = "finished", "callback", "interrupted", "already"
+FINISHED, STOPPED_BY_CALLBACK, TIME_LIMIT = "finished", "callback", "time_limit"
+INTERRUPTED, ALREADY_FINISHED = "interrupted", "already"
+
+#: When this process imported evo_mpi: the command line's --time-limit counts from here.
+PROCESS_START = time.monotonic()
 
 #: Seconds a failing rank waits before MPI_Abort, so the launcher forwards its report first.
 REPORT_GRACE_S = 1.0
@@ -74,7 +78,8 @@ class Result:
     """What a run produced (the same on every rank).
 
     Attributes:
-        status: ``finished``, ``callback`` (ended early by the callback),
+        status: ``finished``, ``callback`` (ended early by the callback), ``time_limit``
+            (ended early by ``time_limit``),
             ``interrupted`` (a stop signal; resume it) or ``already`` (the run
             dir held a finished run).
         run_dir: Where everything was written.
@@ -279,8 +284,12 @@ def execute(
     callback: Callback | None = None,
     member_factory: Callable[..., Any] | None = None,
     report_failures: bool = True,
+    started: float | None = None,
 ) -> Result | None:
     """Plan on rank 0, broadcast, run the engine on every rank; the one path of the CLI and the API.
+
+    ``started`` (``time.monotonic()``) is when ``time_limit`` starts counting;
+    by default, now.
 
     Returns:
         The result, or None after ``--print-config`` (nothing ran).
@@ -289,6 +298,7 @@ def execute(
         ConfigError: on every rank, listing every problem, before any member exists.
 
     """
+    launched = time.monotonic() if started is None else started
     say = echo if (echo is not None and comm.rank == 0) else (lambda _line: None)
     plan = Plan()
     if comm.rank == 0:
@@ -353,6 +363,7 @@ def execute(
             env_factory=env_factory,
             callback=callback,
             member_factory=member_factory,
+            deadline=None if cfg.time_limit_s is None else launched + cfg.time_limit_s,
         )
         status = engine.run()
         engine.close()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint, seeding
-from .api import FINISHED, INTERRUPTED, STOPPED_BY_CALLBACK, GenerationSummary
+from .api import FINISHED, INTERRUPTED, STOPPED_BY_CALLBACK, TIME_LIMIT, GenerationSummary
 from .comm import Comm, ExchangeError
 from .config import Config, resolve_member
 from .member import Member
@@ -49,8 +49,11 @@ class Engine:
         env_factory: Callable[..., Any] | None = None,
         callback: Callable[[GenerationSummary], bool | None] | None = None,
         member_factory: MemberFactory | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.cfg = cfg
+        #: ``time.monotonic()`` by which this launch must have written its final models (``--time-limit``).
+        self.deadline = deadline
         self.callback = callback
         self.should_stop = should_stop
         self.comm = comm
@@ -193,7 +196,10 @@ class Engine:
 
         timer.start("explore")
         early = self._ask_callback(g, table)
-        last = g == cfg.generations - 1 or early
+        # --time-limit: end now if another generation as long as this one would not fit
+        out_of_time = self.deadline is not None and time.monotonic() + (time.perf_counter() - t0) > self.deadline
+        out_of_time = self.comm.any(out_of_time) and not early
+        last = g == cfg.generations - 1 or early or out_of_time
         plan = {} if last else self._plan(g, table)
         new_hparams = self._explore(g, plan, fitness)
 
@@ -229,6 +235,7 @@ class Engine:
             "timings": timings,
             "stop": stop,
             "early": early,
+            "out_of_time": out_of_time and g < cfg.generations - 1,
             "hparams": used_hparams,
         }
 
@@ -414,8 +421,8 @@ class Engine:
         """Run the remaining generations and save the final models.
 
         Returns:
-            ``finished``; ``callback`` when the callback ended the run early
-            (final models written); ``interrupted`` when a stop was requested
+            ``finished``; ``callback`` when the callback ended the run early,
+            ``time_limit`` when ``--time-limit`` did (final models written); ``interrupted`` when a stop was requested
             (the last complete checkpoint then holds every finished generation).
         """
         cfg = self.cfg
@@ -429,6 +436,13 @@ class Engine:
                 self.echo(f"evo-mpi: the callback ended the run after generation {g + 1}/{cfg.generations}")
                 self.finish()
                 return STOPPED_BY_CALLBACK
+            if summary["out_of_time"]:
+                self.echo(
+                    f"evo-mpi: --time-limit {cfg.time_limit}: another generation would not fit; the run ends after "
+                    f"generation {g + 1}/{cfg.generations}"
+                )
+                self.finish()
+                return TIME_LIMIT
             if summary["stop"] and g < cfg.generations - 1:
                 return INTERRUPTED
         self.finish()

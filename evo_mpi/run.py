@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import config as config_mod
-from .api import INTERRUPTED, STOP_SIGNALS, auto_threads, connect, execute, oversubscription_hint, plan_run
+from .api import (
+    INTERRUPTED,
+    PROCESS_START,
+    STOP_SIGNALS,
+    auto_threads,
+    connect,
+    execute,
+    oversubscription_hint,
+    plan_run,
+)
 from .config import EXIT_CONFIG_ERROR, ConfigError
 
 EXIT_OK = 0
@@ -63,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parsed if parsed is not None else config_mod.Parsed({}, {}, None, False, None),
             should_stop=lambda: stop["signal"] != 0,
             echo=lambda line: print(line, flush=True),
+            started=PROCESS_START,
         )
     except ConfigError as exc:
         if comm.rank == 0:

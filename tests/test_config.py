@@ -100,6 +100,8 @@ BAD = [
     (["--run-dir", "/proc/evo/run"], "--run-dir '/proc/evo/run': cannot create files in '/proc'"),
     (["--run-dir", "/sys/x"], "--run-dir '/sys/x': cannot create files in '/sys'"),
     (["--algo", "Sac"], "--algo sac needs a Box action space"),  # names are case-insensitive: this is SAC
+    (["--time-limit", "1:60"], "--time-limit '1:60' is not a duration (seconds, or [D-]HH:MM:SS)"),
+    (["--time-limit", "0"], "--time-limit '0' must be a positive, finite duration"),
 ]  # fmt: skip
 
 
@@ -274,3 +276,15 @@ def test_any_unexpected_error_while_planning_is_exit_2(tmp_path, capsys, monkeyp
     code = main([*TINY, "--agents-per-rank", "2", "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and "cannot check the configuration: KeyError: 'surprise'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("90", 90.0), ("2.5", 2.5), ("0:30", 30.0), ("5:00", 300.0), ("01:00:00", 3600.0), ("1-00:00:00", 86400.0),
+     ("2-03:04:05", 183845.0), ("1-2", 93600.0)],
+)  # fmt: skip
+def test_time_limit_formats(text, seconds):
+    from evo_mpi.config.schema import parse_duration
+
+    assert parse_duration(text) == seconds
+    assert Config(time_limit=text).time_limit_s == seconds

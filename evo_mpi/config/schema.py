@@ -111,6 +111,16 @@ class Config:
     run_dir: str = _f("", "Output directory (default runs/<env>-<timestamp>); an existing run there is resumed.")
     checkpoint_every: int = _f(1, "Write a checkpoint every N generations (and always at the end or on a stop).")
     keep_checkpoints: int = _f(2, "Complete checkpoints kept on disk (older ones are pruned).")
+    time_limit: str = _f(
+        "",
+        "Wall-clock limit of this launch: seconds or SLURM's [D-]HH:MM:SS. The run ends after the last generation "
+        "that fits, with final models written (exit 0). Empty: none.",
+    )
+
+    @property
+    def time_limit_s(self) -> float | None:
+        """``time_limit`` in seconds (None: no limit)."""
+        return parse_duration(self.time_limit) if self.time_limit else None
 
     @property
     def space_specs(self) -> dict[str, str]:
@@ -148,6 +158,7 @@ RESUME_OVERRIDABLE = (
     "checkpoint_every",
     "keep_checkpoints",
     "run_dir",
+    "time_limit",
     "wandb_project",
     "wandb_entity",
 )
@@ -181,3 +192,35 @@ def parse_env_kwargs(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f'invalid --env-kwargs {text!r}: expected a JSON object like {{"g": 9.81}}')
     return value
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text``: a number of seconds, or SLURM's ``[D-]HH:MM:SS`` (also ``H:MM:SS``, ``MM:SS``).
+
+    Raises:
+        ValueError: naming the text, for anything else or a negative or zero duration.
+
+    """
+    raw = text.strip()
+    try:
+        days = 0
+        rest = raw
+        if "-" in raw:
+            head, _, rest = raw.partition("-")
+            days = int(head)
+        if ":" in rest:
+            parts = [int(p) for p in rest.split(":")]
+            if len(parts) > 3 or any(p < 0 for p in parts) or any(p >= 60 for p in parts[1:]):
+                raise ValueError
+            while len(parts) < 3:
+                parts.insert(0, 0)
+            seconds = float(((days * 24 + parts[0]) * 60 + parts[1]) * 60 + parts[2])
+        elif days:  # D-HH
+            seconds = float((days * 24 + int(rest)) * 3600)
+        else:
+            seconds = float(rest)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (seconds, or [D-]HH:MM:SS)") from None
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{text!r} must be a positive, finite duration")
+    return seconds

@@ -14,7 +14,7 @@ from typing import Any
 from .. import algorithms
 from ..hparams import check_prior
 from ..space import SpaceError, parse_space
-from .schema import Config, choices_of
+from .schema import Config, choices_of, parse_duration
 
 
 def validate(
@@ -121,6 +121,11 @@ def validate(
     else:
         if not cfg.member:  # the SB3 adapter's env; a custom member makes (or does without) its own
             problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo, env_factory))
+    if cfg.time_limit:
+        try:
+            parse_duration(cfg.time_limit)
+        except ValueError as exc:
+            problems.append(f"--time-limit {exc}")
     if cfg.wandb_project:
         try:
             importlib.import_module("wandb")
