@@ -75,16 +75,20 @@ class Prior:
         round(1 * 1.2) = 1 and round(2 * 0.8) = 2: without the minimum step,
         small integers (policy_delay, gradient_steps, n_epochs near their
         lower bound) would never move by perturbation, only by resampling.
-        At a bound the value may stay.
+        The step goes the way the product goes (a factor above 1 moves a
+        negative integer down); at a bound the value may stay.
         """
         if self.kind != "int":
             return self.clip(float(value) * factor)
         current = int(value)
         moved = round(current * factor)
-        if factor > 1 and moved <= current:
-            moved = current + 1
-        elif factor < 1 and moved >= current:
-            moved = current - 1
+        if factor == 1:
+            return self.clip(moved)
+        # the direction the product moves in: away from 0 for a factor above 1 (so down for a negative value);
+        # 0 itself goes up for a factor above 1 and down below 1
+        step = (1 if factor > 1 else -1) * (-1 if current < 0 else 1)
+        if (moved - current) * step <= 0:
+            moved = current + step
         return self.clip(moved)
 
     def perturb(self, value: Value, factors: Sequence[float], rng: np.random.Generator) -> Value:

@@ -141,3 +141,24 @@ def test_policy_delay_leaves_one_by_perturbation():
         for s in range(40)
     }
     assert seen == {1, 2}  # 0.8 keeps it at the bound, 1.2 moves it up
+
+
+def test_negative_integers_move_the_way_the_product_does():
+    """-3 x 1.2 = -3.6 rounds to -4: a factor above 1 moves a negative integer down, below 1 up."""
+    prior = parse_prior("n", "int:-5:5")
+    for value in range(-5, 6):
+        for factor in FACTORS:
+            out = prior.perturb(value, (factor,), np.random.default_rng(0))
+            assert isinstance(out, int) and -5 <= out <= 5
+            if factor == 1.0:
+                assert out == value
+                continue
+            plain = min(max(round(value * factor), -5), 5)
+            direction = (1 if factor > 1 else -1) * (-1 if value < 0 else 1)
+            if plain != value:
+                assert out == plain, (value, factor, out)
+            assert out == value + direction or out == plain or out in (-5, 5), (value, factor, out)
+            assert (out - value) * direction >= 0, (value, factor, out)
+    assert prior.perturb(-3, (1.2,), np.random.default_rng(0)) == -4
+    assert prior.perturb(-1, (1.2,), np.random.default_rng(0)) == -2
+    assert prior.perturb(-1, (0.8,), np.random.default_rng(0)) == 0
