@@ -253,12 +253,20 @@ def test_pb2_beats_random_perturbation_on_a_drifting_bump():
     assert PB2_BETA > 0
 
 
-def test_one_kernel_fit_per_generation_gives_the_same_picks(monkeypatch):
+@pytest.mark.parametrize(
+    ("seed", "n_obs", "population", "losers"),
+    [(2, 40, 8, 5), (5, 96, 12, 3), (11, 200, 16, 4)],
+)
+def test_one_kernel_fit_per_generation_gives_the_same_picks(monkeypatch, seed, n_obs, population, losers):
     """The losers of one generation share the observations, so one fit serves all of them, unchanged."""
     from evo_mpi import pb2
 
-    observations = _observations(40, seed=2)
-    winner = sample_hparams(SPACE, np.random.default_rng(9))
+    observations = _observations(n_obs, seed=seed, per_gen=population)
+    observations.append(Observation(0, observations[0].hparams, math.nan))  # dropped by both paths
+    rng = np.random.default_rng(seed + 1)
+    hparams = [sample_hparams(SPACE, rng) for _ in range(population)]
+    plan = {population - 1 - k: k for k in range(losers)}  # the last members copy the first ones
+    time = float(n_obs // population + 1)
     fits = []
     real_fit = pb2.fit_kernel
     monkeypatch.setattr(pb2, "fit_kernel", lambda *a: fits.append(1) or real_fit(*a))
@@ -266,16 +274,19 @@ def test_one_kernel_fit_per_generation_gives_the_same_picks(monkeypatch):
     def generation(shared):
         params = fit_observations(observations, SPACE) if shared else None
         chosen = []
-        for loser in range(5):
-            rng = np.random.default_rng(100 + loser)
-            chosen.append(pb2_explore(winner, SPACE, observations, 6.0, rng, pending=chosen, params=params))
+        for loser in sorted(plan):
+            erng = np.random.default_rng([seed, loser])
+            chosen.append(
+                pb2_explore(hparams[plan[loser]], SPACE, observations, time, erng, pending=chosen, params=params)
+            )
         return chosen
 
     fits.clear()
     per_loser = generation(shared=False)
-    assert len(fits) == 5
+    assert len(fits) == losers
     fits.clear()
     shared = generation(shared=True)
     assert len(fits) == 1
     assert shared == per_loser
+    assert len({h["lr"] for h in shared}) == losers  # distinct picks: the pending points mattered
     assert fit_observations(observations[:1], SPACE) is None  # PB2 falls back to explore: nothing to fit
