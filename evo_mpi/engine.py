@@ -23,13 +23,13 @@ from .comm import Comm, ExchangeError
 from .config import Config, resolve_member
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
-from .pb2 import Observation, fit_observations, pb2_explore
+from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
 from .protocol import MemberFactory, PBTMember
 from .selection import rank_order, select
 from .space import Value, explore, parse_space, sample_hparams
 
-#: Most recent observations PB2 keeps (its GP costs O(n^3) per explore).
-PB2_MAX_OBSERVATIONS = 1000
+#: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
+PB2_MAX_OBSERVATIONS = MAX_OBSERVATIONS
 
 #: Columns of the gathered table before the per-episode returns and lengths.
 _FIT, _STEPS, _NEP = 0, 1, 2
