@@ -215,7 +215,9 @@ def plan_run(
             )
         plan.resuming = True
         done = checkpoint.complete(run_dir)
-        if done:
+        if cfg.mode == "async":  # members checkpoint on their own; best.zip is written last
+            plan.finished = os.path.isfile(os.path.join(run_dir, "best.zip"))
+        elif done:
             plan.resume_from = done[-1]
             # finished = last generation checkpointed *and* the final models written (best.zip comes last)
             try:
@@ -318,6 +320,13 @@ def execute(
         return None
     assert plan.cfg is not None
     cfg, run_dir = plan.cfg, plan.run_dir
+    if cfg.mode == "async" and callback is not None:
+        raise ConfigError(
+            [
+                "callback= is called once per generation, which --mode async does not have; drop one of them "
+                "(--time-limit and the history work in both modes)"
+            ]
+        )
     if plan.finished:
         say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
         return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
@@ -330,9 +339,10 @@ def execute(
     hint = oversubscription_hint(nodes, cfg.agents_per_rank)
     if hint is not None:
         say(hint)
-    from .engine import Engine, LayoutMismatch, write_config
+    from .async_engine import AsyncEngine
+    from .engine import Engine, EngineBase, LayoutMismatch, write_config
 
-    engine = None
+    engine: EngineBase | None = None
     try:
         if comm.rank == 0:
             population = comm.size * cfg.agents_per_rank
@@ -353,21 +363,37 @@ def execute(
                 f"{cfg.generations} generations x {cfg.steps_per_generation} steps; output in {run_dir}"
             )
         comm.barrier()
-        engine = Engine(
-            cfg,
-            comm,
-            run_dir,
-            echo=say,
-            should_stop=should_stop,
-            resume_from=plan.resume_from,
-            env_factory=env_factory,
-            callback=callback,
-            member_factory=member_factory,
-            deadline=None if cfg.time_limit_s is None else launched + cfg.time_limit_s,
-        )
+        deadline = None if cfg.time_limit_s is None else launched + cfg.time_limit_s
+        if cfg.mode == "async":
+            engine = AsyncEngine(
+                cfg,
+                comm,
+                run_dir,
+                echo=say,
+                should_stop=should_stop,
+                resuming=plan.resuming,
+                env_factory=env_factory,
+                member_factory=member_factory,
+                deadline=deadline,
+            )
+        else:
+            engine = Engine(
+                cfg,
+                comm,
+                run_dir,
+                echo=say,
+                should_stop=should_stop,
+                resume_from=plan.resume_from,
+                env_factory=env_factory,
+                callback=callback,
+                member_factory=member_factory,
+                deadline=deadline,
+            )
         status = engine.run()
         engine.close()
-        if status == INTERRUPTED:
+        if status == INTERRUPTED and cfg.mode == "async":
+            say("evo-mpi: interrupted by a stop signal; every member resumes from its last completed interval.")
+        elif status == INTERRUPTED:
             done = checkpoint.complete(run_dir)
             last = f"generation {done[-1]}" if done else "none yet (the resumed run starts at generation 0)"
             say(f"evo-mpi: interrupted by a stop signal; last complete checkpoint: {last}.")
@@ -395,8 +421,11 @@ def _result(status: str, cfg: Config, run_dir: str, rank: int) -> Result:
             history = [json.loads(line) for line in fh if line.strip()]
     result = Result(status=status, run_dir=run_dir, config=cfg, history=history, rank=rank)
     if history and status != INTERRUPTED:
-        last = max(r["generation"] for r in history)
-        records = sorted((r for r in history if r["generation"] == last), key=lambda r: r["member"])
+        latest: dict[int, dict[str, Any]] = {}  # each member's last record (sync: all of the last generation)
+        for r in history:
+            if r["member"] not in latest or r["generation"] >= latest[r["member"]]["generation"]:
+                latest[r["member"]] = r
+        records = [latest[m] for m in sorted(latest)]
         from .selection import rank_order
 
         fitness = [math.nan if r["fitness"] is None else r["fitness"] for r in records]

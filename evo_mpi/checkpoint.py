@@ -7,6 +7,10 @@ Layout of ``RUN_DIR/checkpoints``::
         member_00.json          step counts and episode statistics
         population.json         written last: generation, hyperparameters, history size
     .tmp-gen_000005/            a checkpoint being written (ignored, removed on the next write)
+    async/member_00/interval_000007/   asynchronous mode: one member after its interval 7
+        member.pt, member.json  as above (member.json also holds the member's last published
+        snapshot.npy            record), plus the state that record's fitness was measured with
+        snapshot_aux.npy
 
 A checkpoint is complete when its directory carries its final name: every
 file is written and fsynced inside the temporary directory, then rank 0
@@ -144,3 +148,80 @@ def truncate(path: str, size: int) -> None:
             fh.truncate(size)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+# -- asynchronous mode: each member checkpoints on its own ------------------------------------------
+
+_INTERVAL_RE = re.compile(r"^interval_(\d{6})$")
+
+
+def member_root(run_dir: str, member: int) -> str:
+    """``RUN_DIR/checkpoints/async/member_NN``: one member's own checkpoints (asynchronous mode)."""
+    return os.path.join(checkpoint_root(run_dir), "async", f"member_{member:02d}")
+
+
+def write_interval(
+    run_dir: str,
+    member: int,
+    interval: int,
+    tensors: Mapping[str, Any],
+    meta: Mapping[str, Any],
+    arrays: Mapping[str, Any],
+    keep: int,
+) -> None:
+    """Write one member's checkpoint after ``interval`` atomically (temporary dir, then rename), prune old ones.
+
+    ``arrays`` are uint8 numpy arrays saved with ``numpy.save`` (loaded without pickle).
+    """
+    import numpy as np
+    import torch
+
+    root = member_root(run_dir, member)
+    os.makedirs(root, exist_ok=True)
+    name = f"interval_{interval:06d}"
+    tmp = os.path.join(root, ".tmp-" + name)
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    _write_bytes(os.path.join(tmp, "member.pt"), lambda fh: torch.save(dict(tensors), fh))
+    for key, array in arrays.items():
+        _write_bytes(os.path.join(tmp, key + ".npy"), lambda fh, a=array: np.save(fh, a, allow_pickle=False))
+    _write_json(os.path.join(tmp, "member.json"), meta)
+    _fsync_dir(tmp)
+    _crash_point(f"interval:{member}:{interval}")
+    os.rename(tmp, os.path.join(root, name))
+    _fsync_dir(root)
+    for old in intervals(run_dir, member)[:-keep]:
+        shutil.rmtree(os.path.join(root, f"interval_{old:06d}"), ignore_errors=True)
+    for leftover in os.listdir(root):
+        if leftover.startswith(".tmp-"):
+            shutil.rmtree(os.path.join(root, leftover), ignore_errors=True)
+
+
+def intervals(run_dir: str, member: int) -> list[int]:
+    """Intervals of ``member`` with a complete checkpoint, oldest first."""
+    root = member_root(run_dir, member)
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        match = _INTERVAL_RE.match(name)
+        if match and os.path.isfile(os.path.join(root, name, "member.json")):
+            found.append(int(match.group(1)))
+    return sorted(found)
+
+
+def load_interval(run_dir: str, member: int, interval: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(tensors, meta, arrays) of one member's checkpoint; nothing is unpickled."""
+    import numpy as np
+    import torch
+
+    base = os.path.join(member_root(run_dir, member), f"interval_{interval:06d}")
+    tensors: dict[str, Any] = torch.load(os.path.join(base, "member.pt"), weights_only=True, map_location="cpu")
+    with open(os.path.join(base, "member.json"), encoding="utf-8") as fh:
+        meta: dict[str, Any] = json.load(fh)
+    arrays = {
+        name[: -len(".npy")]: np.load(os.path.join(base, name), allow_pickle=False)
+        for name in sorted(os.listdir(base))
+        if name.endswith(".npy")
+    }
+    return tensors, meta, arrays

@@ -324,3 +324,98 @@ def _wait(requests: list[Any], spin_s: float = _SPIN_S, statuses: list[Any] | No
             # give the core away between polls: with more ranks than cores, the peer
             # that must move the data next may be waiting for this very core
             os.sched_yield()
+
+
+class Mailbox:
+    """Point-to-point messages of the asynchronous engine, on its own duplicate of the world communicator.
+
+    Small control messages (records, requests, tickets) are pickled; member
+    snapshots travel as raw ``uint8`` buffers whose size the receiver learns
+    from the matched message (``Improbe``), so snapshots of different sizes
+    need no agreement beforehand. Sends never block: their buffers are kept
+    alive until MPI reports them complete. Nothing here waits without calling
+    ``while_waiting`` (the engine serves its own requests from it), so two
+    ranks fetching from each other cannot deadlock.
+    """
+
+    def __init__(self, comm: Comm) -> None:
+        self.rank, self.size = comm.rank, comm.size
+        self._comm = comm._comm.Dup() if comm.uses_mpi else None
+        self._sends: list[tuple[Any, np.ndarray]] = []
+
+    def send(self, dest: int, tag: int, obj: Any) -> None:
+        """Send a small picklable object without waiting."""
+        self.send_buffer(dest, tag, np.frombuffer(pickle.dumps(obj), dtype=np.uint8))
+
+    def send_buffer(self, dest: int, tag: int, buf: np.ndarray) -> None:
+        """Send a contiguous uint8 buffer without waiting; ``buf`` must not change until sent."""
+        assert self._comm is not None, "no other rank to send to"
+        self._sends.append((self._comm.Isend(buf, dest=dest, tag=tag), buf))
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._sends:
+            self._sends = [(r, b) for r, b in self._sends if not r.Test()]
+
+    def incoming(self, tags: Iterable[int]) -> list[tuple[int, int, Any]]:
+        """Every object message with one of ``tags`` that has arrived: ``(source, tag, object)``."""
+        if self._comm is None:
+            return []
+        self._reap()
+        out = []
+        for tag in tags:
+            while True:
+                buf, source = self._take(MPI.ANY_SOURCE, tag)
+                if buf is None:
+                    break
+                out.append((source, tag, pickle.loads(buf.tobytes())))
+        return out
+
+    def _take(self, source: int, tag: int) -> tuple[np.ndarray | None, int]:
+        assert self._comm is not None
+        status = MPI.Status()
+        message = self._comm.Improbe(source=source, tag=tag, status=status)
+        if message is None:
+            return None, -1
+        buf = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
+        message.Recv(buf)
+        return buf, status.Get_source()
+
+    def receive_buffer(self, source: int, tag: int, while_waiting: Callable[[], object]) -> np.ndarray:
+        """The next buffer from ``source`` with ``tag``, of whatever size it has; calls ``while_waiting`` meanwhile."""
+        assert self._comm is not None, "no other rank to receive from"
+        delay = 1e-5
+        while True:
+            buf, _ = self._take(source, tag)
+            if buf is not None:
+                return buf
+            while_waiting()
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_SLEEP_S / 2)
+
+    def receive(self, source: int, tag: int, while_waiting: Callable[[], object]) -> Any:
+        """The next object from ``source`` with ``tag`` (see :meth:`receive_buffer`)."""
+        return pickle.loads(self.receive_buffer(source, tag, while_waiting).tobytes())
+
+    def barrier(self, while_waiting: Callable[[], object]) -> None:
+        """Finish every send, then wait for every rank (``Ibarrier``), calling ``while_waiting`` meanwhile."""
+        if self._comm is None:
+            return
+        delay = 1e-5
+        while self._sends:
+            while_waiting()
+            self._reap()
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_SLEEP_S)
+        request = self._comm.Ibarrier()
+        delay = 1e-5
+        while not request.Test():
+            while_waiting()
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_SLEEP_S)
+
+    def close(self) -> None:
+        """Free the communicator (after :meth:`barrier`: nothing is in flight)."""
+        if self._comm is not None:
+            self._comm.Free()
+            self._comm = None

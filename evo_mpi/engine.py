@@ -35,8 +35,8 @@ PB2_MAX_OBSERVATIONS = MAX_OBSERVATIONS
 _FIT, _STEPS, _NEP = 0, 1, 2
 
 
-class Engine:
-    """Runs PBT for one rank's members, in lockstep with the other ranks."""
+class EngineBase:
+    """What both modes share: the rank's members, the start-up layout check, output files, final models."""
 
     def __init__(
         self,
@@ -45,7 +45,6 @@ class Engine:
         run_dir: str,
         echo: Callable[[str], None] = print,
         should_stop: Callable[[], bool] = lambda: False,
-        resume_from: int | None = None,
         env_factory: Callable[..., Any] | None = None,
         callback: Callable[[GenerationSummary], bool | None] | None = None,
         member_factory: MemberFactory | None = None,
@@ -77,56 +76,44 @@ class Engine:
             else:
                 self.members[m] = Member(m, cfg, self.hparams[m], tb_dir, env_factory=env_factory)
         self.last_fitness = np.full(self.population, math.nan)
-        #: Each member's fitness when its current generation started (the winner's after an exploit).
-        self.start_fitness = np.full(self.population, math.nan)
-        #: PB2's data: (generation, hparams, fitness change) of every member interval with finite ends.
-        self.observations: list[Observation] = []
         #: Wall-clock time (epoch seconds) when this process started its first training step.
         self.first_train_unix: float | None = None
-        #: First generation this process runs (> 0 after a resume).
-        self.start = 0
-        history_bytes = lineage_bytes = 0
-        if resume_from is not None:
-            self.activity = f"loading checkpoint of generation {resume_from}"
-            saved = checkpoint.load_population(run_dir, resume_from)
-            self.hparams = saved["hparams"]
-            self.last_fitness = np.array([math.nan if f is None else f for f in saved["fitness"]])
-            self.start = int(saved["generation"]) + 1
-            history_bytes = int(saved["history_bytes"])
-            lineage_bytes = int(saved.get("lineage_bytes", 0))
-            self.start_fitness = np.array([math.nan if f is None else f for f in saved.get("start_fitness", [])])
-            if self.start_fitness.size != self.population:
-                self.start_fitness = np.full(self.population, math.nan)
-            self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
-            for m in self.local_ids:
-                self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
-        self.activity = "checking that all ranks agree on the member state layout"
-        gathered = comm.allgather_obj(
-            {"threads": torch_threads(), "layouts": {m: self.members[m].state_layout() for m in self.local_ids}}
-        )
-        check_layouts({m: layout for rank in gathered for m, layout in rank["layouts"].items()}, self.owner)
-        #: Torch threads each member trains with (its rank's); a change on resume can change float sums.
-        self.member_threads = [int(gathered[self.owner(m)]["threads"]) for m in range(self.population)]
-        if resume_from is not None:
-            self._warn_threads(saved.get("torch_threads"))
+        self.member_threads: list[int] = []
         self.timer = PhaseTimer()
         self.timings = JsonlWriter(os.path.join(run_dir, "timings", f"rank_{comm.rank:03d}.jsonl"))
         self.history: JsonlWriter | None = None
         self.lineage: JsonlWriter | None = None
         self.board: PopulationBoard | None = None
         self.wandb: Any = None
-        if comm.rank == 0:
-            history_path = os.path.join(run_dir, "history.jsonl")
-            checkpoint.truncate(history_path, history_bytes)  # drop records newer than the checkpoint
-            self.history = JsonlWriter(history_path)
-            lineage_path = os.path.join(run_dir, "lineage.jsonl")
-            checkpoint.truncate(lineage_path, lineage_bytes)
-            self.lineage = JsonlWriter(lineage_path)
-            self.board = PopulationBoard(os.path.join(run_dir, "tb", "population"))
-            if cfg.wandb_project:
-                from .wandb_log import WandbLogger
 
-                self.wandb = WandbLogger(cfg.wandb_project, cfg.wandb_entity, run_dir, cfg.to_dict())
+    def _check_layouts(self, saved_threads: list[int] | None) -> None:
+        """Start-up collective: every member's state layout must match; warn when thread counts changed."""
+        self.activity = "checking that all ranks agree on the member state layout"
+        gathered = self.comm.allgather_obj(
+            {"threads": torch_threads(), "layouts": {m: self.members[m].state_layout() for m in self.local_ids}}
+        )
+        check_layouts({m: layout for rank in gathered for m, layout in rank["layouts"].items()}, self.owner)
+        #: Torch threads each member trains with (its rank's); a change on resume can change float sums.
+        self.member_threads = [int(gathered[self.owner(m)]["threads"]) for m in range(self.population)]
+        self._warn_threads(saved_threads)
+
+    def _open_logs(self, history_bytes: int | None = None, lineage_bytes: int | None = None) -> None:
+        """Rank 0: open history, lineage, TensorBoard and W&B; cut the logs back to a checkpoint's sizes if given."""
+        if self.comm.rank != 0:
+            return
+        history_path = os.path.join(self.run_dir, "history.jsonl")
+        lineage_path = os.path.join(self.run_dir, "lineage.jsonl")
+        if history_bytes is not None:
+            checkpoint.truncate(history_path, history_bytes)  # drop records newer than the checkpoint
+        if lineage_bytes is not None:
+            checkpoint.truncate(lineage_path, lineage_bytes)
+        self.history = JsonlWriter(history_path)
+        self.lineage = JsonlWriter(lineage_path)
+        self.board = PopulationBoard(os.path.join(self.run_dir, "tb", "population"))
+        if self.cfg.wandb_project:
+            from .wandb_log import WandbLogger
+
+            self.wandb = WandbLogger(self.cfg.wandb_project, self.cfg.wandb_entity, self.run_dir, self.cfg.to_dict())
 
     def owner(self, member: int) -> int:
         """Rank holding ``member``."""
@@ -144,6 +131,90 @@ class Engine:
                 "round differently, so the history may not match an uninterrupted run bit for bit; pass "
                 "--torch-threads N with the run's thread count to keep it exact"
             )
+
+    def finish(self) -> int:
+        """Save every member's final model, then ``best.zip`` (its presence marks a finished run)."""
+        self.activity = "saving final models"
+        best = int(rank_order(self.last_fitness)[0])
+        for m in self.local_ids:
+            self.members[m].save(os.path.join(self.run_dir, "final", member_tag(m) + ".zip"))
+            self.members[m].save_normalization(os.path.join(self.run_dir, "final", member_tag(m) + ".vecnormalize.pkl"))
+        self.comm.barrier()
+        if best in self.members:
+            tmp = os.path.join(self.run_dir, "best.tmp.zip")
+            self.members[best].save(tmp)
+            self.members[best].save_normalization(os.path.join(self.run_dir, "best.vecnormalize.pkl"))
+            os.replace(tmp, os.path.join(self.run_dir, "best.zip"))
+        self.comm.barrier()
+        if self.comm.rank == 0:
+            fit = self.last_fitness[best]
+            self.echo(
+                f"done: best member {best} fitness {fit:.2f}; models in {os.path.join(self.run_dir, 'final')}, "
+                f"best in {os.path.join(self.run_dir, 'best.zip')}"
+            )
+        return best
+
+    def run(self) -> str:
+        """Run to the end (or a stop) and return how it ended (``finished``, ``interrupted``, ...)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close files and envs."""
+        for member in self.members.values():
+            member.close()
+        self.timings.close()
+        if self.history is not None:
+            self.history.close()
+        if self.lineage is not None:
+            self.lineage.close()
+        if self.board is not None:
+            self.board.close()
+        if self.wandb is not None:
+            self.wandb.close()
+
+
+class Engine(EngineBase):
+    """Runs PBT for one rank's members, in lockstep with the other ranks (``--mode sync``)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        comm: Comm,
+        run_dir: str,
+        echo: Callable[[str], None] = print,
+        should_stop: Callable[[], bool] = lambda: False,
+        resume_from: int | None = None,
+        env_factory: Callable[..., Any] | None = None,
+        callback: Callable[[GenerationSummary], bool | None] | None = None,
+        member_factory: MemberFactory | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, callback, member_factory, deadline)
+        #: Each member's fitness when its current generation started (the winner's after an exploit).
+        self.start_fitness = np.full(self.population, math.nan)
+        #: PB2's data: (generation, hparams, fitness change) of every member interval with finite ends.
+        self.observations: list[Observation] = []
+        #: First generation this process runs (> 0 after a resume).
+        self.start = 0
+        history_bytes = lineage_bytes = 0
+        saved_threads = None
+        if resume_from is not None:
+            self.activity = f"loading checkpoint of generation {resume_from}"
+            saved = checkpoint.load_population(run_dir, resume_from)
+            self.hparams = saved["hparams"]
+            self.last_fitness = np.array([math.nan if f is None else f for f in saved["fitness"]])
+            self.start = int(saved["generation"]) + 1
+            history_bytes = int(saved["history_bytes"])
+            lineage_bytes = int(saved.get("lineage_bytes", 0))
+            self.start_fitness = np.array([math.nan if f is None else f for f in saved.get("start_fitness", [])])
+            if self.start_fitness.size != self.population:
+                self.start_fitness = np.full(self.population, math.nan)
+            self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
+            saved_threads = saved.get("torch_threads")
+            for m in self.local_ids:
+                self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
+        self._check_layouts(saved_threads)
+        self._open_logs(history_bytes, lineage_bytes)
 
     # -- one generation ----------------------------------------------------------
     def _local_rows(self, generation: int) -> np.ndarray:
@@ -454,6 +525,7 @@ class Engine:
         record = {"generation": g, "rank": self.comm.rank, "total_wall": wall, **timings}
         record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         record["first_train_unix"] = self.first_train_unix
+        record["unix"] = time.time()
         record["torch_threads"] = torch_threads()
         self.timings.write([record])
         if self.comm.rank != 0:
@@ -485,42 +557,6 @@ class Engine:
                 overhead_s / wall if wall > 0 else None,
             )
         )
-
-    def finish(self) -> int:
-        """Save every member's final model, then ``best.zip`` (its presence marks a finished run)."""
-        self.activity = "saving final models"
-        best = int(rank_order(self.last_fitness)[0])
-        for m in self.local_ids:
-            self.members[m].save(os.path.join(self.run_dir, "final", member_tag(m) + ".zip"))
-            self.members[m].save_normalization(os.path.join(self.run_dir, "final", member_tag(m) + ".vecnormalize.pkl"))
-        self.comm.barrier()
-        if best in self.members:
-            tmp = os.path.join(self.run_dir, "best.tmp.zip")
-            self.members[best].save(tmp)
-            self.members[best].save_normalization(os.path.join(self.run_dir, "best.vecnormalize.pkl"))
-            os.replace(tmp, os.path.join(self.run_dir, "best.zip"))
-        self.comm.barrier()
-        if self.comm.rank == 0:
-            fit = self.last_fitness[best]
-            self.echo(
-                f"done: best member {best} fitness {fit:.2f}; models in {os.path.join(self.run_dir, 'final')}, "
-                f"best in {os.path.join(self.run_dir, 'best.zip')}"
-            )
-        return best
-
-    def close(self) -> None:
-        """Close files and envs."""
-        for member in self.members.values():
-            member.close()
-        self.timings.close()
-        if self.history is not None:
-            self.history.close()
-        if self.lineage is not None:
-            self.lineage.close()
-        if self.board is not None:
-            self.board.close()
-        if self.wandb is not None:
-            self.wandb.close()
 
 
 class LayoutMismatch(ExchangeError):

@@ -136,8 +136,11 @@ class Member(FlatTorchState):
         return self.cfg.generations * self.cfg.steps_per_generation
 
     def _progress_remaining(self, num_timesteps: int, total_timesteps: int = 0) -> None:
-        """SB3's progress hook, measured against the run's budget, not ``total_timesteps`` (the ``learn()`` call's)."""
-        self.model._current_progress_remaining = 1.0 - float(num_timesteps) / float(self.run_timesteps)
+        """SB3's progress hook, measured against the run's budget, not ``total_timesteps`` (the ``learn()`` call's).
+
+        Clamped at 0: in async mode a member may train more than its share of the budget.
+        """
+        self.model._current_progress_remaining = max(0.0, 1.0 - float(num_timesteps) / float(self.run_timesteps))
 
     def _sync_progress(self) -> None:
         """Set SB3's progress (and DQN's epsilon, which follows it) from the member's step count now."""
@@ -158,7 +161,8 @@ class Member(FlatTorchState):
         Global RNGs are reseeded from (seed, member, generation) and the env is
         reset with a seed from the same key, so the result does not depend on
         which other members share the process, or on a resume in between.
-        Training stops early at the next env step once ``should_stop()`` is true.
+        ``should_stop()`` is called at every env step and after every optimizer step (the async engine
+        serves snapshot requests from it); training stops at the next env step once it is true.
         An error raised while the weights are non-finite (a diverged loss) marks
         the member as diverged instead of ending the run; any other error propagates.
         """
@@ -170,11 +174,19 @@ class Member(FlatTorchState):
         self.env.seed(seeding.derive_seed(self.cfg.seed, seeding.ENV, self.id, generation))
         self.model._last_obs = None  # makes learn() reset the (re-seeded) env
         self._sync_progress()
+
+        def poll(*_: Any) -> None:
+            should_stop()  # a stop takes effect at the next env step; this call lets the async engine serve
+
+        hooks = [opt.register_step_post_hook(poll) for opt in optimizers(self.model)]
         try:
             self.model.learn(steps, reset_num_timesteps=False, callback=_StopCallback(should_stop))
         except (ValueError, RuntimeError):
             if self.weights_finite():
                 raise
+        finally:
+            for hook in hooks:
+                hook.remove()
         self.diverged = not self.weights_finite()
 
     def weights_finite(self) -> bool:

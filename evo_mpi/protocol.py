@@ -12,6 +12,9 @@ The engine relies on these promises:
 * ``train(steps, generation, should_stop)`` depends only on the member's
   state, its hyperparameters and ``(cfg.seed, member_id, generation)``, so any
   rank layout and any resume reproduce it.
+* ``train`` calls ``should_stop()`` often (every step or so): the async
+  engine serves other ranks' snapshot requests from it, so a long stretch
+  without a call delays them.
 * ``pack()`` returns the whole state that moves on exploit as one contiguous
   ``uint8`` buffer whose size and layout (``state_layout()``) are the same for
   every member of the run from construction on; ``unpack()`` loads such a

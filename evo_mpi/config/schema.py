@@ -62,6 +62,12 @@ class Config:
     steps_per_generation: int = _f(
         8192, "Env steps each member trains per generation (a multiple of n_steps * n_envs)."
     )
+    mode: str = _f(
+        "sync",
+        "sync: generations in lockstep (bit-reproducible on any layout); async: no barrier, the population's "
+        "budget goes to whoever is free (see the README).",
+        choices=("sync", "async"),
+    )
     agents_per_rank: int = _f(1, "Members per MPI rank; population = ranks x agents per rank.")
     backend: str = _f("p2p", "How weights move: p2p (Send/Recv) or collective (Bcast).", choices=("p2p", "collective"))
     selection: str = _f(

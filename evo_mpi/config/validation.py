@@ -121,6 +121,22 @@ def validate(
     else:
         if not cfg.member:  # the SB3 adapter's env; a custom member makes (or does without) its own
             problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo, env_factory))
+    if cfg.mode == "async":
+        need(
+            cfg.backend == "p2p",
+            f"--backend {cfg.backend} needs every rank at once, which --mode async never has; in async mode a "
+            "snapshot is fetched point to point from its owner (--backend p2p, the default)",
+        )
+        need(
+            not cfg.copy_replay_buffer,
+            "--copy-replay-buffer is not supported with --mode async (every published snapshot would hold a copy "
+            "of the replay buffer); drop one of them",
+        )
+        need(
+            cfg.checkpoint_every == 1,
+            f"--checkpoint-every {cfg.checkpoint_every} with --mode async: async members checkpoint after every "
+            "interval (so a stop loses at most one); drop --checkpoint-every",
+        )
     if cfg.time_limit:
         try:
             parse_duration(cfg.time_limit)

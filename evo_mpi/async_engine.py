@@ -1,0 +1,540 @@
+"""Asynchronous PBT (``--mode async``): no generation barrier; the population's budget goes to whoever is free.
+
+Each rank loops: claim an interval of the budget (a ticket), train its member
+with the fewest steps for ``steps_per_generation`` steps, measure fitness,
+keep a snapshot of the state that fitness was measured with, decide with the
+latest published record of every member (the sync rules, applied to what this
+rank has seen), exploit by fetching the donor's snapshot from its owner, which
+serves it from inside its own training loop, explore, publish the record to
+every rank, checkpoint the member. Between start-up and the end nothing waits
+for all ranks: tickets come from rank 0's counter, records and snapshots move
+point to point (:class:`~evo_mpi.comm.Mailbox`). At the end every rank keeps
+serving until all have stopped (``Ibarrier``), then final models are written
+from each member's last snapshot.
+
+One process with several members runs the same loop without MPI and is
+bit-reproducible; with several ranks the order of events depends on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import checkpoint, seeding
+from .api import FINISHED, INTERRUPTED, TIME_LIMIT
+from .comm import Comm, Mailbox
+from .config import Config
+from .engine import EngineBase
+from .lineage import read_history
+from .outputs import fmt_duration
+from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
+from .protocol import MemberFactory
+from .selection import select
+from .space import Value, explore
+
+# Message tags (on the mailbox's own communicator).
+TICKET_REQUEST, TICKET, RECORD, SNAPSHOT_REQUEST, SNAPSHOT, STOP = range(21, 27)
+
+#: Serve other ranks at most this often from inside training (seconds); bounds the polling cost.
+POLL_S = 1e-3
+
+
+@dataclass
+class Snapshot:
+    """A member's state exactly as it was when its published fitness was measured."""
+
+    record: dict[str, Any]
+    state: np.ndarray
+    aux: np.ndarray
+
+    def wire(self) -> np.ndarray:
+        """One uint8 message: header length, pickled record and sizes, state, aux."""
+        header = np.frombuffer(pickle.dumps((self.record, self.state.nbytes, self.aux.nbytes)), dtype=np.uint8)
+        size = np.array([header.nbytes], dtype=np.int64).view(np.uint8)
+        return np.concatenate([size, header, self.state, self.aux])
+
+    @staticmethod
+    def from_wire(buf: np.ndarray) -> Snapshot:
+        """Inverse of :meth:`wire` (views into ``buf``)."""
+        n = int(buf[:8].view(np.int64)[0])
+        record, state_n, aux_n = pickle.loads(buf[8 : 8 + n].tobytes())
+        start = 8 + n
+        return Snapshot(record, buf[start : start + state_n], buf[start + state_n : start + state_n + aux_n])
+
+
+class AsyncEngine(EngineBase):
+    """Runs asynchronous PBT for one rank's members."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        comm: Comm,
+        run_dir: str,
+        echo: Callable[[str], None] = print,
+        should_stop: Callable[[], bool] = lambda: False,
+        resuming: bool = False,
+        env_factory: Callable[..., Any] | None = None,
+        member_factory: MemberFactory | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, None, member_factory, deadline)
+        #: The budget in intervals of ``steps_per_generation`` steps: the same total as sync mode.
+        self.budget = self.population * cfg.generations
+        #: Latest record of every member this rank has seen (its own members' are always current).
+        self.latest: dict[int, dict[str, Any]] = {}
+        #: Intervals each local member has completed (its next interval's index).
+        self.done: dict[int, int] = {m: 0 for m in self.local_ids}
+        self.start_fitness: dict[int, float] = {m: math.nan for m in self.local_ids}
+        self.snapshots: dict[int, Snapshot] = {}
+        #: Records of each member received or made in this launch (to drain every one at the end).
+        self.seen_count = np.zeros(self.population, dtype=np.int64)
+        self.published = {m: 0 for m in self.local_ids}
+        self.observations: list[Observation] = []
+        self.stop_notice = False
+        self.stops_sent = False
+        self.stops_received = 0
+        self.tickets = 0  # rank 0: intervals handed out (including those completed before a resume)
+        self.last_interval_s: dict[int, float] = {}
+        self.box = Mailbox(comm)
+        self._last_poll = 0.0
+        self.wait_s = 0.0  # waiting for tickets and snapshots
+        self.serve_s = 0.0
+        self.train_cpu_s = 0.0
+        self.started = time.time()
+        saved_threads: list[int] | None = None
+        if resuming:
+            for m in self.local_ids:
+                self._restore(m)
+        local = {m: (self.done[m], self.latest.get(m)) for m in self.local_ids}
+        self._check_layouts(saved_threads)
+        # start-up collective: every member's latest record and interval count (all tickets already used)
+        everyone = {m: v for part in comm.allgather_obj(local) for m, v in part.items()}
+        self.latest = {m: rec for m, (_, rec) in everyone.items() if rec is not None}
+        self.tickets = sum(done for done, _ in everyone.values())
+        if resuming and comm.rank == 0:
+            self._trim_logs({m: done for m, (done, _) in everyone.items()})
+        self._open_logs()
+        if resuming and cfg.explore == "pb2":
+            self.observations = [
+                Observation(float(r["generation"]), dict(r["hparams"]), float(r["delta"]))
+                for r in read_history(run_dir)
+                if r.get("delta") is not None and r["generation"] < everyone[r["member"]][0]
+            ][-MAX_OBSERVATIONS:]
+
+    # -- resume --------------------------------------------------------------------------------------
+    def _restore(self, m: int) -> None:
+        done = checkpoint.intervals(self.run_dir, m)
+        if not done:
+            return  # the member never finished an interval: it starts afresh
+        self.activity = f"loading member {m}'s checkpoint of interval {done[-1]}"
+        tensors, meta, arrays = checkpoint.load_interval(self.run_dir, m, done[-1])
+        self.members[m].restore(tensors, meta["member"])
+        self.done[m] = int(meta["done"])
+        self.start_fitness[m] = math.nan if meta["start_fitness"] is None else float(meta["start_fitness"])
+        record = meta["record"]
+        self.latest[m] = record
+        self.snapshots[m] = Snapshot(record, arrays["snapshot"], arrays["snapshot_aux"])
+
+    def _trim_logs(self, done: dict[int, int]) -> None:
+        """Rank 0 on resume: drop records of intervals no checkpoint holds (they are trained again)."""
+        for name in ("history.jsonl", "lineage.jsonl"):
+            path = os.path.join(self.run_dir, name)
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                lines = fh.readlines()
+            kept = []
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a partial last line of a killed run
+                member = rec.get("member", rec.get("loser"))
+                interval = rec.get("generation")
+                if isinstance(member, int) and isinstance(interval, int) and interval < done.get(member, 0):
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                fh.writelines(kept)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(path + ".tmp", path)
+
+    # -- serving -------------------------------------------------------------------------------------
+    def serve(self) -> None:
+        """Answer every message that has arrived: records, snapshot and ticket requests, stop notices."""
+        t0 = time.perf_counter()
+        for source, tag, obj in self.box.incoming((RECORD, SNAPSHOT_REQUEST, TICKET_REQUEST, STOP)):
+            if tag == RECORD:
+                self._take_record(obj)
+            elif tag == SNAPSHOT_REQUEST:
+                self.box.send_buffer(source, SNAPSHOT, self._wire(int(obj)))
+            elif tag == TICKET_REQUEST:
+                self.box.send(source, TICKET, self._issue())
+            else:
+                self.stop_notice = True
+                self.stops_received += 1
+        self.serve_s += time.perf_counter() - t0
+
+    def _wire(self, member: int) -> np.ndarray:
+        snap = self.snapshots.get(member)
+        if snap is None:  # never measured yet: nothing to copy (the requester saw no record of it either)
+            return Snapshot({}, np.empty(0, np.uint8), np.empty(0, np.uint8)).wire()
+        return snap.wire()
+
+    def _poll(self) -> bool:
+        """Called by members at every env and optimizer step: serve now and then; True once a stop is due."""
+        now = time.perf_counter()
+        if now - self._last_poll >= POLL_S:
+            self._last_poll = now
+            self.serve()
+        return self._stopping()
+
+    def _stopping(self) -> bool:
+        if self.should_stop() and not self.stops_sent:
+            self.stops_sent = True  # tell every rank, so a signal to one process stops the whole job
+            for r in range(self.comm.size):
+                if r != self.comm.rank:
+                    self.box.send(r, STOP, self.comm.rank)
+        return self.stops_sent or self.stop_notice
+
+    # -- the budget ----------------------------------------------------------------------------------
+    def _issue(self) -> int:
+        """Rank 0: hand out the next interval of the budget, or -1 when it is spent."""
+        if self.tickets >= self.budget:
+            return -1
+        self.tickets += 1
+        return self.tickets - 1
+
+    def _claim(self) -> bool:
+        t0 = time.perf_counter()
+        if self.comm.rank == 0:
+            ticket = self._issue()
+        else:
+            self.box.send(0, TICKET_REQUEST, self.comm.rank)
+            ticket = int(self.box.receive(0, TICKET, self.serve))
+        self.wait_s += time.perf_counter() - t0
+        return ticket >= 0
+
+    # -- records -------------------------------------------------------------------------------------
+    def _take_record(self, record: dict[str, Any]) -> None:
+        """A published record (own or received): update the board; rank 0 writes history and lineage."""
+        m = int(record["member"])
+        self.seen_count[m] += 1
+        current = self.latest.get(m)
+        if current is None or record["generation"] >= current["generation"]:
+            self.latest[m] = record
+        if self.cfg.explore == "pb2" and record.get("delta") is not None:
+            self.observations.append(Observation(float(record["generation"]), dict(record["hparams"]), record["delta"]))
+            del self.observations[:-MAX_OBSERVATIONS]
+        if self.history is not None:
+            self.history.write([record])
+            if self.lineage is not None and record.get("parent") is not None:
+                self.lineage.write(
+                    [
+                        {
+                            "generation": record["generation"],
+                            "loser": m,
+                            "winner": record["parent"],
+                            "winner_generation": record["parent_generation"],
+                            "timesteps": record["timesteps"],
+                            "loser_fitness": record["fitness"],
+                            "winner_fitness": record["parent_fitness"],
+                            "old_hparams": record["hparams"],
+                            "new_hparams": record["new_hparams"],
+                        }
+                    ]
+                )
+            total = int(self.seen_count.sum())
+            if total % self.population == 0:
+                self._report(total)
+
+    def _publish(self, record: dict[str, Any]) -> None:
+        self._take_record(record)
+        for r in range(self.comm.size):
+            if r != self.comm.rank:
+                self.box.send(r, RECORD, record)
+
+    def _report(self, total: int) -> None:
+        """Rank 0, every ``population`` records: TensorBoard and a progress line."""
+        fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
+        steps = sum(int(r["timesteps"]) for r in self.latest.values())
+        exploits = sum(1 for r in self.latest.values() if r.get("parent") is not None)
+        assert self.board is not None
+        self.board.log(steps, fitness, exploits)
+        if self.wandb is not None:
+            self.wandb.log(
+                total // self.population - 1,
+                [int(self.latest[m]["timesteps"]) if m in self.latest else 0 for m in range(self.population)],
+                [float(f) for f in fitness],
+                [dict(self.latest[m]["hparams"]) if m in self.latest else {} for m in range(self.population)],
+                exploits,
+            )
+        finite = fitness[np.isfinite(fitness)]
+        best = f"{finite.max():.2f}" if finite.size else "nan"
+        mean = f"{finite.mean():.2f}" if finite.size else "nan"
+        elapsed = time.time() - self.started
+        self.echo(
+            f"async {total:>5}/{self.budget} intervals | steps {steps:>9} | best {best} mean {mean} | "
+            f"{steps / elapsed if elapsed > 0 else 0:.0f} steps/s | elapsed {fmt_duration(elapsed)}"
+        )
+
+    # -- one interval --------------------------------------------------------------------------------
+    def _next_member(self) -> int:
+        """The local member with the fewest steps (ties: lowest id).
+
+        Each completed interval counts as at least ``steps_per_generation`` steps, so a member that
+        cannot train (diverged) is not picked forever.
+        """
+        spg = self.cfg.steps_per_generation
+        return min(self.local_ids, key=lambda m: (max(self.members[m].timesteps, self.done[m] * spg), m))
+
+    def interval(self, m: int) -> bool:
+        """Train member ``m`` one interval, publish, decide, exploit and explore; False if a stop cut it short."""
+        cfg, member, k = self.cfg, self.members[m], self.done[m]
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        self.activity = f"training member {m} (interval {k})"
+        member.train(cfg.steps_per_generation, k, self._poll)
+        train_cpu = time.process_time() - cpu0
+        self.train_cpu_s += train_cpu
+        if self._stopping():
+            return False  # the interval is abandoned: the member resumes from its last checkpoint
+        self.activity = f"computing fitness of member {m} (interval {k})"
+        fitness = float(member.fitness(k))
+        returns, lengths = member.episode_stats()
+        used = dict(member.hparams)
+        delta = fitness - self.start_fitness[m]
+        record: dict[str, Any] = {
+            "generation": k,
+            "member": m,
+            "rank": self.comm.rank,
+            "timesteps": int(member.timesteps),
+            "wall": time.time() - self.started,
+            "unix": time.time(),
+            "fitness": fitness if math.isfinite(fitness) else None,
+            "returns": [r if math.isfinite(r) else None for r in returns],
+            "lengths": list(lengths),
+            "hparams": used,
+            "delta": delta if math.isfinite(delta) else None,
+        }
+        replay = False
+        self.snapshots[m] = Snapshot(dict(record), member.pack().copy(), member.pack_aux(replay).copy())
+        self.latest[m] = record
+        self.activity = f"deciding for member {m} (interval {k})"
+        donor, seen = self._decide(m, k)
+        record["seen"] = seen
+        record.update(parent=None, parent_generation=None, parent_fitness=None, fetch_s=None, new_hparams=used)
+        self.start_fitness[m] = fitness
+        if donor is not None:
+            t1 = time.perf_counter()
+            snap = self.snapshots[donor] if donor in self.members else self._fetch(donor)
+            fetch_s = time.perf_counter() - t1
+            if snap.record:  # a member with no record yet has no snapshot (cannot happen once it was seen)
+                member.unpack(snap.state)
+                if snap.aux.nbytes:
+                    member.unpack_aux(snap.aux, replay)
+                new = self._explore(m, k, snap.record["hparams"])
+                member.apply_hparams(new)
+                member.set_episode_stats(
+                    [math.nan if r is None else r for r in snap.record["returns"]], snap.record["lengths"]
+                )
+                donor_fit = snap.record["fitness"]
+                self.start_fitness[m] = math.nan if donor_fit is None else float(donor_fit)
+                record.update(
+                    parent=donor,
+                    parent_generation=snap.record["generation"],
+                    parent_fitness=donor_fit,
+                    fetch_s=fetch_s if donor not in self.members else 0.0,
+                    new_hparams=new,
+                )
+        member.log(fitness, used, record["parent"])
+        self.done[m] = k + 1
+        self.published[m] += 1
+        self._publish(record)
+        self.activity = f"writing member {m}'s checkpoint (interval {k})"
+        snap_m = self.snapshots[m]
+        checkpoint.write_interval(
+            self.run_dir,
+            m,
+            k,
+            member.checkpoint_tensors(),
+            {
+                "member": member.checkpoint_meta(),
+                "done": k + 1,
+                "start_fitness": self.start_fitness[m] if math.isfinite(self.start_fitness[m]) else None,
+                "record": snap_m.record | {k2: record[k2] for k2 in ("parent", "parent_generation", "seen")},
+            },
+            {"snapshot": snap_m.state, "snapshot_aux": snap_m.aux},
+            keep=cfg.keep_checkpoints,
+        )
+        wall = time.perf_counter() - t0
+        self.last_interval_s[m] = wall
+        self.timings.write(
+            [
+                {
+                    "interval": k,
+                    "member": m,
+                    "rank": self.comm.rank,
+                    "train_cpu": train_cpu,
+                    "total_wall": wall,
+                    "fetch_s": record["fetch_s"],
+                    "unix": time.time(),
+                }
+            ]
+        )
+        return True
+
+    def _decide(self, m: int, k: int) -> tuple[int | None, list[int]]:
+        """The donor ``m`` copies after interval ``k`` (None: keep going), and the intervals of the records seen."""
+        cfg = self.cfg
+        ids = sorted(self.latest)
+        seen = [int(self.latest[i]["generation"]) if i in self.latest else -1 for i in range(self.population)]
+        if len(ids) < 2:
+            return None, seen
+        fitness = np.array([_fit(self.latest[i]) for i in ids])
+        returns = None
+        if cfg.selection == "ttest":
+            returns = [
+                np.array([math.nan if r is None else r for r in self.latest[i]["returns"]], dtype=np.float64)
+                for i in ids
+            ]
+        plan = select(
+            cfg.selection,
+            fitness,
+            seeding.stream(cfg.seed, seeding.SELECT, m, k),
+            fraction=cfg.truncation_fraction,
+            tournament_size=cfg.tournament_size,
+            elitism=cfg.elitism,
+            returns=returns,
+            alpha=cfg.ttest_alpha,
+        )
+        mine = ids.index(m)
+        return (ids[plan[mine]] if mine in plan else None), seen
+
+    def _explore(self, m: int, k: int, donor_hparams: dict[str, Value]) -> dict[str, Value]:
+        cfg = self.cfg
+        rng = seeding.stream(cfg.seed, seeding.EXPLORE, k, m)
+        if cfg.explore == "pb2":
+            return pb2_explore(
+                donor_hparams,
+                self.space,
+                self.observations,
+                float(k + 1),
+                rng,
+                factors=cfg.perturb_factors,
+                resample_probability=cfg.resample_probability,
+                params=fit_observations(self.observations, self.space),
+            )
+        return explore(donor_hparams, self.space, cfg.perturb_factors, cfg.resample_probability, rng)
+
+    def _fetch(self, donor: int) -> Snapshot:
+        """The donor's latest snapshot from the rank that owns it, which serves it while it trains."""
+        self.activity = f"fetching member {donor}'s snapshot from rank {self.owner(donor)}"
+        t0 = time.perf_counter()
+        self.box.send(self.owner(donor), SNAPSHOT_REQUEST, donor)
+        snap = Snapshot.from_wire(self.box.receive_buffer(self.owner(donor), SNAPSHOT, self.serve))
+        self.wait_s += time.perf_counter() - t0
+        return snap
+
+    # -- whole run -----------------------------------------------------------------------------------
+    def run(self) -> str:
+        """Spend the budget, then stop together; FINISHED, TIME_LIMIT or INTERRUPTED (like sync mode)."""
+        self.first_train_unix = time.time()
+        status = FINISHED
+        while True:
+            self.serve()
+            if self._stopping():
+                status = INTERRUPTED
+                break
+            m = self._next_member()
+            if self.deadline is not None and time.monotonic() + self.last_interval_s.get(m, 0.0) > self.deadline:
+                status = TIME_LIMIT
+                break
+            if not self._claim():
+                break
+            if not self.interval(m):
+                status = INTERRUPTED
+                break
+        self.activity = "serving snapshots until every rank has stopped"
+        t_end = time.time()
+        t0 = time.perf_counter()
+        self.box.barrier(self.serve)
+        drain_s = time.perf_counter() - t0
+        # the end: collectives are allowed again
+        ends = self.comm.allgather_obj(
+            {"status": status, "published": self.published, "stops": self.stops_sent, "latest": self._own_latest()}
+        )
+        self._drain(ends)
+        self.box.close()
+        statuses = {e["status"] for e in ends}
+        status = INTERRUPTED if INTERRUPTED in statuses else (TIME_LIMIT if TIME_LIMIT in statuses else FINISHED)
+        for e in ends:
+            self.latest.update(e["latest"])
+        self.last_fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
+        self.timings.write(
+            [
+                {
+                    "rank": self.comm.rank,
+                    "summary": True,
+                    "first_train_unix": self.first_train_unix,
+                    "end_unix": t_end,
+                    "train_cpu": self.train_cpu_s,
+                    "wait_s": self.wait_s,
+                    "serve_s": self.serve_s,
+                    "drain_s": drain_s,
+                    "intervals": sum(self.published.values()),
+                    "status": status,
+                }
+            ]
+        )
+        if status == INTERRUPTED:
+            return status
+        if status == TIME_LIMIT:
+            self.echo(f"evo-mpi: --time-limit {self.cfg.time_limit}: the run ends before its budget is spent")
+        for m in self.local_ids:  # final models are the states the last published fitness was measured with
+            snap = self.snapshots.get(m)
+            if snap is not None and snap.record:
+                self.members[m].unpack(snap.state)
+                if snap.aux.nbytes:
+                    self.members[m].unpack_aux(snap.aux, False)
+                self.members[m].apply_hparams(snap.record["hparams"])
+        self.finish()
+        return status
+
+    def _own_latest(self) -> dict[int, dict[str, Any]]:
+        return {m: self.latest[m] for m in self.local_ids if m in self.latest}
+
+    def _drain(self, ends: list[dict[str, Any]]) -> None:
+        """Receive every record and stop notice still in flight, so history is complete and nothing is left over."""
+        expected = np.zeros(self.population, dtype=np.int64)
+        for e in ends:
+            for m, n in e["published"].items():
+                expected[int(m)] = n
+        stops = sum(1 for r, e in enumerate(ends) if e["stops"] and r != self.comm.rank)
+
+        def pending() -> bool:
+            return bool((self.seen_count < expected).any()) or self.stops_received < stops
+
+        while pending():
+            for _, tag, obj in self.box.incoming((RECORD, STOP)):
+                if tag == RECORD:
+                    self._take_record(obj)
+                else:
+                    self.stops_received += 1
+            if pending():
+                time.sleep(1e-3)
+
+
+def _fit(record: dict[str, Any] | None) -> float:
+    """A record's fitness as a float (NaN when missing or null)."""
+    if record is None or record.get("fitness") is None:
+        return math.nan
+    return float(record["fitness"])
