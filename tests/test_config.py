@@ -102,6 +102,12 @@ BAD = [
     (["--algo", "Sac"], "--algo sac needs a Box action space"),  # names are case-insensitive: this is SAC
     (["--time-limit", "1:60"], "--time-limit '1:60' is not a duration (seconds, or [D-]HH:MM:SS)"),
     (["--time-limit", "0"], "--time-limit '0' must be a positive, finite duration"),
+    # async mode refuses what needs every rank at once, or a barrier between checkpoints
+    (["--mode", "async", "--backend", "collective"], "--backend collective needs every rank at once"),
+    (["--mode", "async", "--algo", "dqn", "--steps-per-generation", "256", "--copy-replay-buffer"],
+     "--copy-replay-buffer is not supported with --mode async"),
+    (["--mode", "async", "--checkpoint-every", "2"], "--checkpoint-every 2 with --mode async"),
+    (["--mode", "lockstep"], "argument --mode: invalid choice: 'lockstep'"),
 ]  # fmt: skip
 
 

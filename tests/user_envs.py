@@ -34,3 +34,31 @@ class Corridor(gymnasium.Env):
 def short_cartpole(max_episode_steps: int = 500) -> gymnasium.Env:
     """CartPole whose episodes are cut at ``max_episode_steps`` (a factory taking env kwargs)."""
     return TimeLimit(CartPoleEnv(), max_episode_steps=max_episode_steps)
+
+
+class StragglerCartPole(CartPoleEnv):
+    """CartPole with a busy-waited cost per step (``step_cost`` s), ``factor`` times higher on MPI rank 0.
+
+    Busy-waiting, not sleeping: a slow node's steps cost CPU time.
+    """
+
+    def __init__(self, step_cost: float = 1e-4, factor: float = 5.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        import os
+
+        rank = os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+        self.cost = step_cost * (factor if rank == "0" else 1.0)
+
+    def step(self, action):
+        import time
+
+        end = time.perf_counter() + self.cost
+        out = super().step(action)
+        while time.perf_counter() < end:
+            pass
+        return out
+
+
+def straggler_cartpole(step_cost: float = 1e-4, factor: float = 5.0) -> gymnasium.Env:
+    """:class:`StragglerCartPole` with CartPole's 500-step episodes."""
+    return TimeLimit(StragglerCartPole(step_cost=step_cost, factor=factor), max_episode_steps=500)

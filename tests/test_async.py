@@ -1,0 +1,259 @@
+"""Asynchronous PBT (--mode async) with real mpiexec and SB3 on tiny budgets."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from evo_mpi import checkpoint
+from helpers import cartpole_args, launch, read_history, run_evo, wait_for_line
+
+GENERATIONS, STEPS = 4, 256
+ASYNC = [*cartpole_args(seed=5, generations=GENERATIONS, steps=STEPS), "--mode", "async"]
+#: Keys whose values depend on timing, not on the seeded computation.
+TIMING = ("wall", "unix", "fetch_s", "rank")
+
+
+def _timeless(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+
+
+def _fit(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _order(fitness: dict[int, float]) -> list[int]:
+    """Members best first: higher fitness first, non-finite last, ties to the lower id (the documented rule)."""
+    finite = {m: math.isfinite(f) for m, f in fitness.items()}
+    return sorted(fitness, key=lambda m: (not finite[m], -fitness[m] if finite[m] else 0.0, m))
+
+
+def _visible(history: list[dict], record: dict) -> dict[int, float]:
+    """The fitness of every member as the deciding rank saw it (from the record's ``seen`` intervals)."""
+    by_key = {(r["member"], r["generation"]): r for r in history}
+    return {m: _fit(by_key[(m, k)]["fitness"]) for m, k in enumerate(record["seen"]) if k >= 0}
+
+
+def _check_truncation(history: list[dict], fraction: float) -> int:
+    """Every decision obeys truncation against the records seen when it was taken; returns the exploit count."""
+    exploits = 0
+    for rec in history:
+        visible = _visible(history, rec)
+        assert visible[rec["member"]] == _fit(rec["fitness"]) or math.isnan(_fit(rec["fitness"]))
+        if len(visible) < 2:
+            assert rec["parent"] is None
+            continue
+        order = _order(visible)
+        n = max(1, math.ceil(round(fraction * len(order), 9)))
+        top = [m for m in order[:n] if math.isfinite(visible[m])]
+        bottom = order[len(order) - n :]
+        if rec["parent"] is not None:
+            exploits += 1
+            assert rec["member"] in bottom, (rec, visible)
+            assert rec["parent"] in top and rec["parent"] != rec["member"], (rec, visible)
+        else:
+            assert rec["member"] not in bottom or not [w for w in top if w != rec["member"]], (rec, visible)
+    return exploits
+
+
+def _check_budget(run_dir, population: int) -> list[dict]:
+    history = read_history(run_dir)
+    keys = [(r["member"], r["generation"]) for r in history]
+    assert len(keys) == len(set(keys)) == population * GENERATIONS  # the whole budget, every interval once
+    for m in range(population):
+        mine = sorted(k for mm, k in keys if mm == m)
+        assert mine == list(range(len(mine)))  # each member's intervals in order, none lost
+    latest = {r["member"]: r for r in history}
+    assert sum(r["timesteps"] for r in latest.values()) == population * GENERATIONS * STEPS
+    assert (run_dir / "best.zip").is_file()
+    assert sorted(p.name for p in (run_dir / "final").glob("member_*.zip")) == [
+        f"member_{m:02d}.zip" for m in range(population)
+    ]
+    lineage = [json.loads(line) for line in open(run_dir / "lineage.jsonl")]
+    assert len(lineage) == sum(1 for r in history if r["parent"] is not None)
+    return history
+
+
+@pytest.mark.parametrize("n, per_rank", [(2, 2), (4, 1)])
+def test_async_run_spends_the_population_budget_and_obeys_truncation(tmp_path, n, per_rank):
+    run_dir = tmp_path / "run"
+    proc = run_evo([*ASYNC, "--agents-per-rank", str(per_rank), "--run-dir", str(run_dir)], n)
+    assert f"async    {n * per_rank * GENERATIONS}/{n * per_rank * GENERATIONS} intervals" in proc.stdout
+    history = _check_budget(run_dir, n * per_rank)
+    assert _check_truncation(history, 0.25) >= 1
+    summaries = [json.loads(line) for p in (run_dir / "timings").glob("rank_*.jsonl") for line in open(p)]
+    summaries = [s for s in summaries if s.get("summary")]
+    assert len(summaries) == n and sum(s["intervals"] for s in summaries) == n * per_rank * GENERATIONS
+
+
+@pytest.mark.parametrize("selection", ["wta", "tournament"])
+def test_async_decisions_follow_wta_and_tournament(tmp_path, selection):
+    """One process, 4 members: wta copies the best visible member; with elitism the best never copies."""
+    run_dir = tmp_path / "run"
+    extra = ["--elitism"] if selection == "tournament" else []
+    run_evo([*ASYNC, "--agents-per-rank", "4", "--selection", selection, *extra, "--run-dir", str(run_dir)], None)
+    history = _check_budget(run_dir, 4)
+    exploits = 0
+    for rec in history:
+        visible = _visible(history, rec)
+        best = _order(visible)[0]
+        if rec["parent"] is None:
+            if selection == "wta" and len(visible) > 1 and math.isfinite(visible[best]):
+                assert rec["member"] == best, (rec, visible)
+            continue
+        exploits += 1
+        assert rec["member"] != best and rec["parent"] != rec["member"] and math.isfinite(visible[rec["parent"]])
+        if selection == "wta":
+            assert rec["parent"] == best
+    assert exploits >= 1
+
+
+def test_single_process_async_run_is_reproducible(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        run_evo([*ASYNC, "--agents-per-rank", "4", "--run-dir", str(run_dir)], None)
+        runs.append(_timeless(read_history(run_dir)))
+    assert runs[0] == runs[1]
+    assert len({r["timesteps"] for r in runs[0]}) > 1
+
+
+def _tensors_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_tensors_equal(a[k], b[k]) for k in a if k != "param_groups")
+    return True
+
+
+def test_exploit_copies_the_donor_snapshot_bit_for_bit_across_ranks(tmp_path):
+    """wta on -n 2: a loser's state after the exploit equals its remote donor's published state exactly."""
+    run_dir = tmp_path / "run"
+    args = [*ASYNC, "--agents-per-rank", "2", "--selection", "wta", "--keep-checkpoints", "100"]
+    run_evo([*args, "--run-dir", str(run_dir)], 2)
+    history = read_history(run_dir)
+    by_key = {(r["member"], r["generation"]): r for r in history}
+    checked = 0
+    for rec in history:
+        donor, d = rec["parent"], rec["parent_generation"]
+        if donor is None or donor // 2 == rec["member"] // 2 or by_key[(donor, d)]["parent"] is not None:
+            continue  # same rank, or the donor itself exploited after measuring (its checkpoint is not its snapshot)
+        loser_state, _, loser_arrays = checkpoint.load_interval(str(run_dir), rec["member"], rec["generation"])
+        donor_state, _, donor_arrays = checkpoint.load_interval(str(run_dir), donor, d)
+        assert _tensors_equal(donor_state, loser_state)  # weights and optimizer moments (not the explored lr)
+        # ... and the copy changed something: the loser's own measured state was another one
+        assert not (loser_arrays["snapshot"] == donor_arrays["snapshot"]).all()
+        assert rec["fetch_s"] is not None and rec["fetch_s"] > 0
+        checked += 1
+    assert checked >= 1
+
+
+LONG_ASYNC = [*cartpole_args(seed=3, generations=8, steps=1024), "--mode", "async"]
+
+
+def _interrupt(run_dir, n, per_rank, records, sig=signal.SIGTERM):
+    proc = launch([*LONG_ASYNC, "--run-dir", str(run_dir), "--agents-per-rank", str(per_rank)], n)
+    wait_for_line(proc, f"async {records:>5}/")
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, (proc.returncode, out, err)
+    assert time.monotonic() - t0 < 30
+    assert "every member resumes from its last completed interval" in out and f"--resume {run_dir}" in out
+    return out
+
+
+def test_async_stop_and_resume_on_another_layout(tmp_path):
+    run_dir = tmp_path / "run"
+    _interrupt(run_dir, 2, 2, 8)
+    history = read_history(run_dir)
+    for m in range(4):  # every published interval is checkpointed: a stop loses only the interval in progress
+        published = [r["generation"] for r in history if r["member"] == m]
+        assert checkpoint.intervals(str(run_dir), m)[-1] == max(published)
+    proc = run_evo(["--resume", str(run_dir)], 4)
+    assert "resuming the run" in proc.stdout
+    keys = [(r["member"], r["generation"]) for r in read_history(run_dir)]
+    assert len(keys) == len(set(keys)) == 4 * 8
+    assert (run_dir / "best.zip").is_file()
+
+
+def test_single_process_async_stop_and_resume_is_exact(tmp_path):
+    reference = tmp_path / "ref"
+    run_evo([*LONG_ASYNC, "--agents-per-rank", "4", "--run-dir", str(reference)], None)
+    run_dir = tmp_path / "run"
+    _interrupt(run_dir, None, 4, 12, signal.SIGUSR1)
+    run_evo(["--resume", str(run_dir)], None)
+    assert _timeless(read_history(run_dir)) == _timeless(read_history(reference))
+
+
+def test_kill_9_of_one_async_rank_ends_the_job_and_it_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = launch([*LONG_ASYNC, "--run-dir", str(run_dir), "--agents-per-rank", "1"], 4)
+    wait_for_line(proc, "async     8/")
+    pids = subprocess.run(["pgrep", "-f", f"evo_mpi.run.*{run_dir}"], capture_output=True, text=True).stdout.split()
+    victim = max(int(p) for p in pids if int(p) != proc.pid)
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0 and time.monotonic() - t0 < 30
+    time.sleep(1)
+    assert subprocess.run(["pgrep", "-f", f"evo_mpi.run.*{run_dir}"], capture_output=True).stdout.split() == []
+    run_evo(["--resume", str(run_dir)], 2, check=True)
+    keys = [(r["member"], r["generation"]) for r in read_history(run_dir)]
+    assert len(keys) == len(set(keys)) == 4 * 8
+
+
+def test_a_straggler_does_not_stall_the_other_rank(tmp_path):
+    """Rank 0's env is 5x slower: rank 1 trains most of the budget and barely waits."""
+    run_dir = tmp_path / "run"
+    args = [
+        *cartpole_args(seed=1, generations=6, steps=512),
+        "--mode", "async",
+        "--env-id", "tests.user_envs:straggler_cartpole",
+        "--env-kwargs", '{"step_cost": 0.0003, "factor": 5}',
+        "--run-dir", str(run_dir),
+    ]  # fmt: skip
+    run_evo(args, 2)
+    history = read_history(run_dir)
+    per_rank = [sum(1 for r in history if r["rank"] == rank) for rank in (0, 1)]
+    assert per_rank[1] >= 2 * per_rank[0], per_rank
+    summary = next(json.loads(line) for line in open(run_dir / "timings" / "rank_001.jsonl") if '"summary"' in line)
+    active = summary["end_unix"] - summary["first_train_unix"]
+    assert summary["wait_s"] < 0.05 * active, summary  # tickets and fetches; the end's drain is separate
+
+
+@pytest.mark.parametrize("n", [None, 2])
+def test_time_limit_ends_an_async_run_cleanly(tmp_path, n):
+    run_dir = tmp_path / "run"
+    args = [*LONG_ASYNC, "--generations", "200", "--agents-per-rank", "2" if n else "4", "--time-limit", "8"]
+    t0 = time.monotonic()
+    proc = run_evo([*args, "--run-dir", str(run_dir)], n)
+    assert time.monotonic() - t0 < 8 + 4
+    assert "--time-limit 8: the run ends before its budget is spent" in proc.stdout
+    assert 1 <= len(read_history(run_dir)) < 4 * 200
+    assert (run_dir / "best.zip").is_file() and len(list((run_dir / "final").glob("member_*.zip"))) == 4
+    assert "already finished" in run_evo(["--resume", str(run_dir)], n).stdout
+
+
+def test_api_refuses_a_callback_in_async_mode(tmp_path):
+    import evo_mpi
+
+    with pytest.raises(evo_mpi.ConfigError, match="--mode async does not have"):
+        evo_mpi.train(
+            env_id="CartPole-v1",
+            mode="async",
+            agents_per_rank=2,
+            generations=1,
+            steps_per_generation=256,
+            n_envs=2,
+            n_steps=128,
+            run_dir=str(tmp_path / "run"),
+            callback=lambda summary: None,
+        )
