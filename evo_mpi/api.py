@@ -347,11 +347,12 @@ def execute(
         if comm.rank == 0:
             population = comm.size * cfg.agents_per_rank
             if plan.resuming:
-                where = (
-                    f"from generation {plan.resume_from + 1} (checkpoint of generation {plan.resume_from})"
-                    if plan.resume_from is not None
-                    else "from generation 0 (no complete checkpoint yet)"
-                )
+                if cfg.mode == "async":
+                    where = "(async: every member from its last checkpointed interval)"
+                elif plan.resume_from is not None:
+                    where = f"from generation {plan.resume_from + 1} (checkpoint of generation {plan.resume_from})"
+                else:
+                    where = "from generation 0 (no complete checkpoint yet)"
                 say(f"evo-mpi: resuming the run in {run_dir} {where} with {comm.size} rank(s)")
             else:
                 os.makedirs(run_dir, exist_ok=True)
