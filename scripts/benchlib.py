@@ -61,6 +61,7 @@ class Run:
     lines: list[tuple[float, str]]  # (arrival time, line) of everything rank 0 printed
     stderr: str
     records: list[dict[str, Any]] = field(default_factory=list)  # timings of every rank and generation
+    history: list[dict[str, Any]] = field(default_factory=list)  # RUN_DIR/history.jsonl
 
     def gen_line_times(self) -> list[float]:
         """Arrival time of each ``gen N/G`` progress line (printed by rank 0 after generation N-1)."""
@@ -124,6 +125,9 @@ def run_evo(
     for path in sorted((run_dir / "timings").glob("rank_*.jsonl")):
         with open(path, encoding="utf-8") as fh:
             run.records.extend(json.loads(line) for line in fh if line.strip())
+    if (run_dir / "history.jsonl").is_file():
+        with open(run_dir / "history.jsonl", encoding="utf-8") as fh:
+            run.history = [json.loads(line) for line in fh if line.strip()]
     if keep:
         print(f"    (run dir kept: {run_dir})")
     else:

@@ -1,6 +1,12 @@
 """Does PBT find better agents for the same compute? Resumable comparison, not part of CI.
 
     python scripts/experiment.py [--out results/experiment] [--jobs 2] [--seeds 0,1,2] [--envs ...]
+    python scripts/experiment.py --study async [--out results/async] [--seeds 0,1,2]
+
+``--study async`` compares ``--mode sync`` with ``--mode async`` (both PBT with the
+defaults) on Pendulum-v1 at equal *total* env steps, each run as ``mpiexec -n 2
+--agents-per-rank 2`` (one run at a time: it needs both cores), and records each
+run's wall time.
 
 Compares, at equal env steps per member (a population of 4, one process each run):
 
@@ -37,7 +43,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from evo_mpi.lineage import load  # noqa: E402
+from evo_mpi.lineage import load, read_history  # noqa: E402
 
 #: SB3's own PPO defaults, for the searched hyperparameters of the default PPO space.
 SB3_PPO_DEFAULTS = {
@@ -105,8 +111,8 @@ def evaluate(path: str, env: str, seed: int) -> dict[str, Any]:
     from stable_baselines3.common.evaluation import evaluate_policy
 
     torch.set_num_threads(1)
-    hist, _ = load(path)
-    last = hist.fitness[-1]
+    latest = latest_records(path)  # each member's last record (sync: the last generation)
+    last = np.array([math.nan if latest[m]["fitness"] is None else latest[m]["fitness"] for m in sorted(latest)])
     best = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
     model = PPO.load(os.path.join(path, "final", f"member_{best:02d}.zip"), device="cpu")
     venv = make_vec_env(env, n_envs=1, seed=10_000 + seed)
@@ -119,6 +125,15 @@ def evaluate(path: str, env: str, seed: int) -> dict[str, Any]:
         json.dump(result, fh)
     os.replace(cache + ".tmp", cache)
     return result
+
+
+def latest_records(path: str) -> dict[int, dict[str, Any]]:
+    """Each member's last history record (highest ``generation``: its own interval in async mode)."""
+    latest: dict[int, dict[str, Any]] = {}
+    for rec in read_history(path):
+        if rec["member"] not in latest or rec["generation"] >= latest[rec["member"]]["generation"]:
+            latest[rec["member"]] = rec
+    return latest
 
 
 def one(out: str, env: str, method: str, seed: int) -> dict[str, Any]:
@@ -172,14 +187,106 @@ def plot(out: str, envs: list[str], seeds: list[int]) -> str:
     return path
 
 
+# -- the async study --------------------------------------------------------------------------------
+
+MODES = ("sync", "async")
+ASYNC_ENV = "Pendulum-v1"
+
+
+def mode_run(out: str, mode: str, seed: int) -> dict[str, Any]:
+    """Run (or resume, or skip) one sync or async Pendulum run on 2 ranks, then evaluate it."""
+    path = os.path.join(out, ASYNC_ENV, mode, f"seed{seed}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    wall_file = os.path.join(path, "study_wall.json")
+    if not os.path.exists(os.path.join(path, "best.zip")):
+        cmd = [
+            os.path.join(os.path.dirname(sys.executable), "mpiexec"),
+            "-n",
+            "2",
+            *command(out, ASYNC_ENV, "pbt", seed),
+        ]
+        cmd[cmd.index("--agents-per-rank") + 1] = "2"
+        cmd[cmd.index("--run-dir") + 1] = path
+        cmd += ["--mode", mode]
+        env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+        t0 = time.time()
+        with open(path + ".log", "a", encoding="utf-8") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+        if not os.path.exists(wall_file):  # an interrupted and resumed run records its last launch only
+            with open(wall_file, "w", encoding="utf-8") as fh:
+                json.dump({"wall_s": time.time() - t0}, fh)
+    result = evaluate(path, ASYNC_ENV, seed)
+    with open(wall_file, encoding="utf-8") as fh:
+        result["wall_s"] = json.load(fh)["wall_s"]
+    print(
+        f"{ASYNC_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:8.1f}, wall {result['wall_s']:.0f} s", flush=True
+    )
+    return result
+
+
+def population_curve(path: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best latest fitness against mean env steps per member and against wall seconds, on ``grid`` steps."""
+    latest: dict[int, dict[str, Any]] = {}
+    steps, best = [], []
+    for rec in read_history(path):
+        latest[rec["member"]] = rec
+        fits = [r["fitness"] for r in latest.values() if r["fitness"] is not None]
+        steps.append(sum(r["timesteps"] for r in latest.values()) / POPULATION)
+        best.append(max(fits) if fits else -np.inf)
+    return grid, np.interp(grid, steps, best, left=np.nan)
+
+
+def async_study(out: str, seeds: list[int]) -> int:
+    results = {(mode, seed): mode_run(out, mode, seed) for seed in seeds for mode in MODES}
+    lines = [
+        "| mode | final best return (mean +- sd) | per seed | wall s (mean) |",
+        "|---|---|---|---|",
+    ]
+    for mode in MODES:
+        values = [results[(mode, s)]["eval_mean"] for s in seeds]
+        walls = [results[(mode, s)]["wall_s"] for s in seeds]
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        lines.append(
+            f"| {mode} | {np.mean(values):.1f} +- {sd:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
+            f"{np.mean(walls):.0f} |"
+        )
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    grid = np.linspace(STEPS_PER_GENERATION, GENERATIONS[ASYNC_ENV] * STEPS_PER_GENERATION, 60)
+    for mode in MODES:
+        rows = np.array([population_curve(os.path.join(out, ASYNC_ENV, mode, f"seed{s}"), grid)[1] for s in seeds])
+        mean, sd = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
+        ax.plot(grid, mean, label=mode)
+        ax.fill_between(grid, mean - sd, mean + sd, alpha=0.15)
+    ax.set_title(f"{ASYNC_ENV}, 2 ranks x 2 members: best latest training return")
+    ax.set_xlabel("env steps per member (population total / 4)")
+    ax.set_ylabel(f"mean +- sd over {len(seeds)} seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "async_curves.png"), dpi=110)
+    with open(os.path.join(out, "async_table.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "experiment"))
     parser.add_argument("--jobs", type=int, default=2, help="Runs at the same time (one process each).")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--envs", default=",".join(ENVS))
+    parser.add_argument("--study", choices=("methods", "async"), default="methods")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.study == "async":
+        return async_study(args.out, seeds)
     envs = args.envs.split(",")
     jobs = [(env, method, seed) for env in envs for seed in seeds for method in METHODS]
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
