@@ -264,7 +264,7 @@ def async_study(out: str, seeds: list[int]) -> int:
         mean, sd = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
         ax.plot(grid, mean, label=mode)
         ax.fill_between(grid, mean - sd, mean + sd, alpha=0.15)
-    ax.set_title(f"{ASYNC_ENV}, 2 ranks x 2 members: best latest training return")
+    ax.set_title(f"{ASYNC_ENV}, 2 ranks x 2 members: best latest return", fontsize=10)
     ax.set_xlabel("env steps per member (population total / 4)")
     ax.set_ylabel(f"mean +- sd over {len(seeds)} seeds")
     ax.legend()
