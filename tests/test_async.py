@@ -273,3 +273,23 @@ def test_exception_on_one_async_rank_ends_every_rank_with_one_report(tmp_path):
     assert "rank 1 failed while training member 1" in (run_dir / "errors.log").read_text()
     history = read_history(run_dir)  # what was published before the crash is intact
     assert (1, 0) in {(r["member"], r["generation"]) for r in history}
+
+
+@pytest.mark.parametrize("rule", [["--selection", "ttest"], ["--explore", "pb2"]], ids=["ttest", "pb2"])
+def test_async_ttest_and_pb2(tmp_path, rule):
+    """ttest copies only a member whose visible returns have a higher mean; PB2 explores within the priors."""
+    run_dir = tmp_path / "run"
+    args = [*cartpole_args(seed=2, generations=4, steps=512), "--mode", "async", "--agents-per-rank", "4", *rule]
+    run_evo([*args, "--run-dir", str(run_dir)], None)
+    history = read_history(run_dir)
+    by_key = {(r["member"], r["generation"]): r for r in history}
+    exploits = [r for r in history if r["parent"] is not None]
+    assert len(history) == 16 and exploits
+    for rec in exploits:
+        donor = by_key[(rec["parent"], rec["seen"][rec["parent"]])]
+        if rule[1] == "ttest":
+            assert sum(donor["returns"]) / len(donor["returns"]) > sum(rec["returns"]) / len(rec["returns"])
+        else:
+            assert rec["new_hparams"]["batch_size"] in (32, 64, 128)
+            assert 1 <= rec["new_hparams"]["n_epochs"] <= 3
+            assert rec["new_hparams"] != rec["hparams"]
