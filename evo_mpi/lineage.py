@@ -232,3 +232,67 @@ def load(run_dir: str | os.PathLike[str]) -> tuple[History, dict[str, Any] | Non
     if not records:
         raise HistoryError(f"{os.path.join(run_dir, HISTORY)!r} holds no record yet")
     return tabulate(records, population), config
+
+
+# -- asynchronous runs: each member has its own intervals ---------------------------------------------
+
+
+def is_async(config: Mapping[str, Any] | None) -> bool:
+    """Whether ``config.json`` says the run used ``--mode async``."""
+    return bool(config) and config.get("mode") == "async"  # type: ignore[union-attr]
+
+
+def latest_records(records: Iterable[Mapping[str, Any]]) -> dict[int, Mapping[str, Any]]:
+    """Each member's record of its highest interval (sync: of the last generation it reached)."""
+    latest: dict[int, Mapping[str, Any]] = {}
+    for rec in records:
+        if _valid(rec) and (rec["member"] not in latest or rec["generation"] >= latest[rec["member"]]["generation"]):
+            latest[int(rec["member"])] = rec
+    return latest
+
+
+def latest_best(records: Iterable[Mapping[str, Any]]) -> int:
+    """The member whose latest record has the best fitness (ties: lowest id; null fitness last)."""
+    latest = latest_records(records)
+    if not latest:
+        raise HistoryError("the history holds no record yet")
+
+    def key(m: int) -> tuple[bool, float, int]:
+        fit = latest[m].get("fitness")
+        ok = isinstance(fit, (int, float)) and not isinstance(fit, bool) and math.isfinite(fit)
+        return (not ok, -float(fit) if ok else 0.0, m)  # type: ignore[arg-type]
+
+    return min(latest, key=key)
+
+
+def chain(records: Iterable[Mapping[str, Any]], member: int) -> list[tuple[int, int]]:
+    """``(interval, slot)`` of every interval whose training made ``member``'s latest state, oldest first.
+
+    The weights a slot starts interval ``k + 1`` with are its own from the end of ``k``, or, when its
+    record of ``k`` has a ``parent``, that parent's from the end of ``parent_generation`` (the
+    donor's interval whose snapshot was copied; in sync runs the same generation). For a sync run
+    this is :meth:`History.ancestry`.
+
+    Raises:
+        HistoryError: ``member`` has no record, or a record the walk needs is missing.
+    """
+    by_key = {(int(r["member"]), int(r["generation"])): r for r in records if _valid(r)}
+    mine = [k for m, k in by_key if m == member]
+    if not mine:
+        raise HistoryError(f"member {member} has no record in the history")
+    slot, k = member, max(mine)
+    path = [(k, slot)]
+    while k > 0:
+        prev = by_key.get((slot, k - 1))
+        if prev is None:
+            raise HistoryError(f"the history lacks member {slot}'s record of interval {k - 1}")
+        parent = prev.get("parent")
+        if isinstance(parent, int) and not isinstance(parent, bool):
+            d = prev.get("parent_generation")
+            slot, k = parent, int(d) if isinstance(d, int) else k - 1
+        else:
+            k -= 1
+        if (slot, k) not in by_key:
+            raise HistoryError(f"the history lacks member {slot}'s record of interval {k}")
+        path.append((k, slot))
+    return path[::-1]

@@ -155,6 +155,11 @@ class Member(FlatTorchState):
         """Env steps this member has trained, across generations and exploits."""
         return int(self.model.num_timesteps)
 
+    def set_timesteps(self, timesteps: int) -> None:
+        """Set the step count (replay of an async lineage: a slot's count is its own, not its lineage's)."""
+        self.model.num_timesteps = int(timesteps)
+        self._sync_progress()
+
     def train(self, steps: int, generation: int, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Train ``steps`` env steps from a reproducible state for this generation.
 

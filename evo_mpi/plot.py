@@ -3,7 +3,8 @@
     python -m evo_mpi.plot RUN_DIR [--out DIR] [--member M] [--dpi N]
 
 Reads only ``RUN_DIR/history.jsonl`` and ``RUN_DIR/config.json``, so it works on
-a run in progress (the complete generations so far). matplotlib is imported
+a run in progress (the complete generations so far; for an async run, every
+record so far, against env steps and wall time). matplotlib is imported
 here only, inside the functions, and renders with the Agg canvas (no display).
 
 Exit codes: 0 plots written, 2 bad input (missing run dir, empty history, bad member).
@@ -15,12 +16,12 @@ import argparse
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .lineage import History, HistoryError, load
+from .lineage import History, HistoryError, chain, is_async, latest_best, load, read_config, read_history
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -282,6 +283,121 @@ def plot_lineage(hist: History, config: dict[str, Any] | None, path: str, member
     fig.savefig(path, dpi=dpi)
 
 
+def plot_async(
+    records: Sequence[Mapping[str, Any]], config: Mapping[str, Any], out: str, member: int | None, dpi: int
+) -> list[str]:
+    """An async run: fitness against env steps and wall time, hyperparameters, the lineage of ``member``.
+
+    Each member has its own intervals, so every record is a point at that member's own step count
+    (and wall time); a dashed line joins a donor's record to the loser's next one.
+    """
+    from matplotlib.lines import Line2D
+
+    population = int(config.get("population") or 1 + max(int(r["member"]) for r in records))
+    best = latest_best(records) if member is None else member
+    path = chain(records, best)  # raises HistoryError for a bad member before anything is written
+    colors = member_colors(population)
+    by_key = {(int(r["member"]), int(r["generation"])): r for r in records}
+    mine = {m: sorted((k, r) for (mm, k), r in by_key.items() if mm == m) for m in range(population)}
+
+    def fit(r: Mapping[str, Any]) -> float:
+        f = r.get("fitness")
+        return float(f) if isinstance(f, (int, float)) else math.nan
+
+    title = f"{config.get('env_id', '')}, {population} members, async, {len(records)} intervals"
+    fig = _new_figure(14, 5.5)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, xkey, label in ((axes[0], "timesteps", "env steps of the member"), (axes[1], "wall", "wall seconds")):
+        for m in range(population):
+            xs = [float(r.get(xkey) or 0.0) for _, r in mine[m]]
+            ax.plot(xs, [fit(r) for _, r in mine[m]], color=colors[m], marker="o", markersize=3, linewidth=1.2)
+        for (m, k), r in by_key.items():
+            nxt = by_key.get((m, k + 1))
+            donor = r.get("parent")
+            if isinstance(donor, int) and nxt is not None:
+                ax.scatter([float(r.get(xkey) or 0.0)], [fit(r)], marker="x", color="black", s=30, zorder=4)
+                src = by_key.get((donor, int(r.get("parent_generation", k))))
+                if src is not None:
+                    ax.plot(
+                        [float(src.get(xkey) or 0.0), float(nxt.get(xkey) or 0.0)],
+                        [fit(src), fit(nxt)],
+                        color=colors[m],
+                        linestyle="--",
+                        linewidth=0.8,
+                    )
+        ax.plot(
+            [float(by_key[(s, k)].get(xkey) or 0.0) for k, s in path],
+            [fit(by_key[(s, k)]) for k, s in path],
+            color="black",
+            alpha=0.25,
+            linewidth=5,
+            zorder=1,
+        )
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fitness")
+    fig.suptitle(f"fitness: {title}", fontsize="medium")
+    extra = [
+        Line2D([], [], color="black", marker="x", linestyle="none", label="replaced (exploit loser)"),
+        Line2D([], [], color="grey", linewidth=0.8, linestyle="--", label="copied from donor's record"),
+        Line2D([], [], color="black", alpha=0.25, linewidth=5, label=f"lineage of member {best}"),
+    ]
+    _member_key(fig, axes[1], population, colors, extra)
+    paths = [os.path.join(out, "fitness.png")]
+    fig.savefig(paths[0], dpi=dpi)
+
+    specs = config.get("search_space", {})
+    specs = specs if isinstance(specs, dict) else {}
+    names = sorted(
+        {n for r in records for n in (r.get("hparams") or {}) if not str(specs.get(n, "")).startswith("const")}
+    )
+    ncols = 1 if len(names) <= 2 else 2
+    nrows = max(1, math.ceil(len(names) / ncols))
+    fig = _new_figure(6.5 * ncols + 2.5, 2.6 * nrows + 0.6)
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
+    fig.suptitle(f"hyperparameters: {title}", fontsize="medium")
+    for i, name in enumerate(names):
+        ax = grid[i // ncols][i % ncols]
+        for m in range(population):
+            values = [(r.get("hparams") or {}).get(name) for _, r in mine[m]]
+            if not _numeric([v for v in values if v is not None]):
+                continue
+            ends = [float(r["timesteps"]) for _, r in mine[m]]
+            starts = [0.0, *ends[:-1]]
+            ax.stairs([math.nan if v is None else float(v) for v in values], [*starts[:1], *ends], color=colors[m])
+        if str(specs.get(name, "")).startswith("loguniform"):
+            ax.set_yscale("log")
+        ax.set_title(f"{name}  ({specs[name]})" if name in specs else name, fontsize="small")
+        ax.grid(alpha=0.3)
+    for ax in grid[-1]:
+        ax.set_xlabel("env steps of the member")
+    _member_key(fig, grid[0][-1], population, colors, [])
+    paths.append(os.path.join(out, "hparams.png"))
+    fig.savefig(paths[-1], dpi=dpi)
+
+    fig = _new_figure(10, max(4.0, 1.5 + 0.28 * population))
+    ax = fig.add_subplot()
+    for (m, k), r in by_key.items():
+        donor = r.get("parent")
+        if (m, k + 1) in by_key:
+            node: tuple[int, int] = (donor, int(r.get("parent_generation", k))) if isinstance(donor, int) else (m, k)
+            color, width = ("tab:orange", 1.2) if isinstance(donor, int) else ("0.75", 1.0)
+            if node in by_key:
+                ax.plot([node[1], k + 1], [node[0], m], color=color, linewidth=width, zorder=1)
+    ok = [(k, m, fit(r)) for (m, k), r in by_key.items() if math.isfinite(fit(r))]
+    nodes = ax.scatter([k for k, _, _ in ok], [m for _, m, _ in ok], c=[f for _, _, f in ok], cmap="viridis", zorder=3)
+    ax.plot([k for k, _ in path], [s for _, s in path], color="crimson", linewidth=3, alpha=0.8, zorder=2)
+    fig.colorbar(nodes, ax=ax, pad=0.01).set_label("fitness")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("interval (of each member)")
+    ax.set_ylabel("member slot")
+    ax.set_title(f"lineage (ancestry of member {best} in red): {title}", fontsize="medium")
+    paths.append(os.path.join(out, "lineage.png"))
+    fig.savefig(paths[-1], dpi=dpi)
+    return paths
+
+
 def plot_run(run_dir: str, out_dir: str | None = None, member: int | None = None, dpi: int = 120) -> list[str]:
     """Write ``fitness.png``, ``hparams.png`` and ``lineage.png``; return their paths.
 
@@ -294,6 +410,17 @@ def plot_run(run_dir: str, out_dir: str | None = None, member: int | None = None
     Raises:
         HistoryError: Missing run dir or history, no complete generation, or member out of range.
     """
+    config = read_config(run_dir)
+    if is_async(config):
+        assert config is not None
+        records = read_history(run_dir)
+        if not records:
+            raise HistoryError(f"{os.path.join(run_dir, 'history.jsonl')!r} holds no record yet")
+        if member is not None and not 0 <= member < int(config.get("population", 0)):
+            raise HistoryError(f"member {member} is out of range: the run has members 0..{config.get('population')}")
+        out = out_dir or os.path.join(run_dir, "plots")
+        os.makedirs(out, exist_ok=True)
+        return plot_async(records, config, out, member, dpi)
     hist, config = load(run_dir)
     if member is None:
         member = hist.best_member()

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import config as config_mod
-from .lineage import HistoryError, load
+from .lineage import HistoryError, chain, is_async, latest_best, load, read_config, read_history
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -79,6 +79,11 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _fitness_of(record: Mapping[str, Any]) -> float | None:
+    fit = record.get("fitness")
+    return float(fit) if isinstance(fit, (int, float)) and math.isfinite(fit) else None
+
+
 def _prepare_out(out: str, overwrite: bool) -> None:
     """Create OUT; refuse to mix with an earlier replay's outputs unless ``overwrite``."""
     used = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
@@ -97,15 +102,26 @@ def _prepare_out(out: str, overwrite: bool) -> None:
 
 def plan(args: argparse.Namespace) -> dict[str, Any]:
     """Everything the replay needs, checked before any training. Raises ReplayError."""
+    asynchronous = is_async(read_config(args.run_dir))
     try:
-        hist, saved = load(args.run_dir)
+        if asynchronous:  # members have their own intervals: follow the records, not a generation grid
+            records = read_history(args.run_dir)
+            saved = read_config(args.run_dir)
+            population = int(saved["population"]) if saved else 0
+            member = latest_best(records) if args.member is None else args.member
+        else:
+            hist, saved = load(args.run_dir)
+            records, population = [], hist.population
+            member = hist.best_member() if args.member is None else args.member
     except HistoryError as exc:
         raise ReplayError(str(exc)) from None
     if saved is None:
         raise ReplayError(f"no readable config.json in {args.run_dir!r}")
-    member = hist.best_member() if args.member is None else args.member
+    by_key = {(r["member"], r["generation"]): r for r in records}
+    if not 0 <= member < population:
+        raise ReplayError(f"--member: member {member} is out of range: the run has members 0..{population - 1}")
     try:
-        lineage = hist.ancestry(member)
+        lineage = chain(records, member) if asynchronous else hist.ancestry(member)
     except HistoryError as exc:
         raise ReplayError(f"--member: {exc}") from None
     overrides: dict[str, Any] = {}
@@ -127,10 +143,17 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "saved": saved,
         "member": member,
         "ancestry": lineage,
-        "schedule": hist.schedule(member),
-        "pbt_fitness": [_finite_or_none(float(hist.fitness[g, s])) for g, s in lineage],
-        "generations": hist.generations,
-        "population": hist.population,
+        "schedule": [dict(by_key[(s, g)]["hparams"]) for g, s in lineage] if asynchronous else hist.schedule(member),
+        "pbt_fitness": [_fitness_of(by_key[(s, g)]) for g, s in lineage]
+        if asynchronous
+        else [_finite_or_none(float(hist.fitness[g, s])) for g, s in lineage],
+        # async: the step count each slot had when it trained that interval (its own, not the lineage's)
+        "start_steps": [int(by_key[(s, g)]["timesteps"]) - cfg.steps_per_generation for g, s in lineage]
+        if asynchronous
+        else None,
+        "generations": len(lineage) if asynchronous else hist.generations,
+        "population": population,
+        "asynchronous": asynchronous,
     }
 
 
@@ -151,8 +174,13 @@ def replay(p: Mapping[str, Any], out: str, echo: Any = print) -> float:
     history = JsonlWriter(os.path.join(out, "history.jsonl"))
     fitness = math.nan
     try:
-        for (g, slot), hparams, pbt in zip(lineage, sched, p["pbt_fitness"], strict=True):
+        starts = p.get("start_steps") or [None] * len(lineage)
+        for i, ((g, slot), hparams, pbt, start) in enumerate(
+            zip(lineage, sched, p["pbt_fitness"], starts, strict=True)
+        ):
             agent.id = slot  # the random streams the lineage trained with in generation g
+            if start is not None:
+                agent.set_timesteps(start)
             agent.apply_hparams(hparams)
             agent.train(cfg.steps_per_generation, g)
             fitness = agent.fitness(g)
@@ -170,8 +198,9 @@ def replay(p: Mapping[str, Any], out: str, echo: Any = print) -> float:
                 ]
             )
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in sorted(hparams.items()))
+            unit = "interval" if start is not None else "gen"
             echo(
-                f"replay gen {g + 1:>3}/{generations} | steps {agent.timesteps:>9} | "
+                f"replay {unit} {i + 1:>3}/{generations} | steps {agent.timesteps:>9} | "
                 f"fitness {_fmt_fitness(fitness):>7} (PBT {_fmt_fitness(pbt):>7}) | {shown}"
             )
         agent.id = member_id
@@ -217,12 +246,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     moves = [f"{a}->{b} after gen {g}" for g, (a, b) in enumerate(zip(slots, slots[1:], strict=False)) if a != b]
     print(
         f"evo-mpi replay: member {member} of {args.run_dir} ({p['population']} members), {cfg.env_id}, "
-        f"{generations} generations x {cfg.steps_per_generation} steps; lineage "
+        f"{generations} {'intervals' if p['asynchronous'] else 'generations'} x {cfg.steps_per_generation} steps; "
+        "lineage "
         f"{'starts in slot ' + str(slots[0]) + ', moves ' + ', '.join(moves) if moves else 'never moved'}; "
         f"output in {out}",
         flush=True,
     )
-    if generations < cfg.generations:
+    if generations < cfg.generations and not p["asynchronous"]:
         print(
             f"evo-mpi replay: the run is unfinished: replaying the {generations} of {cfg.generations} "
             "generations recorded so far",

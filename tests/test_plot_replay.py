@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evo_mpi.lineage import HistoryError, ancestry, best_member, read_history, schedule, tabulate
+from evo_mpi.lineage import HistoryError, ancestry, best_member, chain, latest_best, read_history, schedule, tabulate
 from helpers import ROOT, TINY, child_env, run_evo
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -182,3 +182,66 @@ def test_missing_run_dir_or_empty_history_exits_2(tmp_path, module):
     (tmp_path / "history.jsonl").write_text('{"generation": 0, "memb')
     proc = run_module(module, str(tmp_path))
     assert proc.returncode == 2 and "no record" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- asynchronous runs ------------------------------------------------------------------------------
+
+
+def test_chain_of_a_sync_history_is_its_ancestry():
+    records = [r for r in hand_history() if r["generation"] < 4]
+    for m in range(4):
+        assert chain(records, m) == ancestry(records, m)
+
+
+def async_record(m: int, k: int, fitness: float | None, parent: int | None = None, donor_k: int | None = None):
+    return {"generation": k, "member": m, "fitness": fitness, "hparams": {"lr": 10 * m + k}, "timesteps": 100 * (k + 1),
+            "wall": float(k), "parent": parent, "parent_generation": donor_k}  # fmt: skip
+
+
+#: Member 0 is fast (4 intervals), 1 slow (2), 2 in between (3). After its interval 0, member 1 copied
+#: member 0's snapshot of interval 1; after its interval 1, member 2 copied member 1's of interval 1.
+ASYNC = [
+    async_record(0, 0, 1.0), async_record(0, 1, 3.0), async_record(1, 0, 0.5, parent=0, donor_k=1),
+    async_record(2, 0, 2.0), async_record(0, 2, 4.0), async_record(2, 1, 1.0, parent=1, donor_k=1),
+    async_record(1, 1, 5.0), async_record(0, 3, 4.5), async_record(2, 2, 6.0),
+]  # fmt: skip
+
+
+def test_chain_follows_donors_at_other_intervals():
+    assert chain(ASYNC, 2) == [(0, 0), (1, 0), (1, 1), (2, 2)]  # (interval, slot)
+    assert chain(ASYNC, 1) == [(0, 0), (1, 0), (1, 1)]
+    assert chain(ASYNC, 0) == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    assert latest_best(ASYNC) == 2  # latest records: 4.5, 5.0, 6.0
+    assert latest_best([*ASYNC, async_record(1, 2, 6.0)]) == 1  # a tie goes to the lower id
+    with pytest.raises(HistoryError, match="lacks member 1's record of interval 0"):
+        chain([r for r in ASYNC if (r["member"], r["generation"]) != (1, 0)], 2)
+    with pytest.raises(HistoryError, match="member 5 has no record"):
+        chain(ASYNC, 5)
+
+
+@pytest.fixture(scope="module")
+def async_run_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("async") / "run"
+    args = [*TINY, "--generations", "4", "--selection", "wta", "--mode", "async", "--agents-per-rank", "3"]
+    run_evo([*args, "--run-dir", str(path)], None)
+    return path
+
+
+def test_plot_and_replay_of_an_async_run(async_run_dir, tmp_path):
+    check_pngs(run_module("evo_mpi.plot", str(async_run_dir), "--out", str(tmp_path / "plots")), tmp_path / "plots")
+    records = read_history(async_run_dir)
+    moved = [m for m in range(3) if len({s for _, s in chain(records, m)}) > 1]
+    assert moved  # wta: some member's state came from another slot
+    member = moved[0]
+    out = tmp_path / "replay"
+    proc = run_module("evo_mpi.replay", str(async_run_dir), "--member", str(member), "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    replayed = [json.loads(line) for line in open(out / "history.jsonl")]
+    nodes = chain(records, member)
+    assert len(replayed) == len(nodes) and nodes[-1] == (
+        max(r["generation"] for r in records if r["member"] == member),
+        member,
+    )
+    # one process, the run's seed and threads: the replay re-creates the lineage's fitness exactly
+    assert [r["fitness"] for r in replayed] == [r["pbt_fitness"] for r in replayed]
+    assert [(r["generation"], r["member"]) for r in replayed] == nodes
