@@ -88,6 +88,15 @@ def test_async_run_spends_the_population_budget_and_obeys_truncation(tmp_path, n
     assert f"async    {n * per_rank * GENERATIONS}/{n * per_rank * GENERATIONS} intervals" in proc.stdout
     history = _check_budget(run_dir, n * per_rank)
     assert _check_truncation(history, 0.25) >= 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    population = EventAccumulator(str(run_dir / "tb" / "population"))
+    population.Reload()  # one point per population-many records, at the population's total env steps
+    steps = [s.step for s in population.Scalars("population/best_fitness")]
+    assert steps == [n * per_rank * STEPS * (i + 1) for i in range(GENERATIONS)]
+    member = EventAccumulator(str(run_dir / "tb" / "member_01"))
+    member.Reload()
+    assert len(member.Scalars("pbt/fitness")) == sum(1 for r in history if r["member"] == 1)
     summaries = [json.loads(line) for p in (run_dir / "timings").glob("rank_*.jsonl") for line in open(p)]
     summaries = [s for s in summaries if s.get("summary")]
     assert len(summaries) == n and sum(s["intervals"] for s in summaries) == n * per_rank * GENERATIONS
