@@ -365,31 +365,17 @@ def execute(
             )
         comm.barrier()
         deadline = None if cfg.time_limit_s is None else launched + cfg.time_limit_s
+        shared: dict[str, Any] = {
+            "echo": say,
+            "should_stop": should_stop,
+            "env_factory": env_factory,
+            "member_factory": member_factory,
+            "deadline": deadline,
+        }
         if cfg.mode == "async":
-            engine = AsyncEngine(
-                cfg,
-                comm,
-                run_dir,
-                echo=say,
-                should_stop=should_stop,
-                resuming=plan.resuming,
-                env_factory=env_factory,
-                member_factory=member_factory,
-                deadline=deadline,
-            )
+            engine = AsyncEngine(cfg, comm, run_dir, resuming=plan.resuming, **shared)
         else:
-            engine = Engine(
-                cfg,
-                comm,
-                run_dir,
-                echo=say,
-                should_stop=should_stop,
-                resume_from=plan.resume_from,
-                env_factory=env_factory,
-                callback=callback,
-                member_factory=member_factory,
-                deadline=deadline,
-            )
+            engine = Engine(cfg, comm, run_dir, resume_from=plan.resume_from, callback=callback, **shared)
         status = engine.run()
         engine.close()
         if status == INTERRUPTED and cfg.mode == "async":
