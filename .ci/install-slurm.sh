@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install a single-node SLURM (slurm-wlm + munge) for tests/test_slurm.py.
+# Install SLURM (slurm-wlm + munge) for tests/test_slurm.py, and iproute2 (ip netns) for the
+# two-node cluster of tests/test_two_nodes.py.
 #
 # Idempotent: does nothing when slurmctld is already installed. Never fails the
 # CI: when it cannot install (not root, no apt-get, no network, ...) it prints
@@ -10,8 +11,8 @@ PATH=$PATH:/usr/sbin:/sbin
 
 say() { echo "install-slurm: $*"; }
 
-if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then
-    say "slurm already installed ($(slurmctld -V 2>/dev/null || echo 'slurmctld present'))"
+if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; then
+    say "slurm already installed ($(slurmctld -V 2>/dev/null || echo 'slurmctld present')), ip present"
     exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -27,8 +28,8 @@ export DEBIAN_FRONTEND=noninteractive
 if ! apt-get update -q; then
     say "apt-get update failed; trying the install from the cached package lists"
 fi
-if ! apt-get install -y -q --no-install-recommends slurm-wlm munge; then
-    say "apt-get install slurm-wlm munge failed; skipping (SLURM tests will be skipped)"
+if ! apt-get install -y -q --no-install-recommends slurm-wlm munge iproute2; then
+    say "apt-get install slurm-wlm munge iproute2 failed; skipping (SLURM tests will be skipped)"
     exit 0
 fi
 if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then

@@ -276,6 +276,29 @@ def oversubscription_hint(nodes: Mapping[str, tuple[int, int]], agents_per_rank:
     )
 
 
+def write_placement(
+    run_dir: str, mode: str, placement: list[tuple[str, int, int, int]], say: Callable[[str], None]
+) -> None:
+    """Append this launch's rank placement to RUN_DIR/placement.jsonl (one line per launch or resume).
+
+    Each rank's host, ranks on its node (MPI's shared-memory split), usable
+    cores there and torch threads; with more than one host, a line says where
+    the ranks run.
+    """
+    ranks = [
+        {"rank": i, "host": h, "ranks_on_node": r, "node_cores": c, "torch_threads": t}
+        for i, (h, r, c, t) in enumerate(placement)
+    ]
+    hosts: dict[str, list[int]] = {}
+    for i, (host, *_) in enumerate(placement):
+        hosts.setdefault(host, []).append(i)
+    with open(os.path.join(run_dir, "placement.jsonl"), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"unix": time.time(), "mode": mode, "hosts": len(hosts), "ranks": ranks}) + "\n")
+    if len(hosts) > 1:
+        where = ", ".join(f"{h} (ranks {', '.join(map(str, rs))})" for h, rs in hosts.items())
+        say(f"evo-mpi: {len(ranks)} ranks on {len(hosts)} hosts: {where}")
+
+
 def execute(
     comm: Comm,
     parsed: config_mod.Parsed,
@@ -334,8 +357,10 @@ def execute(
     import torch
 
     host, ranks_here, cores_here = comm.node_usage()
-    torch.set_num_threads(cfg.torch_threads or auto_threads(ranks_here, cores_here))
-    nodes = dict((h, (r, c)) for h, r, c in comm.allgather_obj((host, ranks_here, cores_here)))
+    threads = cfg.torch_threads or auto_threads(ranks_here, cores_here)
+    torch.set_num_threads(threads)
+    placement = comm.allgather_obj((host, ranks_here, cores_here, threads))
+    nodes = {h: (r, c) for h, r, c, _ in placement}
     hint = oversubscription_hint(nodes, cfg.agents_per_rank)
     if hint is not None:
         say(hint)
@@ -363,6 +388,7 @@ def execute(
                 f"evo-mpi: {population} members on {comm.size} rank(s), {cfg.member or cfg.env_id}, "
                 f"{cfg.generations} generations x {cfg.steps_per_generation} steps; output in {run_dir}"
             )
+            write_placement(run_dir, cfg.mode, placement, say)
         comm.barrier()
         deadline = None if cfg.time_limit_s is None else launched + cfg.time_limit_s
         shared: dict[str, Any] = {

@@ -108,6 +108,7 @@ class AsyncEngine(EngineBase):
         self._last_poll = 0.0
         self.wait_s = 0.0  # waiting for tickets and snapshots
         self.serve_s = 0.0
+        self.served: list[dict[str, Any]] = []  # one entry per snapshot sent: to whom, when, while doing what
         self.train_cpu_s = 0.0
         self.started = time.time()
         saved_threads: list[int] | None = None
@@ -176,7 +177,17 @@ class AsyncEngine(EngineBase):
             if tag == RECORD:
                 self._take_record(obj)
             elif tag == SNAPSHOT_REQUEST:
-                self.box.send_buffer(source, SNAPSHOT, self._wire(int(obj)))
+                wire = self._wire(int(obj))
+                self.box.send_buffer(source, SNAPSHOT, wire)
+                self.served.append(
+                    {
+                        "served": int(obj),
+                        "to": source,
+                        "bytes": wire.nbytes,
+                        "unix": time.time(),
+                        "during": self.activity,
+                    }
+                )
             elif tag == TICKET_REQUEST:
                 self.box.send(source, TICKET, self._issue())
             else:
@@ -494,6 +505,7 @@ class AsyncEngine(EngineBase):
                     "status": status,
                 }
             ]
+            + [{"rank": self.comm.rank, **entry} for entry in self.served]
         )
         if status == INTERRUPTED:
             return status

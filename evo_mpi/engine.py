@@ -527,6 +527,8 @@ class Engine(EngineBase):
         record["first_train_unix"] = self.first_train_unix
         record["unix"] = time.time()
         record["torch_threads"] = torch_threads()
+        member = self.members[self.local_ids[0]]
+        record["state_bytes"] = member.state_nbytes + member.aux_nbytes(self.cfg.copy_replay_buffer)
         self.timings.write([record])
         if self.comm.rank != 0:
             return

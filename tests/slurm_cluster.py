@@ -50,11 +50,11 @@ TaskPlugin=task/none
 SlurmUser=root
 SlurmdUser=root
 SlurmctldPidFile={dir}/slurmctld.pid
-SlurmdPidFile={dir}/slurmd.pid
-SlurmdSpoolDir={dir}/spool
+SlurmdPidFile={dir}/slurmd{node_suffix}.pid
+SlurmdSpoolDir={dir}/spool{node_suffix}
 StateSaveLocation={dir}/state
 SlurmctldLogFile={dir}/slurmctld.log
-SlurmdLogFile={dir}/slurmd.log
+SlurmdLogFile={dir}/slurmd{node_suffix}.log
 SlurmctldDebug=info
 SlurmdDebug=info
 SchedulerType=sched/backfill
@@ -72,8 +72,8 @@ OverTimeLimit=0
 KillWait=30
 # Keep finished jobs visible to 'scontrol show job' for the tests' polling.
 MinJobAge=600
-NodeName={host} CPUs={cpus} RealMemory=20000 State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+{node_lines}
+PartitionName=debug Nodes={node_names} Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
 """
 
 
@@ -163,7 +163,7 @@ class SlurmCluster:
 
     def cmd(self, *args: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a SLURM client command (sbatch, scontrol, ...) against this cluster."""
-        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=self.env())
+        proc = self._run(list(args), timeout=timeout)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}{self.logs_tail()}")
         return proc
@@ -192,15 +192,8 @@ class SlurmCluster:
         if not key.exists():
             key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
-        self.conf.write_text(
-            SLURM_CONF.format(
-                host=self.host,
-                dir=self.dir,
-                cpus=self.cpus,
-                ctld_port=_free_port(),
-                slurmd_port=_free_port(),
-            )
-        )
+        self.prepare()
+        self.conf.write_text(self.conf_text())
         try:
             self._spawn(
                 "munged",
@@ -215,20 +208,55 @@ class SlurmCluster:
                 ],
             )
             self._wait_for(lambda: (self.dir / "munge" / "munge.socket").exists(), 10, "munged socket")
-            self._spawn("slurmctld", [_which("slurmctld") or "slurmctld", "-f", str(self.conf)])
-            self._spawn("slurmd", [_which("slurmd") or "slurmd", "-f", str(self.conf)])
-            self._wait_for(self._node_idle, timeout, "the node to become idle")
+            self.start_slurm()
+            self._wait_for(self._nodes_idle, timeout, "the node(s) to become idle")
         except ClusterUnavailable:
             self.stop()
             raise
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    # -- what a subclass with more nodes changes ------------------------------------------
+    #: Client commands (sbatch, scontrol, ...) run behind this prefix (e.g. inside a node's namespaces).
+    client_prefix: list[str] = []
+
+    def prepare(self) -> None:
+        """Set up what the daemons need before they start (nothing for one node)."""
+
+    def conf_text(self) -> str:
+        """slurm.conf: one node, this host, on free ports."""
+        return SLURM_CONF.format(
+            host=self.host,
+            dir=self.dir,
+            ctld_port=_free_port(),
+            slurmd_port=_free_port(),
+            node_suffix="",
+            node_lines=f"NodeName={self.host} CPUs={self.cpus} RealMemory=20000 State=UNKNOWN",
+            node_names=self.host,
+        )
+
+    def start_slurm(self) -> None:
+        """Start slurmctld and the slurmd(s) (munged runs already)."""
+        self._spawn("slurmctld", [_which("slurmctld") or "slurmctld", "-f", str(self.conf)])
+        self._spawn("slurmd", [_which("slurmd") or "slurmd", "-f", str(self.conf)])
+
+    def pid_files(self) -> list[Path]:
+        """The daemons' pid files, in the order they are stopped."""
+        return [self.dir / f"{name}.pid" for name in self.DAEMONS]
+
+    def _run(
+        self, argv: list[str], timeout: float, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """A client command behind :attr:`client_prefix`, with this cluster's environment."""
+        return subprocess.run(
+            [*self.client_prefix, *argv], capture_output=True, text=True, timeout=timeout, env=self.env(env)
+        )
+
+    def _spawn(self, name: str, argv: list[str], pid_name: str | None = None) -> None:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=self.env())
         if proc.returncode != 0:
             raise ClusterUnavailable(
                 f"{name} failed to start (exit {proc.returncode}): {proc.stderr.strip()}{self.logs_tail()}"
             )
-        pid_file = self.dir / f"{name}.pid"
+        pid_file = self.dir / f"{pid_name or name}.pid"
         self._wait_for(lambda: _read_pid(pid_file) is not None, 10, f"{pid_file}")
 
     def _wait_for(self, ready, timeout: float, what: str) -> None:
@@ -239,72 +267,47 @@ class SlurmCluster:
             time.sleep(0.25)
         raise ClusterUnavailable(f"timed out after {timeout:.0f} s waiting for {what}{self.logs_tail()}")
 
-    def _node_idle(self) -> bool:
-        proc = subprocess.run(
-            [_which("sinfo") or "sinfo", "-h", "-N", "-o", "%t"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            env=self.env(),
-        )
-        return proc.returncode == 0 and proc.stdout.strip().startswith("idle")
+    def _nodes_idle(self) -> bool:
+        proc = self._run([_which("sinfo") or "sinfo", "-h", "-N", "-o", "%t"], timeout=15)
+        states = proc.stdout.split()
+        return proc.returncode == 0 and bool(states) and all(s.startswith("idle") for s in states)
 
     def stop(self, timeout: float = 30) -> None:
         """Cancel every job, then stop the daemons by the pids in their pid files."""
         if self.conf.exists() and _read_pid(self.dir / "slurmctld.pid"):
             try:
-                subprocess.run(
-                    [_which("scancel") or "scancel", "--full", "--user", str(os.geteuid())],
-                    capture_output=True,
-                    timeout=15,
-                    env=self.env(),
-                )
+                self._run([_which("scancel") or "scancel", "--full", "--user", str(os.geteuid())], timeout=15)
                 deadline = time.monotonic() + 20
                 while time.monotonic() < deadline and self.job_ids():
                     time.sleep(0.5)
             except (OSError, subprocess.SubprocessError):
                 pass
-        for name in self.DAEMONS:
-            pid = _read_pid(self.dir / f"{name}.pid")
-            if pid is None or not _alive(pid):
-                continue
+        pids = [pid for pid in map(_read_pid, self.pid_files()) if pid is not None and _alive(pid)]
+        for pid in pids:
             os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.2)
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in pids:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
     def job_ids(self) -> list[str]:
         """Ids of jobs the controller knows that have not finished."""
-        proc = subprocess.run(
-            [_which("squeue") or "squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=15, env=self.env()
-        )
+        proc = self._run([_which("squeue") or "squeue", "-h", "-o", "%i"], timeout=15)
         return proc.stdout.split() if proc.returncode == 0 else []
 
     # -- jobs -----------------------------------------------------------------------
     def sbatch(self, *args: str, env: dict[str, str] | None = None) -> str:
         """Submit with ``sbatch --parsable``; returns the job id."""
-        proc = subprocess.run(
-            [_which("sbatch") or "sbatch", "--parsable", *args],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env=self.env(env),
-        )
+        proc = self._run([_which("sbatch") or "sbatch", "--parsable", *args], timeout=30, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"sbatch {' '.join(args)} exited {proc.returncode}: {proc.stderr}{self.logs_tail()}")
         return proc.stdout.strip().split(";")[0]
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as a dict of its KEY=VALUE fields ({} once the job is forgotten)."""
-        proc = subprocess.run(
-            [_which("scontrol") or "scontrol", "show", "job", "-o", job_id],
-            capture_output=True,
-            text=True,
-            timeout=15,
-            env=self.env(),
-        )
+        proc = self._run([_which("scontrol") or "scontrol", "show", "job", "-o", job_id], timeout=15)
         if proc.returncode != 0:
             return {}
         return dict(re.findall(r"(\S+?)=(\S*)", proc.stdout))
@@ -330,8 +333,7 @@ class SlurmCluster:
     def logs_tail(self, lines: int = 15) -> str:
         """The last lines of each daemon log, for error messages."""
         out = []
-        for name in ("munged", "slurmctld", "slurmd"):
-            path = self.dir / f"{name}.log"
+        for path in sorted(self.dir.glob("*.log")):
             if path.exists():
                 tail = path.read_text(errors="replace").splitlines()[-lines:]
                 out.append(f"\n--- {path} ---\n" + "\n".join(tail))
