@@ -33,7 +33,7 @@ from .config import Config, ConfigError
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 #: How a run ended.
-FINISHED, STOPPED_BY_CALLBACK, TIME_LIMIT = "finished", "callback", "time_limit"
+FINISHED, STOPPED_BY_CALLBACK, TIME_LIMIT, TARGET_REACHED = "finished", "callback", "time_limit", "target"
 INTERRUPTED, ALREADY_FINISHED = "interrupted", "already"
 
 #: When this process imported evo_mpi: the command line's --time-limit counts from here.
@@ -79,7 +79,7 @@ class Result:
 
     Attributes:
         status: ``finished``, ``callback`` (ended early by the callback), ``time_limit``
-            (ended early by ``time_limit``),
+            (ended early by ``time_limit``), ``target`` (``target_fitness`` reached),
             ``interrupted`` (a stop signal; resume it) or ``already`` (the run
             dir held a finished run).
         run_dir: Where everything was written.

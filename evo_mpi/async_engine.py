@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, seeding
-from .api import FINISHED, INTERRUPTED, TIME_LIMIT
+from . import checkpoint, seeding, target
+from .api import FINISHED, INTERRUPTED, TARGET_REACHED, TIME_LIMIT
 from .comm import Comm, Mailbox
 from .config import Config
 from .engine import EngineBase
@@ -100,6 +100,7 @@ class AsyncEngine(EngineBase):
         self.published = {m: 0 for m in self.local_ids}
         self.observations: list[Observation] = []
         self.stop_notice = False
+        self.target_hit = False  # rank 0: --target-fitness reached
         self.stops_sent = False
         self.stops_received = 0
         self.tickets = 0  # rank 0: intervals handed out (including those completed before a resume)
@@ -220,7 +221,7 @@ class AsyncEngine(EngineBase):
     # -- the budget ----------------------------------------------------------------------------------
     def _issue(self) -> int:
         """Rank 0: hand out the next interval of the budget, or -1 when it is spent."""
-        if self.tickets >= self.budget:
+        if self.tickets >= self.budget or self.target_hit:
             return -1
         self.tickets += 1
         return self.tickets - 1
@@ -247,6 +248,18 @@ class AsyncEngine(EngineBase):
             self.observations.append(Observation(float(record["generation"]), dict(record["hparams"]), record["delta"]))
             del self.observations[:-MAX_OBSERVATIONS]
         if self.history is not None:
+            if not self.target_hit and target.reached(
+                [_fit(self.latest.get(i)) for i in range(self.population)], self.cfg.target, self.cfg.target_metric
+            ):
+                self.target_hit = True  # rank 0 hands out no more intervals: every rank stops at its next claim
+                record = {**record, "target_reached": True}
+                value = target.target_value([_fit(self.latest.get(i)) for i in range(self.population)],
+                                            self.cfg.target_metric)  # fmt: skip
+                self.echo(
+                    f"evo-mpi: target reached: {self.cfg.target_metric} fitness {value:.2f} >= --target-fitness "
+                    f"{self.cfg.target_fitness} (member {m}, interval {record['generation']}); ranks stop at their "
+                    "next interval end"
+                )
             self.history.write([record])
             if self.lineage is not None and record.get("parent") is not None:
                 self.lineage.write(
@@ -481,12 +494,20 @@ class AsyncEngine(EngineBase):
         drain_s = time.perf_counter() - t0
         # the end: collectives are allowed again
         ends = self.comm.allgather_obj(
-            {"status": status, "published": self.published, "stops": self.stops_sent, "latest": self._own_latest()}
+            {
+                "status": status,
+                "target": self.target_hit,
+                "published": self.published,
+                "stops": self.stops_sent,
+                "latest": self._own_latest(),
+            }
         )
         self._drain(ends)
         self.box.close()
         statuses = {e["status"] for e in ends}
-        status = INTERRUPTED if INTERRUPTED in statuses else (TIME_LIMIT if TIME_LIMIT in statuses else FINISHED)
+        if INTERRUPTED not in statuses and any(e["target"] for e in ends):
+            statuses.add(TARGET_REACHED)
+        status = next((s for s in (INTERRUPTED, TARGET_REACHED, TIME_LIMIT) if s in statuses), FINISHED)
         for e in ends:
             self.latest.update(e["latest"])
         self.last_fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, seeding
-from .api import FINISHED, INTERRUPTED, STOPPED_BY_CALLBACK, TIME_LIMIT, GenerationSummary
+from . import checkpoint, seeding, target
+from .api import FINISHED, INTERRUPTED, STOPPED_BY_CALLBACK, TARGET_REACHED, TIME_LIMIT, GenerationSummary
 from .comm import Comm, ExchangeError
 from .config import Config, resolve_member
 from .member import Member
@@ -267,10 +267,11 @@ class Engine(EngineBase):
 
         timer.start("explore")
         early = self._ask_callback(g, table)
+        hit = target.reached(fitness, cfg.target, cfg.target_metric) and not early  # same table on every rank
         # --time-limit: end now if another generation as long as this one would not fit
         out_of_time = self.deadline is not None and time.monotonic() + (time.perf_counter() - t0) > self.deadline
-        out_of_time = self.comm.any(out_of_time) and not early
-        last = g == cfg.generations - 1 or early or out_of_time
+        out_of_time = self.comm.any(out_of_time) and not early and not hit
+        last = g == cfg.generations - 1 or early or out_of_time or hit
         plan = {} if last else self._plan(g, table)
         new_hparams = self._explore(g, plan, fitness)
 
@@ -279,7 +280,11 @@ class Engine(EngineBase):
         for m in self.local_ids:
             self.members[m].log(float(fitness[m]), self.hparams[m], plan.get(m))
         if self.history is not None:
-            self.history.write(self._history_records(g, table, plan))
+            records = self._history_records(g, table, plan)
+            if hit:
+                for rec in records:
+                    rec["target_reached"] = True
+            self.history.write(records)
         if self.lineage is not None and plan:
             self.lineage.write(self._lineage_records(g, table, plan, new_hparams))
         nonfinite = [m for m in range(self.population) if not np.isfinite(fitness[m])]
@@ -306,6 +311,7 @@ class Engine(EngineBase):
             "timings": timings,
             "stop": stop,
             "early": early,
+            "target": hit and g < cfg.generations - 1,
             "out_of_time": out_of_time and g < cfg.generations - 1,
             "hparams": used_hparams,
         }
@@ -492,7 +498,8 @@ class Engine(EngineBase):
         """Run the remaining generations and save the final models.
 
         Returns:
-            ``finished``; ``callback`` when the callback ended the run early,
+            ``finished``; ``callback`` when the callback ended the run early, ``target`` when
+            ``--target-fitness`` was reached,
             ``time_limit`` when ``--time-limit`` did (final models written); ``interrupted`` when a stop was requested
             (the last complete checkpoint then holds every finished generation).
         """
@@ -507,6 +514,14 @@ class Engine(EngineBase):
                 self.echo(f"evo-mpi: the callback ended the run after generation {g + 1}/{cfg.generations}")
                 self.finish()
                 return STOPPED_BY_CALLBACK
+            if summary["target"]:
+                value = target.target_value(self.last_fitness, cfg.target_metric)
+                self.echo(
+                    f"evo-mpi: target reached: {cfg.target_metric} fitness {value:.2f} >= --target-fitness "
+                    f"{cfg.target_fitness} after generation {g + 1}/{cfg.generations}; the run ends"
+                )
+                self.finish()
+                return TARGET_REACHED
             if summary["out_of_time"]:
                 self.echo(
                     f"evo-mpi: --time-limit {cfg.time_limit}: another generation would not fit; the run ends after "

@@ -108,6 +108,9 @@ BAD = [
      "--copy-replay-buffer is not supported with --mode async"),
     (["--mode", "async", "--checkpoint-every", "2"], "--checkpoint-every 2 with --mode async"),
     (["--mode", "lockstep"], "argument --mode: invalid choice: 'lockstep'"),
+    (["--target-fitness", "high"], "--target-fitness 'high': expected a finite number"),
+    (["--target-fitness", "nan"], "--target-fitness 'nan': expected a finite number"),
+    (["--target-metric", "median"], "argument --target-metric: invalid choice: 'median'"),
 ]  # fmt: skip
 
 

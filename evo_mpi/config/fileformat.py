@@ -63,6 +63,8 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
             return {str(k): v for k, v in value.items()}
         problems.append(f"search_space = {value!r}: expected a table of NAME = PRIOR")
         return default
+    if name in ("target_fitness", "time_limit") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)  # text options that are usually numbers: target_fitness = 195, time_limit = 3600
     if isinstance(default, bool) or isinstance(value, bool):
         ok = isinstance(value, bool) and isinstance(default, bool)
     elif isinstance(default, float):

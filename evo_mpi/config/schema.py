@@ -122,6 +122,22 @@ class Config:
         "Wall-clock limit of this launch: seconds or SLURM's [D-]HH:MM:SS. The run ends after the last generation "
         "that fits, with final models written (exit 0). Empty: none.",
     )
+    target_fitness: str = _f(
+        "",
+        "End the run (final models and best.zip written, exit 0) once the target metric reaches this fitness; "
+        "checked after every generation (async: every published record). Empty: spend the whole budget.",
+    )
+    target_metric: str = _f(
+        "best",
+        "What --target-fitness is compared with: best (the best member's fitness) or mean (the population's mean; "
+        "never reached while a member's fitness is not finite).",
+        choices=("best", "mean"),
+    )
+
+    @property
+    def target(self) -> float | None:
+        """``target_fitness`` as a number (None: no target)."""
+        return float(self.target_fitness) if self.target_fitness.strip() else None
 
     @property
     def time_limit_s(self) -> float | None:

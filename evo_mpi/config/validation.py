@@ -137,6 +137,12 @@ def validate(
             f"--checkpoint-every {cfg.checkpoint_every} with --mode async: async members checkpoint after every "
             "interval (so a stop loses at most one); drop --checkpoint-every",
         )
+    if cfg.target_fitness.strip():
+        try:
+            value = float(cfg.target_fitness)
+        except ValueError:
+            value = math.nan
+        need(math.isfinite(value), f"--target-fitness {cfg.target_fitness!r}: expected a finite number, e.g. 195")
     if cfg.time_limit:
         try:
             parse_duration(cfg.time_limit)
