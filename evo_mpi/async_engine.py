@@ -42,7 +42,7 @@ from .selection import select
 from .space import Value, explore
 
 # Message tags (on the mailbox's own communicator).
-TICKET_REQUEST, TICKET, RECORD, SNAPSHOT_REQUEST, SNAPSHOT, STOP = range(21, 27)
+TICKET_REQUEST, TICKET, RECORD, SNAPSHOT_REQUEST, SNAPSHOT, STOP, EXPERIENCE = range(21, 28)
 
 #: Serve other ranks at most this often from inside training (seconds); bounds the polling cost.
 POLL_S = 1e-3
@@ -101,6 +101,10 @@ class AsyncEngine(EngineBase):
         self.observations: list[Observation] = []
         self.stop_notice = False
         self.target_hit = False  # rank 0: --target-fitness reached
+        self.experience_sent = 0  # --share-experience: messages sent to each other rank
+        self.experience_received = np.zeros(comm.size, dtype=np.int64)  # ... and received from each rank
+        self.shared_bytes = 0
+        self.pending_experience: list[np.ndarray] = []
         self.stops_sent = False
         self.stops_received = 0
         self.tickets = 0  # rank 0: intervals handed out (including those completed before a resume)
@@ -194,6 +198,9 @@ class AsyncEngine(EngineBase):
             else:
                 self.stop_notice = True
                 self.stops_received += 1
+        if self.cfg.share_experience:
+            for source, buf in self.box.incoming_buffers(EXPERIENCE):
+                self._take_experience(source, buf)
         self.serve_s += time.perf_counter() - t0
 
     def _wire(self, member: int) -> np.ndarray:
@@ -326,6 +333,9 @@ class AsyncEngine(EngineBase):
         cfg, member, k = self.cfg, self.members[m], self.done[m]
         t0, cpu0 = time.perf_counter(), time.process_time()
         self.activity = f"training member {m} (interval {k})"
+        if cfg.share_experience:
+            self._apply_experience()
+            self.sharer(m).mark_experience()
         member.train(cfg.steps_per_generation, k, self._poll)
         train_cpu = time.process_time() - cpu0
         self.train_cpu_s += train_cpu
@@ -349,6 +359,8 @@ class AsyncEngine(EngineBase):
             "hparams": used,
             "delta": delta if math.isfinite(delta) else None,
         }
+        if cfg.share_experience:
+            self._share_experience(m)
         replay = False
         self.snapshots[m] = Snapshot(dict(record), member.pack().copy(), member.pack_aux(replay).copy())
         self.latest[m] = record
@@ -497,6 +509,7 @@ class AsyncEngine(EngineBase):
             {
                 "status": status,
                 "target": self.target_hit,
+                "experience": self.experience_sent,
                 "published": self.published,
                 "stops": self.stops_sent,
                 "latest": self._own_latest(),
@@ -523,6 +536,7 @@ class AsyncEngine(EngineBase):
                     "serve_s": self.serve_s,
                     "drain_s": drain_s,
                     "intervals": sum(self.published.values()),
+                    "shared_bytes": self.shared_bytes,
                     "status": status,
                 }
             ]
@@ -542,6 +556,37 @@ class AsyncEngine(EngineBase):
         self.finish()
         return status
 
+    # -- shared experience ------------------------------------------------------------------------
+    def _share_experience(self, m: int) -> None:
+        """Member ``m``'s new transitions to the other local members now, and to every other rank without waiting."""
+        rows = self.sharer(m).new_experience()
+        for other in self.local_ids:
+            if other != m:
+                self.sharer(other).add_experience(rows)
+        if self.comm.size > 1:
+            message = np.concatenate([np.array([m], dtype=np.int64).view(np.uint8), rows])
+            for r in range(self.comm.size):
+                if r != self.comm.rank:
+                    self.box.send_buffer(r, EXPERIENCE, message)
+            self.experience_sent += 1
+            self.shared_bytes += message.nbytes * (self.comm.size - 1)
+
+    def _take_experience(self, source: int, message: np.ndarray) -> None:
+        """Another rank's member's transitions, kept until no local member is in the middle of an interval.
+
+        Adding them to a buffer that its member is filling would split the
+        member's own rows of the interval, which it shares as one block.
+        """
+        self.pending_experience.append(message[8:])
+        self.experience_received[source] += 1
+
+    def _apply_experience(self) -> None:
+        """Received transitions into every local member's replay buffer (between intervals)."""
+        for rows in self.pending_experience:
+            for m in self.local_ids:
+                self.sharer(m).add_experience(rows)
+        self.pending_experience.clear()
+
     def _own_latest(self) -> dict[int, dict[str, Any]]:
         return {m: self.latest[m] for m in self.local_ids if m in self.latest}
 
@@ -552,9 +597,14 @@ class AsyncEngine(EngineBase):
             for m, n in e["published"].items():
                 expected[int(m)] = n
         stops = sum(1 for r, e in enumerate(ends) if e["stops"] and r != self.comm.rank)
+        experience = np.array([0 if r == self.comm.rank else e["experience"] for r, e in enumerate(ends)])
 
         def pending() -> bool:
-            return bool((self.seen_count < expected).any()) or self.stops_received < stops
+            return (
+                bool((self.seen_count < expected).any())
+                or self.stops_received < stops
+                or bool((self.experience_received < experience).any())
+            )
 
         while pending():
             for _, tag, obj in self.box.incoming((RECORD, STOP)):
@@ -562,6 +612,8 @@ class AsyncEngine(EngineBase):
                     self._take_record(obj)
                 else:
                     self.stops_received += 1
+            for source, buf in self.box.incoming_buffers(EXPERIENCE):
+                self._take_experience(source, buf)
             if pending():
                 time.sleep(1e-3)
 

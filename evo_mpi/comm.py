@@ -19,7 +19,7 @@ import os
 import pickle
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -177,6 +177,27 @@ class Comm:
         out = np.empty((self.size * local.shape[0],) + local.shape[1:], dtype=np.float64)
         _wait([self._comm.Iallgather(local, out)])
         return out
+
+    def allgather_parts(self, parts: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every rank's uint8 ``parts`` (the same number on every rank, any sizes), in rank order.
+
+        The sizes travel first (one small ``Allgather``), then all parts in one
+        ``Allgatherv`` of contiguous buffers: nothing is pickled and nothing
+        goes through one rank. Used for shared experience.
+        """
+        parts = [np.ascontiguousarray(p, dtype=np.uint8).reshape(-1) for p in parts]
+        if not self.uses_mpi:
+            return [p.copy() for p in parts]
+        mine = np.array([p.nbytes for p in parts], dtype=np.int64)
+        sizes = np.empty(self.size * len(parts), dtype=np.int64)
+        _wait([self._comm.Iallgather(mine, sizes)])
+        per_rank = sizes.reshape(self.size, len(parts)).sum(axis=1)
+        local = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
+        out = np.empty(int(per_rank.sum()), dtype=np.uint8)
+        displacements = np.concatenate([[0], np.cumsum(per_rank)[:-1]])
+        _wait([self._comm.Iallgatherv(local, [out, per_rank.tolist(), displacements.tolist(), MPI.BYTE])], _MOVE_SPIN_S)
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        return [out[bounds[i] : bounds[i + 1]] for i in range(sizes.size)]
 
     def move(
         self,
@@ -356,6 +377,17 @@ class Mailbox:
     def _reap(self) -> None:
         if self._sends:
             self._sends = [(r, b) for r, b in self._sends if not r.Test()]
+
+    def incoming_buffers(self, tag: int) -> list[tuple[int, np.ndarray]]:
+        """Every raw buffer message with ``tag`` that has arrived: ``(source, buffer)``."""
+        if self._comm is None:
+            return []
+        out: list[tuple[int, np.ndarray]] = []
+        while True:
+            buf, source = self._take(MPI.ANY_SOURCE, tag)
+            if buf is None:
+                return out
+            out.append((source, buf))
 
     def incoming(self, tags: Iterable[int]) -> list[tuple[int, int, Any]]:
         """Every object message with one of ``tags`` that has arrived: ``(source, tag, object)``."""

@@ -24,7 +24,7 @@ from .config import Config, resolve_member
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
-from .protocol import MemberFactory, PBTMember
+from .protocol import MemberFactory, PBTMember, SharesExperience
 from .selection import rank_order, select
 from .space import Value, explore, parse_space, sample_hparams
 
@@ -78,6 +78,7 @@ class EngineBase:
         self.last_fitness = np.full(self.population, math.nan)
         #: Wall-clock time (epoch seconds) when this process started its first training step.
         self.first_train_unix: float | None = None
+        self.shared_bytes = 0  # --share-experience: transitions gathered by this rank in the last generation
         self.member_threads: list[int] = []
         self.timer = PhaseTimer()
         self.timings = JsonlWriter(os.path.join(run_dir, "timings", f"rank_{comm.rank:03d}.jsonl"))
@@ -114,6 +115,13 @@ class EngineBase:
             from .wandb_log import WandbLogger
 
             self.wandb = WandbLogger(self.cfg.wandb_project, self.cfg.wandb_entity, self.run_dir, self.cfg.to_dict())
+
+    def sharer(self, m: int) -> SharesExperience:
+        """Member ``m`` as a participant in ``--share-experience``."""
+        member = self.members[m]
+        if not isinstance(member, SharesExperience):
+            raise TypeError(f"member {m} ({type(member).__name__}) cannot share experience")
+        return member
 
     def owner(self, member: int) -> int:
         """Rank holding ``member``."""
@@ -247,6 +255,8 @@ class Engine(EngineBase):
             self.activity = f"training member {m} (generation {g})"
             if self.should_stop():
                 break
+            if cfg.share_experience:
+                self.sharer(m).mark_experience()
             self.members[m].train(cfg.steps_per_generation, g, self.should_stop)
         rows = None
         if not self.should_stop():
@@ -259,6 +269,10 @@ class Engine(EngineBase):
             timer.stop()
             return None  # generation g is abandoned; the last checkpoint is g - 1
         assert rows is not None
+        if cfg.share_experience:
+            timer.start("share")
+            self.activity = f"sharing experience (generation {g})"
+            self.shared_bytes = self._share_experience()
         timer.start("exchange")
         self.activity = f"gathering fitness (generation {g})"
         table = self.comm.allgather(rows)
@@ -315,6 +329,20 @@ class Engine(EngineBase):
             "out_of_time": out_of_time and g < cfg.generations - 1,
             "hparams": used_hparams,
         }
+
+    def _share_experience(self) -> int:
+        """Every member's new transitions into every other member's replay buffer; returns the bytes gathered.
+
+        One ``Allgatherv`` of contiguous buffers; each member then appends the
+        others' rows in member order, whatever the rank layout, so the buffers
+        (and the run) are the same on any layout and after a resume.
+        """
+        parts = self.comm.allgather_parts([self.sharer(m).new_experience() for m in self.local_ids])
+        for m in self.local_ids:
+            for k, part in enumerate(parts):
+                if k != m:
+                    self.sharer(m).add_experience(part)
+        return int(sum(p.nbytes for p in parts))
 
     def _ask_callback(self, g: int, table: np.ndarray) -> bool:
         """Whether the user's callback (run on every rank) asks any rank to end the run after generation ``g``."""
@@ -544,6 +572,8 @@ class Engine(EngineBase):
         record["torch_threads"] = torch_threads()
         member = self.members[self.local_ids[0]]
         record["state_bytes"] = member.state_nbytes + member.aux_nbytes(self.cfg.copy_replay_buffer)
+        if self.cfg.share_experience:
+            record["shared_bytes"] = self.shared_bytes  # transitions of every member, gathered by every rank
         self.timings.write([record])
         if self.comm.rank != 0:
             return

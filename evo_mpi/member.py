@@ -335,6 +335,51 @@ class Member(FlatTorchState):
             buffer = self.model.replay_buffer  # type: ignore[attr-defined]
             buffer.pos, buffer.full = int(pos), bool(full)
 
+    # -- shared experience (off-policy) ------------------------------------------
+    def mark_experience(self) -> None:
+        """Remember where this member's own new transitions begin (called before it trains)."""
+        self._experience_from = self.timesteps
+
+    def new_experience(self) -> np.ndarray:
+        """The replay rows this member collected since :meth:`mark_experience`, as one uint8 buffer.
+
+        Each row is one env step of every vectorised env; the buffer holds the
+        rows of each storage array in turn (observations, next observations,
+        actions, rewards, dones, timeouts), oldest row first.
+        """
+        buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+        capacity = int(buffer.buffer_size)
+        rows = min(
+            max(0, self.timesteps - getattr(self, "_experience_from", self.timesteps)) // self.cfg.n_envs, capacity
+        )
+        index = (int(buffer.pos) - rows + np.arange(rows)) % capacity
+        parts = [np.ascontiguousarray(a[index]).reshape(-1).view(np.uint8) for a in self._replay_arrays()]
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
+
+    def add_experience(self, buf: np.ndarray) -> None:
+        """Append another member's :meth:`new_experience` rows to this member's replay buffer.
+
+        The buffer is a ring: once full, the oldest rows are overwritten (as SB3
+        does with a member's own transitions).
+        """
+        arrays = self._replay_arrays()
+        row_bytes = sum(a[0].nbytes for a in arrays)
+        if buf.nbytes % row_bytes:
+            raise ValueError(f"member {self.id}: {buf.nbytes} bytes of experience is not a whole number of rows")
+        rows = buf.nbytes // row_bytes
+        if rows == 0:
+            return
+        buffer = self.model.replay_buffer  # type: ignore[attr-defined]
+        capacity = int(buffer.buffer_size)
+        index = (int(buffer.pos) + np.arange(rows)) % capacity
+        offset = 0
+        for a in arrays:
+            n = rows * a[0].nbytes
+            a[index] = buf[offset : offset + n].view(a.dtype).reshape((rows, *a.shape[1:]))
+            offset += n
+        buffer.full = bool(buffer.full or int(buffer.pos) + rows >= capacity)
+        buffer.pos = (int(buffer.pos) + rows) % capacity
+
     # -- checkpoints -----------------------------------------------------------
     def checkpoint_tensors(self) -> dict[str, Any]:
         """State dicts of every network and optimizer, extra variables, and the filled replay buffer."""

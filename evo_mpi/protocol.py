@@ -19,6 +19,11 @@ The engine relies on these promises:
   ``uint8`` buffer whose size and layout (``state_layout()``) are the same for
   every member of the run from construction on; ``unpack()`` loads such a
   buffer from any member.
+* With ``--share-experience`` (off-policy members) the engine also calls
+  ``mark_experience()`` before training, ``new_experience()`` after it (the
+  transitions collected since, as one uint8 buffer of a layout every member
+  shares) and ``add_experience(buf)`` with other members' buffers. These
+  three are optional: only members that offer them can share.
 * ``checkpoint_tensors()`` / ``checkpoint_meta()`` hold everything
   ``restore()`` needs to continue exactly (tensors for ``torch.save``, the rest
   plain JSON).
@@ -126,6 +131,23 @@ class PBTMember(Protocol):
 
     def close(self) -> None:
         """Release envs, files and writers."""
+        ...
+
+
+@runtime_checkable
+class SharesExperience(Protocol):
+    """What a member offers to take part in ``--share-experience`` (the SB3 adapter's off-policy members)."""
+
+    def mark_experience(self) -> None:
+        """Remember where the member's own new transitions begin (before it trains)."""
+        ...
+
+    def new_experience(self) -> np.ndarray:
+        """The transitions collected since :meth:`mark_experience`, as one uint8 buffer."""
+        ...
+
+    def add_experience(self, buf: np.ndarray) -> None:
+        """Add another member's :meth:`new_experience` buffer to this member's replay memory."""
         ...
 
 

@@ -111,6 +111,8 @@ BAD = [
     (["--target-fitness", "high"], "--target-fitness 'high': expected a finite number"),
     (["--target-fitness", "nan"], "--target-fitness 'nan': expected a finite number"),
     (["--target-metric", "median"], "argument --target-metric: invalid choice: 'median'"),
+    (["--share-experience"], "--share-experience needs an off-policy algorithm with a replay buffer"),
+    (["--share-experience", "--member", "examples.custom_trainer:make_member"], "--share-experience with --member"),
 ]  # fmt: skip
 
 

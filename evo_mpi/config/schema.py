@@ -97,6 +97,11 @@ class Config:
     copy_replay_buffer: bool = _f(
         False, "On exploit, also copy the winner's replay buffer (off-policy); by default each member keeps its own."
     )
+    share_experience: bool = _f(
+        False,
+        "Off-policy algorithms: after every generation (async: interval) every member's new transitions are added "
+        "to every other member's replay buffer (each keeps its own buffer of --buffer-size, oldest out first).",
+    )
     policy: str = _f("MlpPolicy", "SB3 policy class name.")
     member: str = _f(
         "",

@@ -62,6 +62,18 @@ def validate(
     need(cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}")
     need(0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}")
     algo = algorithms.get(cfg.algo) if cfg.algo in algorithms.names() else None
+    if cfg.share_experience:
+        off_policy = ", ".join(n for n in algorithms.names() if algorithms.get(n).off_policy)
+        need(
+            not cfg.member,
+            f"--share-experience with --member {cfg.member}: only the SB3 adapter's off-policy algorithms "
+            f"({off_policy}) share experience; drop one of them",
+        )
+        need(
+            cfg.member != "" or algo is None or algo.off_policy,
+            f"--share-experience needs an off-policy algorithm with a replay buffer ({off_policy}); --algo {cfg.algo} "
+            "learns from its own fresh rollouts only",
+        )
     if cfg.member:
         pass  # a custom member counts its own steps
     elif algo is not None and algo.off_policy and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
