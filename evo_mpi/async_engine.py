@@ -105,6 +105,7 @@ class AsyncEngine(EngineBase):
         self.experience_received = np.zeros(comm.size, dtype=np.int64)  # ... and received from each rank
         self.shared_bytes = 0
         self.pending_experience: list[np.ndarray] = []
+        self.share_s = 0.0  # packing and adding shared transitions
         self.stops_sent = False
         self.stops_received = 0
         self.tickets = 0  # rank 0: intervals handed out (including those completed before a resume)
@@ -537,6 +538,7 @@ class AsyncEngine(EngineBase):
                     "drain_s": drain_s,
                     "intervals": sum(self.published.values()),
                     "shared_bytes": self.shared_bytes,
+                    "share_s": self.share_s,
                     "status": status,
                 }
             ]
@@ -559,6 +561,7 @@ class AsyncEngine(EngineBase):
     # -- shared experience ------------------------------------------------------------------------
     def _share_experience(self, m: int) -> None:
         """Member ``m``'s new transitions to the other local members now, and to every other rank without waiting."""
+        t0 = time.perf_counter()
         rows = self.sharer(m).new_experience()
         for other in self.local_ids:
             if other != m:
@@ -570,6 +573,7 @@ class AsyncEngine(EngineBase):
                     self.box.send_buffer(r, EXPERIENCE, message)
             self.experience_sent += 1
             self.shared_bytes += message.nbytes * (self.comm.size - 1)
+        self.share_s += time.perf_counter() - t0
 
     def _take_experience(self, source: int, message: np.ndarray) -> None:
         """Another rank's member's transitions, kept until no local member is in the middle of an interval.
@@ -582,10 +586,12 @@ class AsyncEngine(EngineBase):
 
     def _apply_experience(self) -> None:
         """Received transitions into every local member's replay buffer (between intervals)."""
+        t0 = time.perf_counter()
         for rows in self.pending_experience:
             for m in self.local_ids:
                 self.sharer(m).add_experience(rows)
         self.pending_experience.clear()
+        self.share_s += time.perf_counter() - t0
 
     def _own_latest(self) -> dict[int, dict[str, Any]]:
         return {m: self.latest[m] for m in self.local_ids if m in self.latest}

@@ -2,6 +2,13 @@
 
     python scripts/experiment.py [--out results/experiment] [--jobs 2] [--seeds 0,1,2] [--envs ...]
     python scripts/experiment.py --study async [--out results/async] [--seeds 0,1,2]
+    python scripts/experiment.py --study share [--out results/share] [--seeds 0,1,2] [--jobs 2]
+
+``--study share`` compares off-policy populations of 4 (one process each run, ``--jobs`` at a
+time) with and without ``--share-experience`` at equal env steps per member: DQN on
+CartPole-v1 (50k steps) and SAC on Pendulum-v1 (20k steps), one env per member, with
+the steps per member after which the best training fitness first reached a target
+(CartPole 195, Pendulum -200).
 
 ``--study async`` compares ``--mode sync`` with ``--mode async`` (both PBT with the
 defaults) on Pendulum-v1 at equal *total* env steps, each run as ``mpiexec -n 2
@@ -106,7 +113,6 @@ def evaluate(path: str, env: str, seed: int) -> dict[str, Any]:
         with open(cache, encoding="utf-8") as fh:
             return dict(json.load(fh))
     import torch
-    from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
@@ -114,7 +120,11 @@ def evaluate(path: str, env: str, seed: int) -> dict[str, Any]:
     latest = latest_records(path)  # each member's last record (sync: the last generation)
     last = np.array([math.nan if latest[m]["fitness"] is None else latest[m]["fitness"] for m in sorted(latest)])
     best = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
-    model = PPO.load(os.path.join(path, "final", f"member_{best:02d}.zip"), device="cpu")
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
+        algo = json.load(fh).get("algo", "ppo")
+    from evo_mpi import algorithms
+
+    model = algorithms.get(algo).model_class().load(os.path.join(path, "final", f"member_{best:02d}.zip"), device="cpu")
     venv = make_vec_env(env, n_envs=1, seed=10_000 + seed)
     returns, _ = evaluate_policy(
         model, venv, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True
@@ -276,17 +286,121 @@ def async_study(out: str, seeds: list[int]) -> int:
     return 0
 
 
+#: --study share: off-policy runs, a population of 4 in one process each, with and without sharing.
+SHARE_RUNS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "algo": "dqn", "target": 195.0, "generations": 25, "steps": 2000,
+        "args": ["--algo", "dqn", "--n-envs", "1"],
+    },
+    "Pendulum-v1": {
+        "algo": "sac", "target": -200.0, "generations": 20, "steps": 1000,
+        "args": ["--algo", "sac", "--n-envs", "1"],
+    },
+}  # fmt: skip
+SHARE_MODES = ("own", "shared")
+
+
+def share_run(out: str, env: str, mode: str, seed: int) -> dict[str, Any]:
+    """Run (or resume, or skip) one off-policy run with or without --share-experience, then evaluate it."""
+    spec = SHARE_RUNS[env]
+    path = os.path.join(out, env, mode, f"seed{seed}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t0 = time.time()
+    if not os.path.exists(os.path.join(path, "best.zip")):
+        cmd = [
+            sys.executable, "-m", "evo_mpi.run", "--env-id", env, "--seed", str(seed),
+            "--agents-per-rank", str(POPULATION), "--generations", str(spec["generations"]),
+            "--steps-per-generation", str(spec["steps"]), "--run-dir", path, *spec["args"],
+        ]  # fmt: skip
+        if mode == "shared":
+            cmd.append("--share-experience")
+        env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+        with open(path + ".log", "a", encoding="utf-8") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+    result = evaluate(path, env, seed)
+    history = read_history(path)
+    result["first_target_steps"] = first_reach(history, spec["target"], spec["steps"])
+    print(f"{env:12s} {mode:6s} seed {seed}: eval {result['eval_mean']:8.1f}, target at "
+          f"{result['first_target_steps']} steps/member ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+    return result
+
+
+def first_reach(history: list[dict[str, Any]], target: float, steps: int) -> int | None:
+    """Env steps per member after which the best member's training fitness first reached ``target``."""
+    for g in sorted({r["generation"] for r in history}):
+        fits = [r["fitness"] for r in history if r["generation"] == g and r["fitness"] is not None]
+        if fits and max(fits) >= target:
+            return (g + 1) * steps
+    return None
+
+
+def best_curve(path: str) -> np.ndarray:
+    """Best training fitness per generation."""
+    history = read_history(path)
+    gens = sorted({r["generation"] for r in history})
+    return np.array([max((r["fitness"] for r in history if r["generation"] == g and r["fitness"] is not None),
+                         default=np.nan) for g in gens])  # fmt: skip
+
+
+def share_study(out: str, seeds: list[int], jobs: int) -> int:
+    todo = [(env, mode, seed) for env in SHARE_RUNS for seed in seeds for mode in SHARE_MODES]
+    results: dict[tuple[str, str, int], dict[str, Any]] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(share_run, out, *job): job for job in todo}
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+    lines = [
+        "| env (algo) | replay | final best return (mean +- sd) | per seed | steps/member to target (per seed) |",
+        "|---|---|---|---|---|",
+    ]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    for i, (env, spec) in enumerate(SHARE_RUNS.items()):
+        ax = fig.add_subplot(1, len(SHARE_RUNS), i + 1)
+        steps = np.arange(1, spec["generations"] + 1) * spec["steps"]
+        for mode in SHARE_MODES:
+            values = [results[(env, mode, s)]["eval_mean"] for s in seeds]
+            reach = [results[(env, mode, s)]["first_target_steps"] for s in seeds]
+            sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+            lines.append(
+                f"| {env} ({spec['algo']}) | {mode} | {np.mean(values):.1f} +- {sd:.1f} | "
+                f"{', '.join(f'{v:.1f}' for v in values)} | {', '.join('-' if r is None else str(r) for r in reach)} |"
+            )
+            rows = np.array([best_curve(os.path.join(out, env, mode, f"seed{s}")) for s in seeds])
+            mean, low, high = np.nanmean(rows, axis=0), np.nanmin(rows, axis=0), np.nanmax(rows, axis=0)
+            ax.plot(steps, mean, label=mode)
+            ax.fill_between(steps, low, high, alpha=0.15)
+        ax.axhline(spec["target"], color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{env}, {spec['algo'].upper()}, 4 members: best training return", fontsize=9)
+        ax.set_xlabel("env steps per member")
+        ax.set_ylabel(f"mean (band: min-max) over {len(seeds)} seeds", fontsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "share_curves.png"), dpi=110)
+    with open(os.path.join(out, "share_table.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "experiment"))
     parser.add_argument("--jobs", type=int, default=2, help="Runs at the same time (one process each).")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--envs", default=",".join(ENVS))
-    parser.add_argument("--study", choices=("methods", "async"), default="methods")
+    parser.add_argument("--study", choices=("methods", "async", "share"), default="methods")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.study == "async":
         return async_study(args.out, seeds)
+    if args.study == "share":
+        return share_study(args.out, seeds, args.jobs)
     envs = args.envs.split(",")
     jobs = [(env, method, seed) for env in envs for seed in seeds for method in METHODS]
     results: dict[tuple[str, str, int], dict[str, Any]] = {}
