@@ -125,6 +125,32 @@ def cross_node_lower_bound(run_dir: Path, host_of_rank: dict[int, str], per_stat
     return len(crossing) * per_state
 
 
+#: What Slurm 22.05's mpi/pmi2 plugin logs when it reads a long PMI-1 line (MPICH's business card
+#: "put") in two pieces, which happens now and then on a loaded machine; the ranks then wait in
+#: MPI_Init forever. A known upstream problem (seen e.g. in ufs-community/ufs-weather-model#1732),
+#: not ours: the test cancels such a job and submits it once more.
+PMI_MISREAD = "error: mpi/pmi2: invalid client request"
+
+
+def wait_unless_pmi_misread(cluster: TwoNodeCluster, job: str, timeout: float) -> dict[str, str]:
+    """Like ``cluster.wait``, but {} (job cancelled) as soon as a slurmd logs PMI_MISREAD for this job."""
+    final = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"}
+    deadline = time.monotonic() + timeout
+    info: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        info = cluster.job(job)
+        if info.get("JobState") in final:
+            return info
+        logs = "".join(p.read_text(errors="replace") for p in cluster.dir.glob("slurmd-node*.log"))
+        if f"[{job}.0] {PMI_MISREAD}" in logs:
+            cluster.cmd("scancel", job, check=False)
+            cluster.wait(job, timeout=60, states=("CANCELLED",))
+            return {}
+        time.sleep(1)
+    cluster.cmd("scancel", job, check=False)
+    raise TimeoutError(f"job {job} not finished after {timeout:.0f} s: {info}{cluster.logs_tail()}")
+
+
 LAUNCHES = {
     "mpiexec-p2p": {"EVO_ARGS": "--backend p2p"},
     "mpiexec-collective": {"EVO_ARGS": "--backend collective"},
@@ -141,11 +167,16 @@ LAUNCHES = {
 def test_sync_job_on_two_nodes_equals_one_host(cluster, one_host, tmp_path, launch):
     """sbatch -N 2 --ntasks-per-node 2 slurm/multi_node.sbatch: two hosts, 2 ranks on each, the same
     history as on one host, and at least the exchanged weights' bytes through the link."""
-    before = cluster.link_bytes()
-    job = submit(cluster, tmp_path, "multi_node.sbatch", WTA_TOML, "-N", "2", "--ntasks-per-node", "2", "--time=5",
-                 **LAUNCHES[launch])  # fmt: skip
-    info = cluster.wait(job, timeout=240)
-    moved = cluster.link_bytes() - before
+    for attempt in (1, 2):
+        before = cluster.link_bytes()
+        job = submit(cluster, tmp_path, "multi_node.sbatch", WTA_TOML, "-N", "2", "--ntasks-per-node", "2",
+                     "--time=5", **LAUNCHES[launch])  # fmt: skip
+        info = wait_unless_pmi_misread(cluster, job, timeout=240)
+        moved = cluster.link_bytes() - before
+        if info or attempt == 2:
+            break
+        print(f"{launch}: job {job} hit Slurm's PMI-1 misread (see PMI_MISREAD); submitted again")
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
     log = job_log(tmp_path, job)
     assert info.get("JobState") == "COMPLETED" and info.get("ExitCode") == "0:0", f"{info}\n{log}"
     assert info.get("NodeList") == "node[1-2]", info
