@@ -3,6 +3,12 @@
     python scripts/experiment.py [--out results/experiment] [--jobs 2] [--seeds 0,1,2] [--envs ...]
     python scripts/experiment.py --study async [--out results/async] [--seeds 0,1,2]
     python scripts/experiment.py --study share [--out results/share] [--seeds 0,1,2] [--jobs 2]
+    python scripts/experiment.py --study hard [--out results/hard] [--seeds 0,1,2]
+
+``--study hard`` (needs ``evo-mpi[box2d,zoo]``) runs LunarLander-v3 with PPO, a population of 8
+(``mpiexec -n 2 --agents-per-rank 4``, one run at a time), equal env steps per member:
+PBT (sync), PBT (``--mode async``), random search, SB3's defaults, and RL Zoo's tuned
+hyperparameters read from the installed ``rl_zoo3`` (fixed: 8 members = 8 seeds of them).
 
 ``--study share`` compares off-policy populations of 4 (one process each run, ``--jobs`` at a
 time) with and without ``--share-experience`` at equal env steps per member: DQN on
@@ -388,19 +394,161 @@ def share_study(out: str, seeds: list[int], jobs: int) -> int:
     return 0
 
 
+# -- --study hard: LunarLander-v3, population 8, against RL Zoo's tuned hyperparameters -----------------------
+
+HARD_ENV = "LunarLander-v3"
+HARD_RANKS, HARD_PER_RANK = 2, 4  # population 8: mpiexec -n 2 --agents-per-rank 4, one run at a time
+HARD_GENERATIONS, HARD_STEPS = 30, 16384  # 491,520 env steps per member (see docs/results.md for why)
+#: Env layout of every method: the zoo's for this env (16 envs x 1024 steps per rollout).
+HARD_LAYOUT = ["--n-envs", "16", "--n-steps", "1024"]
+HARD_METHODS = ("pbt", "pbt-async", "random", "default", "zoo")
+
+
+def zoo_hyperparams(algo: str, env: str) -> dict[str, Any]:
+    """RL Zoo's tuned hyperparameters for ``env``, read from the installed rl_zoo3 package's YAML."""
+    try:
+        import rl_zoo3
+        import yaml
+    except ImportError as exc:
+        raise SystemExit(f"--study hard needs RL Zoo's files: pip install 'evo-mpi[zoo]' ({exc})") from None
+    path = os.path.join(os.path.dirname(rl_zoo3.__file__), "hyperparams", f"{algo}.yml")
+    with open(path, encoding="utf-8") as fh:
+        table = yaml.safe_load(fh)
+    return dict(table[env])
+
+
+def zoo_args(algo: str, env: str) -> list[str]:
+    """evo_mpi options that fix every searched hyperparameter at the zoo's value (SB3's default where it sets none)."""
+    zoo = zoo_hyperparams(algo, env)
+    args = ["--n-envs", str(int(zoo.pop("n_envs", 1)))]
+    if "n_steps" in zoo:
+        args += ["--n-steps", str(int(zoo.pop("n_steps")))]
+    normalize = zoo.pop("normalize", False)
+    if normalize not in (False, True):
+        raise SystemExit(f"zoo {algo} {env}: normalize={normalize!r} has no evo_mpi equivalent")
+    if normalize:
+        args.append("--normalize")
+    zoo.pop("n_timesteps", None)  # every method gets the same budget
+    if zoo.pop("policy", "MlpPolicy") != "MlpPolicy":
+        raise SystemExit(f"zoo {algo} {env}: only MlpPolicy is supported here")
+    fixed = dict(SB3_PPO_DEFAULTS) if algo == "ppo" else {}
+    for key, value in zoo.items():
+        if key not in SB3_PPO_DEFAULTS or isinstance(value, str):
+            raise SystemExit(f"zoo {algo} {env}: {key}={value!r} has no evo_mpi equivalent here")
+        fixed[key] = value
+    return args + [a for k, v in fixed.items() for a in ("--search-space", f"{k}=const:{v}")]
+
+
+def hard_command(out: str, method: str, seed: int) -> list[str]:
+    path = os.path.join(out, HARD_ENV, method, f"seed{seed}")
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(HARD_RANKS),
+        sys.executable, "-m", "evo_mpi.run", "--env-id", HARD_ENV, "--seed", str(seed),
+        "--agents-per-rank", str(HARD_PER_RANK), "--generations", str(HARD_GENERATIONS),
+        "--steps-per-generation", str(HARD_STEPS), "--run-dir", path,
+    ]  # fmt: skip
+    if method == "zoo":
+        return cmd + ["--selection", "none", *zoo_args("ppo", HARD_ENV)]
+    cmd += HARD_LAYOUT
+    if method == "pbt-async":
+        return cmd + [*METHODS["pbt"], "--mode", "async"]
+    return cmd + METHODS[method.removesuffix("-async")]
+
+
+def hard_run(out: str, method: str, seed: int) -> dict[str, Any]:
+    """Run (or resume, or skip) one LunarLander run, then evaluate the member picked by training fitness."""
+    path = os.path.join(out, HARD_ENV, method, f"seed{seed}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if not os.path.exists(os.path.join(path, "best.zip")):
+        env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+        t0 = time.time()
+        with open(path + ".log", "a", encoding="utf-8") as log:
+            proc = subprocess.run(hard_command(out, method, seed), stdout=log, stderr=subprocess.STDOUT, env=env_vars)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+        with open(os.path.join(path, "study_wall.json"), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"launch_wall_s": time.time() - t0}) + "\n")
+    result = evaluate(path, HARD_ENV, seed)
+    print(f"{HARD_ENV} {method:9s} seed {seed}: eval {result['eval_mean']:7.1f}", flush=True)
+    return result
+
+
+def hard_curve(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(env steps per member, wall seconds since training began, best latest training fitness), per record."""
+    history = read_history(path)
+    if history and "seen" in history[0]:  # async: every publication
+        latest: dict[int, dict[str, Any]] = {}
+        steps, wall, best = [], [], []
+        for rec in history:
+            latest[rec["member"]] = rec
+            fits = [r["fitness"] for r in latest.values() if r["fitness"] is not None]
+            steps.append(sum(r["timesteps"] for r in latest.values()) / (HARD_RANKS * HARD_PER_RANK))
+            wall.append(rec["wall"])
+            best.append(max(fits) if fits else np.nan)
+        return np.array(steps), np.array(wall), np.array(best)
+    with open(os.path.join(path, "timings", "rank_000.jsonl"), encoding="utf-8") as fh:
+        ends = {r["generation"]: r["unix"] - r["first_train_unix"] for r in map(json.loads, fh) if "generation" in r}
+    gens = sorted({r["generation"] for r in history})
+    best = [max((r["fitness"] for r in history if r["generation"] == g and r["fitness"] is not None), default=np.nan)
+            for g in gens]  # fmt: skip
+    return np.array([(g + 1) * HARD_STEPS for g in gens]), np.array([ends.get(g, np.nan) for g in gens]), np.array(best)
+
+
+def hard_study(out: str, seeds: list[int]) -> int:
+    results = {(m, s): hard_run(out, m, s) for s in seeds for m in HARD_METHODS}
+    lines = [
+        f"| method | final return of the member picked by training fitness (mean +- sd, {len(seeds)} seeds) "
+        "| per seed | wall min (mean) |",
+        "|---|---|---|---|",
+    ]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    by_steps, by_wall = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    grid = np.linspace(HARD_STEPS, HARD_GENERATIONS * HARD_STEPS, 60)
+    for method in HARD_METHODS:
+        values = [results[(method, s)]["eval_mean"] for s in seeds]
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        curves = [hard_curve(os.path.join(out, HARD_ENV, method, f"seed{s}")) for s in seeds]
+        walls = [float(np.nanmax(c[1])) for c in curves]
+        lines.append(f"| {method} | {np.mean(values):.1f} +- {sd:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
+                     f"{np.mean(walls) / 60:.1f} |")  # fmt: skip
+        rows = np.array([np.interp(grid, c[0], c[2], left=np.nan) for c in curves])
+        by_steps.plot(grid, np.nanmean(rows, axis=0), label=method)
+        wgrid = np.linspace(0, max(walls), 60)
+        rows = np.array([np.interp(wgrid, c[1], c[2], left=np.nan, right=np.nan) for c in curves])
+        by_wall.plot(wgrid / 60, np.nanmean(rows, axis=0), label=method)
+    by_steps.set_xlabel("env steps per member")
+    by_wall.set_xlabel("wall minutes since training began (2 ranks x 4 members)")
+    for ax in (by_steps, by_wall):
+        ax.set_ylabel(f"best training return, mean of {len(seeds)} seeds", fontsize=8)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{HARD_ENV}, PPO, population 8", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "hard_curves.png"), dpi=110)
+    with open(os.path.join(out, "hard_table.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "experiment"))
     parser.add_argument("--jobs", type=int, default=2, help="Runs at the same time (one process each).")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--envs", default=",".join(ENVS))
-    parser.add_argument("--study", choices=("methods", "async", "share"), default="methods")
+    parser.add_argument("--study", choices=("methods", "async", "share", "hard"), default="methods")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.study == "async":
         return async_study(args.out, seeds)
     if args.study == "share":
         return share_study(args.out, seeds, args.jobs)
+    if args.study == "hard":
+        return hard_study(args.out, seeds)
     envs = args.envs.split(",")
     jobs = [(env, method, seed) for env in envs for seed in seeds for method in METHODS]
     results: dict[tuple[str, str, int], dict[str, Any]] = {}

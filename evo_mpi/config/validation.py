@@ -215,6 +215,11 @@ def _check_env(
         return [f"--env-id {env_id!r} is not a registered gymnasium environment ({type(exc).__name__}: {exc})"]
     try:
         env = gymnasium.make(target, **kwargs) if isinstance(target, str) else target(**kwargs)
+    except (gymnasium.error.DependencyNotInstalled, ImportError) as exc:
+        extra = _missing_extra(target)
+        if extra is None:
+            return [f"--env-id {env_id!r} needs a package that is not installed ({exc})"]
+        return [f"--env-id {env_id!r} needs the {extra} extra, which is not installed: pip install 'evo-mpi[{extra}]'"]
     except Exception as exc:  # any error of the user's env constructor
         return [f"--env-id {env_id!r} with --env-kwargs {json.dumps(dict(kwargs))}: cannot create it ({exc})"]
     try:
@@ -225,6 +230,19 @@ def _check_env(
     if supported is not None and space not in supported:
         return [f"--algo {algo} needs a {' or '.join(supported)} action space; {env_id!r} has {env.action_space}"]
     return []
+
+
+def _missing_extra(target: Any) -> str | None:
+    """The evo-mpi extra that installs what a gymnasium env family needs (None: not one we know)."""
+    import gymnasium
+
+    if not isinstance(target, str):
+        return None
+    entry = str(gymnasium.spec(target).entry_point)
+    for family, extra in (("box2d", "box2d"), ("mujoco", "mujoco")):
+        if f"envs.{family}" in entry:
+            return extra
+    return None
 
 
 def _check_writable(path: str) -> list[str]:
