@@ -284,9 +284,14 @@ def async_study(out: str, seeds: list[int]) -> int:
     ax.set_xlabel("env steps per member (population total / 4)")
     ax.set_ylabel(f"mean +- sd over {len(seeds)} seeds")
     ax.legend()
+    return write_study(out, "async", fig, lines)
+
+
+def write_study(out: str, name: str, fig: Any, lines: list[str]) -> int:
+    """Save a study's figure as OUT/<name>_curves.png and its table as OUT/<name>_table.md, print the table."""
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "async_curves.png"), dpi=110)
-    with open(os.path.join(out, "async_table.md"), "w", encoding="utf-8") as fh:
+    fig.savefig(os.path.join(out, f"{name}_curves.png"), dpi=110)
+    with open(os.path.join(out, f"{name}_table.md"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -386,12 +391,7 @@ def share_study(out: str, seeds: list[int], jobs: int) -> int:
         ax.set_xlabel("env steps per member")
         ax.set_ylabel(f"mean (band: min-max) over {len(seeds)} seeds", fontsize=8)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "share_curves.png"), dpi=110)
-    with open(os.path.join(out, "share_table.md"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return write_study(out, "share", fig, lines)
 
 
 # -- --study hard: LunarLander-v3, population 8, against RL Zoo's tuned hyperparameters -----------------------
@@ -439,12 +439,12 @@ def zoo_args(algo: str, env: str) -> list[str]:
     return args + [a for k, v in fixed.items() for a in ("--search-space", f"{k}=const:{v}")]
 
 
-def hard_command(out: str, method: str, seed: int) -> list[str]:
+def hard_command(out: str, method: str, seed: int, generations: int = HARD_GENERATIONS) -> list[str]:
     path = os.path.join(out, HARD_ENV, method, f"seed{seed}")
     cmd = [
         os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(HARD_RANKS),
         sys.executable, "-m", "evo_mpi.run", "--env-id", HARD_ENV, "--seed", str(seed),
-        "--agents-per-rank", str(HARD_PER_RANK), "--generations", str(HARD_GENERATIONS),
+        "--agents-per-rank", str(HARD_PER_RANK), "--generations", str(generations),
         "--steps-per-generation", str(HARD_STEPS), "--run-dir", path,
     ]  # fmt: skip
     if method == "zoo":
@@ -455,7 +455,7 @@ def hard_command(out: str, method: str, seed: int) -> list[str]:
     return cmd + METHODS[method.removesuffix("-async")]
 
 
-def hard_run(out: str, method: str, seed: int) -> dict[str, Any]:
+def hard_run(out: str, method: str, seed: int, generations: int = HARD_GENERATIONS) -> dict[str, Any]:
     """Run (or resume, or skip) one LunarLander run, then evaluate the member picked by training fitness."""
     path = os.path.join(out, HARD_ENV, method, f"seed{seed}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -463,7 +463,8 @@ def hard_run(out: str, method: str, seed: int) -> dict[str, Any]:
         env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
         t0 = time.time()
         with open(path + ".log", "a", encoding="utf-8") as log:
-            proc = subprocess.run(hard_command(out, method, seed), stdout=log, stderr=subprocess.STDOUT, env=env_vars)
+            cmd = hard_command(out, method, seed, generations)
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars)
         if proc.returncode != 0:
             raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
         with open(os.path.join(path, "study_wall.json"), "a", encoding="utf-8") as fh:
@@ -494,8 +495,8 @@ def hard_curve(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.array([(g + 1) * HARD_STEPS for g in gens]), np.array([ends.get(g, np.nan) for g in gens]), np.array(best)
 
 
-def hard_study(out: str, seeds: list[int]) -> int:
-    results = {(m, s): hard_run(out, m, s) for s in seeds for m in HARD_METHODS}
+def hard_study(out: str, seeds: list[int], generations: int = HARD_GENERATIONS) -> int:
+    results = {(m, s): hard_run(out, m, s, generations) for s in seeds for m in HARD_METHODS}
     lines = [
         f"| method | final return of the member picked by training fitness (mean +- sd, {len(seeds)} seeds) "
         "| per seed | wall min (mean) |",
@@ -507,7 +508,7 @@ def hard_study(out: str, seeds: list[int]) -> int:
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
     by_steps, by_wall = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    grid = np.linspace(HARD_STEPS, HARD_GENERATIONS * HARD_STEPS, 60)
+    grid = np.linspace(HARD_STEPS, generations * HARD_STEPS, 60)
     for method in HARD_METHODS:
         values = [results[(method, s)]["eval_mean"] for s in seeds]
         sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
@@ -526,12 +527,7 @@ def hard_study(out: str, seeds: list[int]) -> int:
         ax.set_ylabel(f"best training return, mean of {len(seeds)} seeds", fontsize=8)
         ax.legend(fontsize=8)
     fig.suptitle(f"{HARD_ENV}, PPO, population 8", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "hard_curves.png"), dpi=110)
-    with open(os.path.join(out, "hard_table.md"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return write_study(out, "hard", fig, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -541,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--envs", default=",".join(ENVS))
     parser.add_argument("--study", choices=("methods", "async", "share", "hard"), default="methods")
+    parser.add_argument(
+        "--hard-generations", type=int, default=HARD_GENERATIONS, help="--study hard: generations (a smoke test: 2)"
+    )
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.study == "async":
@@ -548,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.study == "share":
         return share_study(args.out, seeds, args.jobs)
     if args.study == "hard":
-        return hard_study(args.out, seeds)
+        return hard_study(args.out, seeds, args.hard_generations)
     envs = args.envs.split(",")
     jobs = [(env, method, seed) for env in envs for seed in seeds for method in METHODS]
     results: dict[tuple[str, str, int], dict[str, Any]] = {}

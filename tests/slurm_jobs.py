@@ -5,11 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from helpers import ROOT
+from slurm_cluster import ClusterUnavailable, SlurmCluster
 
 SLURM_DIR = ROOT / "slurm"
 
@@ -73,3 +80,20 @@ REQUEUE_GENERATIONS = 32
 REQUEUE_TOML = TINY_TOML.replace('"CartPole-v1"', '"slurm_cluster:SlowCartPole-v1"').replace(
     "generations = 3", f"generations = {REQUEUE_GENERATIONS}"
 )
+
+
+@contextmanager
+def started(cls: type[SlurmCluster], prefix: str) -> Iterator[SlurmCluster]:
+    """A cluster of ``cls`` in a fresh short temporary folder (the MUNGE socket path must stay under the
+    108-byte AF_UNIX limit), skipped with the reason when it cannot start, stopped and removed after."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    cluster = cls(directory, cpus=2)
+    try:
+        try:
+            cluster.start()
+        except ClusterUnavailable as exc:
+            pytest.skip(f"no {cls.__name__}: {exc}")
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -9,11 +9,11 @@ tested across two hosts in ``test_two_nodes.py``.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 
 import pytest
+
+from slurm_cluster import SlurmCluster
 from slurm_jobs import (
     REQUEUE_TOML,
     SLURM_DIR,
@@ -21,25 +21,14 @@ from slurm_jobs import (
     assert_complete_history,
     job_env,
     job_log,
+    started,
 )
-
-from slurm_cluster import ClusterUnavailable, SlurmCluster
 
 
 @pytest.fixture(scope="module")
 def slurm():
-    # A short path: the MUNGE socket path must stay under the 108-byte limit of AF_UNIX.
-    directory = tempfile.mkdtemp(prefix="evo-slurm-")
-    cluster = SlurmCluster(directory, cpus=2)
-    try:
-        try:
-            cluster.start()
-        except ClusterUnavailable as exc:
-            pytest.skip(f"no SLURM cluster: {exc}")
+    with started(SlurmCluster, "evo-slurm-") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 CASES = {

@@ -14,12 +14,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
+from helpers import child_env, mpiexec
 from slurm_jobs import (
     REQUEUE_GENERATIONS,
     REQUEUE_TOML,
@@ -29,11 +30,9 @@ from slurm_jobs import (
     job_env,
     job_log,
     read_history,
+    started,
 )
 from two_node_cluster import NETWORK_ENV, TwoNodeCluster
-
-from helpers import child_env, mpiexec
-from slurm_cluster import ClusterUnavailable
 
 #: The tiny job with winner-takes-all: every generation 3 of 4 members copy the best one, so
 #: states cross between the nodes whichever member wins.
@@ -42,18 +41,9 @@ WTA_TOML = TINY_TOML.replace("n_steps = 64\n", 'n_steps = 64\nselection = "wta"\
 
 @pytest.fixture(scope="module")
 def cluster():
-    directory = tempfile.mkdtemp(prefix="evo-2n-")  # short: AF_UNIX paths (munge socket) <= 108 bytes
-    nodes = TwoNodeCluster(directory, cpus=2)
-    try:
-        try:
-            nodes.start()
-        except ClusterUnavailable as exc:
-            pytest.skip(f"no two-node cluster: {exc}")
+    with started(TwoNodeCluster, "evo-2n-") as nodes:
         daemons = nodes.running()
         yield nodes
-    finally:
-        nodes.stop()
-        shutil.rmtree(directory, ignore_errors=True)
     # torn down completely: every daemon gone, both namespaces (and the veth pair) deleted
     assert [pid for pid in daemons if Path(f"/proc/{pid}").exists()] == []
     assert nodes.namespaces_left() == []
