@@ -256,13 +256,11 @@ class AsyncEngine(EngineBase):
             self.observations.append(Observation(float(record["generation"]), dict(record["hparams"]), record["delta"]))
             del self.observations[:-MAX_OBSERVATIONS]
         if self.history is not None:
-            if not self.target_hit and target.reached(
-                [_fit(self.latest.get(i)) for i in range(self.population)], self.cfg.target, self.cfg.target_metric
-            ):
+            fitness = [_fit(self.latest.get(i)) for i in range(self.population)] if self.cfg.target is not None else []
+            if not self.target_hit and target.reached(fitness, self.cfg.target, self.cfg.target_metric):
                 self.target_hit = True  # rank 0 hands out no more intervals: every rank stops at its next claim
                 record = {**record, "target_reached": True}
-                value = target.target_value([_fit(self.latest.get(i)) for i in range(self.population)],
-                                            self.cfg.target_metric)  # fmt: skip
+                value = target.target_value(fitness, self.cfg.target_metric)
                 self.echo(
                     f"evo-mpi: target reached: {self.cfg.target_metric} fitness {value:.2f} >= --target-fitness "
                     f"{self.cfg.target_fitness} (member {m}, interval {record['generation']}); ranks stop at their "
@@ -336,7 +334,7 @@ class AsyncEngine(EngineBase):
         self.activity = f"training member {m} (interval {k})"
         if cfg.share_experience:
             self._apply_experience()
-            self.sharer(m).mark_experience()
+            self.sharers[m].mark_experience()
         member.train(cfg.steps_per_generation, k, self._poll)
         train_cpu = time.process_time() - cpu0
         self.train_cpu_s += train_cpu
@@ -562,10 +560,10 @@ class AsyncEngine(EngineBase):
     def _share_experience(self, m: int) -> None:
         """Member ``m``'s new transitions to the other local members now, and to every other rank without waiting."""
         t0 = time.perf_counter()
-        rows = self.sharer(m).new_experience()
+        rows = self.sharers[m].new_experience()
         for other in self.local_ids:
             if other != m:
-                self.sharer(other).add_experience(rows)
+                self.sharers[other].add_experience(rows)
         if self.comm.size > 1:
             message = np.concatenate([np.array([m], dtype=np.int64).view(np.uint8), rows])
             for r in range(self.comm.size):
@@ -589,7 +587,7 @@ class AsyncEngine(EngineBase):
         t0 = time.perf_counter()
         for rows in self.pending_experience:
             for m in self.local_ids:
-                self.sharer(m).add_experience(rows)
+                self.sharers[m].add_experience(rows)
         self.pending_experience.clear()
         self.share_s += time.perf_counter() - t0
 

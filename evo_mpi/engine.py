@@ -75,6 +75,14 @@ class EngineBase:
                 self.members[m] = member_factory(m, cfg, self.hparams[m], tb_dir)
             else:
                 self.members[m] = Member(m, cfg, self.hparams[m], tb_dir, env_factory=env_factory)
+        #: --share-experience: the local members as sharers (checked once, here, not at every use).
+        self.sharers: dict[int, SharesExperience] = {}
+        if cfg.share_experience:
+            for m in self.local_ids:
+                member = self.members[m]
+                if not isinstance(member, SharesExperience):
+                    raise TypeError(f"member {m} ({type(member).__name__}) cannot share experience")
+                self.sharers[m] = member
         self.last_fitness = np.full(self.population, math.nan)
         #: Wall-clock time (epoch seconds) when this process started its first training step.
         self.first_train_unix: float | None = None
@@ -115,13 +123,6 @@ class EngineBase:
             from .wandb_log import WandbLogger
 
             self.wandb = WandbLogger(self.cfg.wandb_project, self.cfg.wandb_entity, self.run_dir, self.cfg.to_dict())
-
-    def sharer(self, m: int) -> SharesExperience:
-        """Member ``m`` as a participant in ``--share-experience``."""
-        member = self.members[m]
-        if not isinstance(member, SharesExperience):
-            raise TypeError(f"member {m} ({type(member).__name__}) cannot share experience")
-        return member
 
     def owner(self, member: int) -> int:
         """Rank holding ``member``."""
@@ -256,7 +257,7 @@ class Engine(EngineBase):
             if self.should_stop():
                 break
             if cfg.share_experience:
-                self.sharer(m).mark_experience()
+                self.sharers[m].mark_experience()
             self.members[m].train(cfg.steps_per_generation, g, self.should_stop)
         rows = None
         if not self.should_stop():
@@ -337,11 +338,11 @@ class Engine(EngineBase):
         others' rows in member order, whatever the rank layout, so the buffers
         (and the run) are the same on any layout and after a resume.
         """
-        parts = self.comm.allgather_parts([self.sharer(m).new_experience() for m in self.local_ids])
+        parts = self.comm.allgather_parts([self.sharers[m].new_experience() for m in self.local_ids])
         for m in self.local_ids:
             for k, part in enumerate(parts):
                 if k != m:
-                    self.sharer(m).add_experience(part)
+                    self.sharers[m].add_experience(part)
         return int(sum(p.nbytes for p in parts))
 
     def _ask_callback(self, g: int, table: np.ndarray) -> bool:

@@ -111,6 +111,7 @@ class Member(FlatTorchState):
         else:
             self.model.set_logger(configure(None, []))
         self.last_eval_returns: list[float] = []
+        self._experience_from = 0  # --share-experience: step count where this member's new transitions begin
         #: Set when training produced non-finite weights (the member then has NaN fitness).
         self.diverged = False
         self._flat = None
@@ -349,9 +350,7 @@ class Member(FlatTorchState):
         """
         buffer = self.model.replay_buffer  # type: ignore[attr-defined]
         capacity = int(buffer.buffer_size)
-        rows = min(
-            max(0, self.timesteps - getattr(self, "_experience_from", self.timesteps)) // self.cfg.n_envs, capacity
-        )
+        rows = min(max(0, self.timesteps - self._experience_from) // self.cfg.n_envs, capacity)
         index = (int(buffer.pos) - rows + np.arange(rows)) % capacity
         parts = [np.ascontiguousarray(a[index]).reshape(-1).view(np.uint8) for a in self._replay_arrays()]
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)

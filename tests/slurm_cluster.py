@@ -127,7 +127,7 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -216,7 +216,7 @@ class SlurmCluster:
 
     # -- what a subclass with more nodes changes ------------------------------------------
     #: Client commands (sbatch, scontrol, ...) run behind this prefix (e.g. inside a node's namespaces).
-    client_prefix: list[str] = []
+    client_prefix: tuple[str, ...] = ()
 
     def prepare(self) -> None:
         """Set up what the daemons need before they start (nothing for one node)."""
@@ -282,14 +282,14 @@ class SlurmCluster:
                     time.sleep(0.5)
             except (OSError, subprocess.SubprocessError):
                 pass
-        pids = [pid for pid in map(_read_pid, self.pid_files()) if pid is not None and _alive(pid)]
+        pids = [pid for pid in map(_read_pid, self.pid_files()) if pid is not None and alive(pid)]
         for pid in pids:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         for pid in pids:
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
     def job_ids(self) -> list[str]:

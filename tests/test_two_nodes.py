@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from helpers import child_env, mpiexec
+from slurm_cluster import alive
 from slurm_jobs import (
     REQUEUE_GENERATIONS,
     REQUEUE_TOML,
@@ -45,7 +46,7 @@ def cluster():
         daemons = nodes.running()
         yield nodes
     # torn down completely: every daemon gone, both namespaces (and the veth pair) deleted
-    assert [pid for pid in daemons if Path(f"/proc/{pid}").exists()] == []
+    assert [pid for pid in daemons if alive(pid)] == []
     assert nodes.namespaces_left() == []
 
 
@@ -93,10 +94,18 @@ def hosts_of(placement: dict) -> dict[str, list[int]]:
 
 
 def state_bytes(run_dir: Path) -> int:
-    """Bytes of one member's exchanged state (weights, Adam's state, ...), as rank 0's timings record it."""
+    """Bytes of one member's exchanged state, as rank 0's timings record it.
+
+    Checked against the model itself, so an understated figure cannot weaken the link-traffic bound:
+    at least the float32 weights and Adam's two moments of every parameter of the final model.
+    """
+    from stable_baselines3 import PPO
+
     with open(run_dir / "timings" / "rank_000.jsonl", encoding="utf-8") as fh:
         sizes = {json.loads(line)["state_bytes"] for line in fh if '"state_bytes"' in line}
     (size,) = sizes
+    params = sum(p.numel() for p in PPO.load(run_dir / "best.zip", device="cpu").policy.parameters())
+    assert size >= 3 * 4 * params, (size, params)
     return int(size)
 
 

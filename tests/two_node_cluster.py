@@ -43,7 +43,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from slurm_cluster import SLURM_CONF, ClusterUnavailable, SlurmCluster, _read_pid, _which
+from slurm_cluster import SLURM_CONF, ClusterUnavailable, SlurmCluster, _read_pid, _which, alive
 
 #: The nodes and their addresses on the private link.
 NODES = {"node1": "10.217.0.1", "node2": "10.217.0.2"}
@@ -76,7 +76,7 @@ class TwoNodeCluster(SlurmCluster):
         self.netns = {name: f"{tag}-{name}" for name in NODES}
         self.veth = {name: f"{tag}-v{i}" for i, name in enumerate(NODES, start=1)}
         self.host = "node1"  # the controller's host
-        self.client_prefix = [str(self.dir / "on"), "node1"]
+        self.client_prefix = (str(self.dir / "on"), "node1")
 
     # -- namespaces -------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -161,7 +161,7 @@ class TwoNodeCluster(SlurmCluster):
     def running(self) -> list[int]:
         """Pids from the pid files that are still alive (empty after :meth:`stop`)."""
         pids = [_read_pid(p) for p in self.pid_files()]
-        return [pid for pid in pids if pid is not None and Path(f"/proc/{pid}").exists()]
+        return [pid for pid in pids if pid is not None and alive(pid)]
 
     def namespaces_left(self) -> list[str]:
         """This cluster's namespaces that still exist."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import algorithms
+from ..target import TARGET_METRICS
 
 #: Selection rules (see :mod:`evo_mpi.selection`) and explore rules.
 SELECTION_CHOICES = ("truncation", "wta", "tournament", "ttest", "none")
@@ -136,7 +137,7 @@ class Config:
         "best",
         "What --target-fitness is compared with: best (the best member's fitness) or mean (the population's mean; "
         "never reached while a member's fitness is not finite).",
-        choices=("best", "mean"),
+        choices=TARGET_METRICS,
     )
 
     @property
