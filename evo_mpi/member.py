@@ -28,9 +28,10 @@ from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from . import algorithms, seeding
+from . import algorithms, netmorph, seeding
+from .arch import WeightNoise
 from .config import Config, resolve_env
-from .space import Value
+from .space import MUTATED_APART, Value, format_arch, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
 
 
@@ -91,7 +92,13 @@ class Member(FlatTorchState):
                 self.eval_env = VecNormalize(self.eval_env, training=False, norm_reward=False)
         self.algorithm = algorithms.get(cfg.algo)
         algo: type[BaseAlgorithm] = self.algorithm.model_class()
-        kwargs: dict[str, Any] = {"policy_kwargs": {"net_arch": list(cfg.net_arch)}, "seed": seed, "device": "cpu"}
+        #: Hidden layer sizes and activation of the member's networks now (``net_arch`` / ``activation_fn``).
+        self.arch: tuple[int, ...] = parse_arch(hparams["net_arch"]) if "net_arch" in hparams else cfg.net_arch
+        self.activation = str(hparams.get("activation_fn", self.algorithm.activation))
+        policy_kwargs: dict[str, Any] = {"net_arch": list(self.arch)}
+        if "activation_fn" in hparams:
+            policy_kwargs["activation_fn"] = netmorph.ACTIVATION_CLASSES[self.activation]
+        kwargs: dict[str, Any] = {"policy_kwargs": policy_kwargs, "seed": seed, "device": "cpu"}
         self.off_policy = self.algorithm.off_policy
         if self.off_policy:
             kwargs["buffer_size"] = cfg.buffer_size
@@ -118,9 +125,19 @@ class Member(FlatTorchState):
 
     # -- hyperparameters -------------------------------------------------------
     def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
-        """Make every hyperparameter take effect from the next training step."""
+        """Make every hyperparameter take effect from the next training step.
+
+        A new ``net_arch`` or ``activation_fn`` rebuilds the networks from the
+        current ones (:meth:`morph`), so it comes first: the others then reach
+        the new optimizers.
+        """
+        arch, activation = self._arch_of(hparams)
+        if (arch, activation) != (self.arch, self.activation):
+            self.morph(arch, activation)
         table = self.algorithm.appliers
         for name, value in hparams.items():
+            if name in MUTATED_APART:
+                continue
             if name not in table:
                 raise KeyError(f"unknown {self.cfg.algo} hyperparameter {name!r}")
             table[name](self.model, value)
@@ -129,6 +146,56 @@ class Member(FlatTorchState):
             self.normalize.gamma = float(hparams["gamma"])
         self.hparams = dict(hparams)
         self._sync_progress()
+
+    # -- architecture ------------------------------------------------------------
+    def _arch_of(self, hparams: Mapping[str, Value]) -> tuple[tuple[int, ...], str]:
+        arch = parse_arch(hparams["net_arch"]) if "net_arch" in hparams else self.arch
+        return arch, str(hparams.get("activation_fn", self.activation))
+
+    def morph(self, arch: tuple[int, ...], activation: str, carry: bool = True) -> None:
+        """Rebuild the policy with ``arch`` hidden layers and ``activation``, keeping what it learned.
+
+        With ``carry`` the new networks take the old weights and optimizer
+        state (:func:`evo_mpi.netmorph.carry_over`: growth leaves every output
+        unchanged under ReLU-free node growth or an identity layer after ReLU);
+        without, they are freshly initialised (a state is about to be loaded).
+        New weights are drawn from a stream of (seed, member, step count), so
+        any rank layout draws the same ones.
+        """
+        model = self.model
+        old_policy, old_opts = model.policy, optimizers(model)
+        kwargs = dict(model.policy_kwargs)
+        kwargs["net_arch"] = list(arch)
+        kwargs["activation_fn"] = netmorph.ACTIVATION_CLASSES[activation]
+        model.policy_kwargs = kwargs
+        set_random_seed(seeding.derive_seed(self.cfg.seed, seeding.MORPH, self.id, self.timesteps))
+        extra = {} if self.off_policy else {"use_sde": model.use_sde}
+        policy = model.policy_class(model.observation_space, model.action_space, model.lr_schedule, **extra, **kwargs)
+        model.policy = policy.to(model.device)
+        if hasattr(model, "_create_aliases"):  # SAC/TD3/DDPG/DQN keep actor, critic, q_net aliases
+            model._create_aliases()
+        new_opts = optimizers(model)
+        init_optimizer_state(new_opts)
+        if carry:
+            pairs = [(o, n) for o, n in zip(old_opts, new_opts, strict=True) if o is not n]
+            netmorph.carry_over(old_policy, model.policy, self.arch, arch, pairs)
+        self.arch, self.activation = tuple(arch), activation
+        self._flat = None
+
+    def match_layout(self, hparams: Mapping[str, Value]) -> None:
+        """Take the architecture of a member with ``hparams`` (fresh weights), so its state can be loaded."""
+        arch, activation = self._arch_of(hparams)
+        if (arch, activation) != (self.arch, self.activation):
+            self.morph(arch, activation, carry=False)
+
+    def mutate_weights(self, noise: WeightNoise) -> int:
+        """Gaussian noise on a fraction of the trained networks' weights; returns how many entries changed."""
+        return netmorph.add_weight_noise(self.model.policy, noise)
+
+    @property
+    def arch_value(self) -> str:
+        """The current ``net_arch`` value (``64-64``)."""
+        return format_arch(self.arch)
 
     # -- schedules -------------------------------------------------------------
     @property
@@ -418,6 +485,7 @@ class Member(FlatTorchState):
 
     def restore(self, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         """Load a checkpoint written from :meth:`checkpoint_tensors` and :meth:`checkpoint_meta`."""
+        self.match_layout(meta["hparams"])
         names, variables = self.model._get_torch_save_params()
         for name in names:
             key = "optimizer" if name == "policy.optimizer" and name not in tensors else name  # pre-0.2 checkpoints

@@ -16,6 +16,7 @@ EVAL = 4
 SELECT = 5
 EXPLORE = 6
 ACTION = 7
+MORPH = 8
 
 
 def derive_seed(seed: int, purpose: int, *keys: int) -> int:

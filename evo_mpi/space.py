@@ -7,13 +7,20 @@ Pure numpy: no MPI, torch or SB3 import. Every function takes an explicit
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
 import numpy as np
 
 Value: TypeAlias = float | int | str
+
+#: Hyperparameters that explore leaves as the winner had them: they change only by architecture and
+#: activation mutation (see :mod:`evo_mpi.arch`), which must also move the network's weights.
+MUTATED_APART = ("net_arch", "activation_fn")
+
+#: Node steps of an ``arch`` prior when the spec names none (AgileRL's add/remove-node sizes).
+ARCH_STEPS = (16, 32, 64)
 
 
 class SpaceError(ValueError):
@@ -25,11 +32,14 @@ class Prior:
     """One hyperparameter's prior.
 
     Attributes:
-        kind: ``loguniform``, ``uniform``, ``int``, ``choice`` or ``const``.
-        low: Lower bound (numeric kinds).
-        high: Upper bound (numeric kinds).
+        kind: ``loguniform``, ``uniform``, ``int``, ``choice``, ``const`` or
+            ``arch`` (hidden layer sizes, written ``64-64``).
+        low: Lower bound (numeric kinds; nodes per layer for ``arch``).
+        high: Upper bound (numeric kinds; nodes per layer for ``arch``).
         choices: The ordered values of a ``choice`` prior, or the single
             value of a ``const`` prior.
+        layers: Fewest and most hidden layers (``arch``).
+        steps: Node counts a layer grows or shrinks by (``arch``).
 
     """
 
@@ -37,6 +47,8 @@ class Prior:
     low: float = 0.0
     high: float = 0.0
     choices: tuple[Value, ...] = ()
+    layers: tuple[int, int] = (0, 0)
+    steps: tuple[int, ...] = ()
 
     @property
     def searched(self) -> bool:
@@ -49,6 +61,9 @@ class Prior:
             low: Value = int(self.low) if self.kind == "int" else self.low
             high: Value = int(self.high) if self.kind == "int" else self.high
             return f"{self.kind}:{low}:{high}"
+        if self.kind == "arch":
+            steps = ",".join(map(str, self.steps))
+            return f"arch:{self.layers[0]}:{self.layers[1]}:{int(self.low)}:{int(self.high)}:{steps}"
         return f"{self.kind}:" + ",".join(str(c) for c in self.choices)
 
     def sample(self, rng: np.random.Generator) -> Value:
@@ -61,6 +76,11 @@ class Prior:
             return int(rng.integers(int(self.low), int(self.high) + 1))
         if self.kind == "choice":
             return self.choices[int(rng.integers(len(self.choices)))]
+        if self.kind == "arch":  # a layer count, then each layer a multiple of the smallest step within bounds
+            grain = min(self.steps)
+            first = math.ceil(self.low / grain)
+            sizes = rng.integers(first, int(self.high) // grain + 1, size=int(rng.integers(self.layers[0], self.layers[1] + 1)))
+            return format_arch(int(n) * grain for n in sizes)
         return self.choices[0]
 
     def clip(self, value: float) -> Value:
@@ -106,6 +126,55 @@ class Prior:
             return self.choices[0]
         factor = float(factors[int(rng.integers(len(factors)))])
         return self.scale(value, factor)
+
+
+def format_arch(sizes: Iterable[int]) -> str:
+    """Hidden layer sizes as an architecture value: ``[128, 64]`` -> ``"128-64"``."""
+    return "-".join(str(int(n)) for n in sizes)
+
+
+def parse_arch(value: Value) -> tuple[int, ...]:
+    """An architecture value's hidden layer sizes: ``"128-64"`` (or ``128`` or ``"128,64"``) -> ``(128, 64)``.
+
+    Raises:
+        ValueError: naming the value, unless it is one or more positive integers.
+
+    """
+    text = str(value).strip().replace(",", "-")
+    try:
+        sizes = tuple(int(p) for p in text.split("-"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an architecture (hidden layer sizes like 64-64)") from None
+    if not sizes or any(n <= 0 for n in sizes):
+        raise ValueError(f"{value!r} is not an architecture (hidden layer sizes like 64-64)")
+    return sizes
+
+
+def _parse_arch_prior(name: str, spec: str, rest: str) -> Prior:
+    """``arch:MIN_LAYERS:MAX_LAYERS:MIN_NODES:MAX_NODES[:STEP,STEP,...]``."""
+    parts = rest.split(":")
+    if len(parts) not in (4, 5):
+        raise SpaceError(
+            f"{name}: arch prior needs MIN_LAYERS:MAX_LAYERS:MIN_NODES:MAX_NODES[:STEPS], got {spec!r} "
+            "(e.g. arch:1:3:32:256:16,32,64)"
+        )
+    numbers = [_number(p, name) for p in parts[:4]]
+    if any(n != int(n) or n < 1 for n in numbers):
+        raise SpaceError(f"{name}: arch prior {spec!r} needs positive integer layer and node bounds")
+    lo_layers, hi_layers, lo_nodes, hi_nodes = (int(n) for n in numbers)
+    steps = ARCH_STEPS
+    if len(parts) == 5:
+        try:
+            steps = tuple(int(s) for s in parts[4].split(",") if s.strip())
+        except ValueError:
+            raise SpaceError(f"{name}: arch prior {spec!r}: node steps must be integers") from None
+    if lo_layers > hi_layers or lo_nodes > hi_nodes:
+        raise SpaceError(f"{name}: arch prior {spec!r} needs MIN <= MAX for layers and nodes")
+    if not steps or any(s < 1 for s in steps):
+        raise SpaceError(f"{name}: arch prior {spec!r} needs positive node steps")
+    if math.ceil(lo_nodes / min(steps)) * min(steps) > hi_nodes:
+        raise SpaceError(f"{name}: arch prior {spec!r}: no multiple of {min(steps)} nodes lies in [{lo_nodes}, {hi_nodes}]")
+    return Prior("arch", low=lo_nodes, high=hi_nodes, layers=(lo_layers, hi_layers), steps=tuple(sorted(set(steps))))
 
 
 def _number(text: str, name: str) -> float:
@@ -159,6 +228,8 @@ def parse_prior(name: str, spec: str | float | int) -> Prior:
         if kind == "loguniform" and low <= 0:
             raise SpaceError(f"{name}: loguniform prior {spec!r} needs low > 0")
         return Prior(kind, low=low, high=high)
+    if kind == "arch":
+        return _parse_arch_prior(name, spec, rest)
     if kind in ("choice", "const"):
         values = tuple(_scalar(v.strip()) for v in rest.split(",") if v.strip())
         if not values:
@@ -169,7 +240,7 @@ def parse_prior(name: str, spec: str | float | int) -> Prior:
             raise SpaceError(f"{name}: choice prior {spec!r} repeats a value")
         return Prior(kind, choices=values)
     raise SpaceError(
-        f"{name}: unknown prior kind {kind!r} in {spec!r} (expected loguniform, uniform, int, choice or const)"
+        f"{name}: unknown prior kind {kind!r} in {spec!r} (expected loguniform, uniform, int, choice, const or arch)"
     )
 
 
@@ -209,11 +280,14 @@ def explore(
 
     Results are clipped to the prior's bounds and integers are rounded; a
     factor other than 1 moves an integer by at least one step (within bounds).
-    Hyperparameters not in ``space`` or constant are returned unchanged.
+    Hyperparameters not in ``space`` or constant are returned unchanged, and so
+    are ``net_arch`` and ``activation_fn`` (:data:`MUTATED_APART`).
     """
     out = dict(hparams)
     for name in sorted(space):
         prior = space[name]
+        if name in MUTATED_APART:
+            continue
         if not prior.searched:
             out[name] = prior.choices[0]
             continue

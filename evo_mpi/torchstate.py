@@ -72,6 +72,9 @@ class FlatTorchState:
         """Bytes of state that moves besides the tensors (none by default)."""
         return 0
 
+    def match_layout(self, hparams: Any) -> None:
+        """Take the layout of a member with ``hparams`` before loading its state (fixed layouts: nothing to do)."""
+
     def _tensors(self) -> list[torch.Tensor]:
         """The tensors of :meth:`_named_tensors`, in the same order."""
         return [t for _, t in self._named_tensors()]

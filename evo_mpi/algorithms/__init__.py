@@ -30,6 +30,7 @@ class Algorithm:
         action_spaces: Gymnasium action-space class names it supports.
         default_space: Its default search space, ``{name: prior}``.
         appliers: For every searchable hyperparameter, how a value takes effect.
+        activation: SB3's default ``activation_fn`` of its MLP policy (see :mod:`evo_mpi.netmorph`).
 
     """
 
@@ -39,6 +40,7 @@ class Algorithm:
     action_spaces: tuple[str, ...]
     default_space: Mapping[str, str]
     appliers: Mapping[str, Apply] = field(repr=False)
+    activation: str = "relu"
 
     @property
     def hparams(self) -> tuple[str, ...]:

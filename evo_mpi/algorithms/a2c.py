@@ -17,5 +17,6 @@ A2C = register(
             "max_grad_norm": "uniform:0.3:2.0",
         },
         appliers=dict(ON_POLICY),
+        activation="tanh",
     )
 )

@@ -18,6 +18,7 @@ PPO = register(
             "n_epochs": "int:3:20",
             "batch_size": "choice:64,128,256,512",
         },
+        activation="tanh",
         appliers={
             **ON_POLICY,
             "clip_range": set_clip_range,
