@@ -373,11 +373,13 @@ class AsyncEngine(EngineBase):
             snap = self.snapshots[donor] if donor in self.members else self._fetch(donor)
             fetch_s = time.perf_counter() - t1
             if snap.record:  # a member with no record yet has no snapshot (cannot happen once it was seen)
+                member.match_layout(snap.record["hparams"])  # the donor's architecture, to load its state
                 member.unpack(snap.state)
                 if snap.aux.nbytes:
                     member.unpack_aux(snap.aux, replay)
-                new = self._explore(m, k, snap.record["hparams"])
+                new = self._explore(m, k, snap.record["hparams"], record)
                 member.apply_hparams(new)
+                self._mutate_weights(m, record.get("mutation", {}))
                 member.set_episode_stats(
                     [math.nan if r is None else r for r in snap.record["returns"]], snap.record["lengths"]
                 )
@@ -390,6 +392,11 @@ class AsyncEngine(EngineBase):
                     fetch_s=fetch_s if donor not in self.members else 0.0,
                     new_hparams=new,
                 )
+        elif cfg.mutate == "all":
+            new = self._explore(m, k, used, record)
+            member.apply_hparams(new)
+            self._mutate_weights(m, record.get("mutation", {}))
+            record["new_hparams"] = new
         member.log(fitness, used, record["parent"])
         self.done[m] = k + 1
         self.published[m] += 1
@@ -454,8 +461,14 @@ class AsyncEngine(EngineBase):
         mine = ids.index(m)
         return (ids[plan[mine]] if mine in plan else None), seen
 
-    def _explore(self, m: int, k: int, donor_hparams: dict[str, Value]) -> dict[str, Value]:
+    def _explore(self, m: int, k: int, donor_hparams: dict[str, Value], record: dict[str, Any]) -> dict[str, Value]:
+        """Member ``m``'s hyperparameters after interval ``k``, mutated from ``donor_hparams``; notes the mutation."""
         cfg = self.cfg
+        kind, mutated, mutation = self._mutation(k, m, donor_hparams)
+        if mutation:
+            record["mutation"] = mutation
+        if kind != "hparams":
+            return mutated
         rng = seeding.stream(cfg.seed, seeding.EXPLORE, k, m)
         if cfg.explore == "pb2":
             return pb2_explore(
@@ -549,6 +562,7 @@ class AsyncEngine(EngineBase):
         for m in self.local_ids:  # final models are the states the last published fitness was measured with
             snap = self.snapshots.get(m)
             if snap is not None and snap.record:
+                self.members[m].match_layout(snap.record["hparams"])
                 self.members[m].unpack(snap.state)
                 if snap.aux.nbytes:
                     self.members[m].unpack_aux(snap.aux, False)

@@ -204,7 +204,7 @@ class Comm:
         plan: Mapping[int, int],
         owner: Callable[[int], int],
         pack: Callable[[int], np.ndarray],
-        nbytes: int,
+        nbytes: int | Callable[[int], int],
         backend: str,
         receive_into: Callable[[int], np.ndarray | None] | None = None,
     ) -> dict[int, np.ndarray]:
@@ -214,7 +214,9 @@ class Comm:
             plan: ``{loser: winner}`` over the whole population (same on all ranks).
             owner: Member id -> rank that holds it.
             pack: A *local* member's state as a contiguous uint8 buffer (may be a live view).
-            nbytes: Size of every packed state (all members share one layout).
+            nbytes: Size of every packed state, or winner -> the size of its state (members of different
+                architectures); asked only for winners this rank packs or receives. Ranks that only relay a
+                broadcast take the size from its header.
             backend: ``p2p`` or ``collective``.
             receive_into: Optional winner -> buffer of ``nbytes`` to receive that
                 winner's state into (e.g. the state of one of its local losers), so
@@ -234,20 +236,21 @@ class Comm:
         # (winner, destination rank) pairs that must cross ranks.
         remote = sorted({(w, owner(loser)) for loser, w in plan.items() if owner(w) != owner(loser)})
         to_send = sorted({w for w, dst in remote if owner(w) == me})
+        size_of = nbytes if callable(nbytes) else (lambda _w: nbytes)
         packed = {}
         for w in sorted(set(wanted) | set(to_send)):
             if owner(w) == me:
                 buf = pack(w)
                 packed[w] = buf.copy() if w in plan else buf
-                if buf.nbytes != nbytes:
-                    raise ValueError(f"member {w} packs {buf.nbytes} bytes, expected {nbytes}")
+                if buf.nbytes != size_of(w):
+                    raise ValueError(f"member {w} packs {buf.nbytes} bytes, expected {size_of(w)}")
         received: dict[int, np.ndarray] = {}
         if remote and self.uses_mpi:
             target = receive_into or (lambda _w: None)
             if backend == "p2p":
-                received = self._p2p(remote, owner, packed, nbytes, target)
+                received = self._p2p(remote, owner, packed, size_of, target)
             else:
-                received = self._collective(remote, owner, packed, nbytes, target, wanted)
+                received = self._collective(remote, owner, packed, size_of, target, wanted)
         return {w: packed[w] if owner(w) == me else received[w] for w in wanted}
 
     def _p2p(
@@ -255,7 +258,7 @@ class Comm:
         remote: Iterable[tuple[int, int]],
         owner: Callable[[int], int],
         packed: Mapping[int, np.ndarray],
-        nbytes: int,
+        size_of: Callable[[int], int],
         target: Callable[[int], np.ndarray | None],
     ) -> dict[int, np.ndarray]:
         me = self.rank
@@ -264,7 +267,7 @@ class Comm:
         received: dict[int, np.ndarray] = {}
         for w, dst in remote:
             if dst == me and w not in received:
-                received[w] = _or_new(target(w), nbytes)
+                received[w] = _or_new(target(w), size_of(w))
                 receives.append((len(requests), w))
                 requests.append(self._comm.Irecv(received[w], source=owner(w), tag=w))
             if owner(w) == me:
@@ -277,16 +280,17 @@ class Comm:
             source, code = "member state", exc.Get_error_code()
             if failed:
                 source, code = f"member {failed[0][0]}'s state from rank {owner(failed[0][0])}", failed[0][1]
+            expected = size_of(failed[0][0]) if failed else "another number of"
             raise ExchangeError(
                 f"rank {me}: receiving {source} failed ({MPI.Get_error_string(code)}); this rank expected "
-                f"{nbytes} bytes: the ranks disagree on the state layout"
+                f"{expected} bytes: the ranks disagree on the state layout"
             ) from None
         for index, w in receives:
             count = statuses[index].Get_count(MPI.BYTE)
-            if count != nbytes:
+            if count != received[w].nbytes:
                 raise ExchangeError(
                     f"rank {me}: member {w}'s state from rank {owner(w)} has {count} bytes, this rank expected "
-                    f"{nbytes}: the ranks disagree on the state layout"
+                    f"{received[w].nbytes}: the ranks disagree on the state layout"
                 )
         return received
 
@@ -295,27 +299,28 @@ class Comm:
         remote: Iterable[tuple[int, int]],
         owner: Callable[[int], int],
         packed: Mapping[int, np.ndarray],
-        nbytes: int,
+        size_of: Callable[[int], int],
         target: Callable[[int], np.ndarray | None],
         wanted: Iterable[int],
     ) -> dict[int, np.ndarray]:
         wanted = set(wanted)
         received: dict[int, np.ndarray] = {}
         for w in sorted({w for w, _ in remote}):
+            buf: np.ndarray | None = None
             if owner(w) == self.rank:
                 buf = packed[w]
             elif w in wanted:  # a loser here: receive in place when possible
-                buf = _or_new(target(w), nbytes)
-            else:  # every rank takes part in a broadcast; unneeded data lands in reused scratch
-                if self._scratch is None or self._scratch.nbytes != nbytes:
-                    self._scratch = np.empty(nbytes, dtype=np.uint8)
-                buf = self._scratch
-            size = np.array([buf.nbytes], dtype=np.int64)
-            _wait([self._comm.Ibcast(size, root=owner(w))])
-            if int(size[0]) != nbytes:
+                buf = _or_new(target(w), size_of(w))
+            size = np.array([-1 if buf is None else buf.nbytes], dtype=np.int64)
+            _wait([self._comm.Ibcast(size, root=owner(w))])  # the header: the state's size
+            if buf is None:  # every rank takes part in a broadcast; unneeded data lands in reused scratch
+                if self._scratch is None or self._scratch.nbytes < int(size[0]):
+                    self._scratch = np.empty(int(size[0]), dtype=np.uint8)
+                buf = self._scratch[: int(size[0])]
+            elif int(size[0]) != buf.nbytes:
                 raise ExchangeError(
                     f"rank {self.rank}: member {w}'s state from rank {owner(w)} has {int(size[0])} bytes, this rank "
-                    f"expected {nbytes}: the ranks disagree on the state layout"
+                    f"expected {buf.nbytes}: the ranks disagree on the state layout"
                 )
             _wait([self._comm.Ibcast(buf, root=owner(w))], _MOVE_SPIN_S)
             if w in wanted:

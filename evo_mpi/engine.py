@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, seeding, target
+from . import algorithms, checkpoint, seeding, target
 from .api import FINISHED, INTERRUPTED, STOPPED_BY_CALLBACK, TARGET_REACHED, TIME_LIMIT, GenerationSummary
+from .arch import WeightNoise, draw_kind, draw_weight_noise, mutate_activation, mutate_arch
 from .comm import Comm, ExchangeError
 from .config import Config, resolve_member
 from .member import Member
@@ -26,7 +27,7 @@ from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progr
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
 from .protocol import MemberFactory, PBTMember, SharesExperience
 from .selection import rank_order, select
-from .space import Value, explore, parse_space, sample_hparams
+from .space import Value, explore, format_arch, parse_space, sample_hparams
 
 #: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
 PB2_MAX_OBSERVATIONS = MAX_OBSERVATIONS
@@ -63,6 +64,9 @@ class EngineBase:
         self.hparams: list[dict[str, Value]] = [
             sample_hparams(self.space, seeding.stream(cfg.seed, seeding.INIT, m)) for m in range(self.population)
         ]
+        if "net_arch" in self.space and self.space["net_arch"].kind == "arch":
+            for h in self.hparams:  # every member starts from --net-arch; mutation grows and shrinks it
+                h["net_arch"] = format_arch(cfg.net_arch)
         self.local_ids = list(range(comm.rank * cfg.agents_per_rank, (comm.rank + 1) * cfg.agents_per_rank))
         self.activity = "creating members"
         self.members: dict[int, PBTMember] = {}
@@ -83,6 +87,11 @@ class EngineBase:
                 if not isinstance(member, SharesExperience):
                     raise TypeError(f"member {m} ({type(member).__name__}) cannot share experience")
                 self.sharers[m] = member
+        #: Relative weights of the mutation kinds (``{"hparams": 1.0}``: PBT's explore only, no draw).
+        self.mutation_weights = cfg.mutation_weights
+        self.default_activation = "relu" if cfg.member else algorithms.get(cfg.algo).activation
+        #: What each member's mutation after the last generation (async: interval) decided, by member.
+        self.mutations: dict[int, dict[str, Any]] = {}
         self.last_fitness = np.full(self.population, math.nan)
         #: Wall-clock time (epoch seconds) when this process started its first training step.
         self.first_train_unix: float | None = None
@@ -96,12 +105,21 @@ class EngineBase:
         self.wandb: Any = None
 
     def _check_layouts(self, saved_threads: list[int] | None) -> None:
-        """Start-up collective: every member's state layout must match; warn when thread counts changed."""
+        """Start-up collective: members of one architecture must have one state layout; warn when threads changed."""
         self.activity = "checking that all ranks agree on the member state layout"
         gathered = self.comm.allgather_obj(
-            {"threads": torch_threads(), "layouts": {m: self.members[m].state_layout() for m in self.local_ids}}
+            {
+                "threads": torch_threads(),
+                "layouts": {m: self.members[m].state_layout() for m in self.local_ids},
+                "archs": {m: str(self.members[m].hparams.get("net_arch", "")) for m in self.local_ids},
+            }
         )
-        check_layouts({m: layout for rank in gathered for m, layout in rank["layouts"].items()}, self.owner)
+        groups: dict[str, dict[int, tuple[int, int, str]]] = {}
+        for rank in gathered:  # members of another architecture have another layout, rightly
+            for m, layout in rank["layouts"].items():
+                groups.setdefault(rank["archs"][m], {})[m] = layout
+        for group in groups.values():
+            check_layouts(group, self.owner)
         #: Torch threads each member trains with (its rank's); a change on resume can change float sums.
         self.member_threads = [int(gathered[self.owner(m)]["threads"]) for m in range(self.population)]
         self._warn_threads(saved_threads)
@@ -127,6 +145,39 @@ class EngineBase:
     def owner(self, member: int) -> int:
         """Rank holding ``member``."""
         return member // self.cfg.agents_per_rank
+
+    def _mutation(self, step: int, m: int, hparams: dict[str, Value]) -> tuple[str, dict[str, Value], dict[str, Any]]:
+        """Which mutation member ``m`` undergoes after ``step`` (a generation or interval), from ``hparams``.
+
+        Returns ``(kind, new hyperparameters, record)``: for ``hparams`` the
+        caller runs the explore rule (the hyperparameters come back unchanged);
+        the record says what changed (the lineage and history keep it). The
+        draws come from their own stream, so the explore rule's draws are the
+        same with or without other kinds.
+        """
+        if self.mutation_weights == {"hparams": 1.0}:
+            return "hparams", hparams, {}
+        cfg = self.cfg
+        rng = seeding.stream(cfg.seed, seeding.MUTATE, step, m)
+        kind = draw_kind(self.mutation_weights, rng)
+        new = dict(hparams)
+        record: dict[str, Any] = {"kind": kind}
+        if kind == "arch":
+            activation = str(hparams.get("activation_fn", self.default_activation))
+            arch = self.space["net_arch"]
+            new["net_arch"], record["arch_op"] = mutate_arch(hparams["net_arch"], arch, activation, rng)
+        elif kind == "activation":
+            new["activation_fn"] = mutate_activation(hparams["activation_fn"], self.space["activation_fn"], rng)
+        elif kind == "weights":
+            noise = draw_weight_noise(cfg.weight_mutation_fraction, cfg.weight_mutation_sd, rng)
+            record["weight_noise"] = noise.to_dict()
+        return kind, new, record
+
+    def _mutate_weights(self, m: int, record: dict[str, Any]) -> None:
+        """Apply a decided weight mutation to local member ``m`` (SB3 adapter)."""
+        noise = record.get("weight_noise")
+        if noise is not None:
+            self.members[m].mutate_weights(WeightNoise(**noise))  # type: ignore[attr-defined]
 
     def _warn_threads(self, saved: list[int] | None) -> None:
         """Say so when members resume with other torch thread counts than they trained with."""
@@ -288,7 +339,7 @@ class Engine(EngineBase):
         out_of_time = self.comm.any(out_of_time) and not early and not hit
         last = g == cfg.generations - 1 or early or out_of_time or hit
         plan = {} if last else self._plan(g, table)
-        new_hparams = self._explore(g, plan, fitness)
+        new_hparams = self._explore(g, plan, fitness, last)
 
         timer.start("log")
         self.activity = f"logging (generation {g})"
@@ -391,39 +442,57 @@ class Engine(EngineBase):
         self.comm.barrier()
 
     def _exploit(self, plan: dict[int, int], table: np.ndarray, new_hparams: list[dict[str, Value]]) -> None:
-        if not plan:
-            return
-        nbytes = self.members[self.local_ids[0]].state_nbytes
-        first_loser: dict[int, int] = {}  # winner -> the local loser that receives its state in place
-        for loser in sorted(plan):
-            if self.owner(loser) == self.comm.rank:
+        """Losers take their winner's state; then every local member that mutates takes its new hyperparameters.
+
+        A loser first takes its winner's architecture (:meth:`match_layout`), so
+        the state arrives in a buffer of the winner's size; winners that also
+        lose are packed before that. Mutations (a new architecture grown from
+        the received weights, weight noise) come only after every local loser
+        has its copy, so no loser copies another's mutation.
+        """
+        me = self.comm.rank
+        changed = [m for m in self.local_ids if m in plan or m in self.mutations or new_hparams[m] != self.hparams[m]]
+        if plan:  # every rank takes part: a rank with no loser may hold a winner
+            losers = [loser for loser in sorted(plan) if self.owner(loser) == me]
+            held = {w: self.members[w].pack().copy() for w in set(plan.values()) if self.owner(w) == me and w in plan}
+            for loser in losers:
+                self.members[loser].match_layout(self.hparams[plan[loser]])
+            first_loser: dict[int, int] = {}  # winner -> the local loser that receives its state in place
+            for loser in losers:
                 first_loser.setdefault(plan[loser], loser)
-        buffers = self.comm.move(
-            plan,
-            self.owner,
-            lambda w: self.members[w].pack(),
-            nbytes,
-            self.cfg.backend,
-            receive_into=lambda w: self.members[first_loser[w]].receive_buffer() if w in first_loser else None,
-        )
-        # VecNormalize statistics and (optionally) replay buffers move in a second, separate exchange.
-        replay = self.cfg.copy_replay_buffer
-        aux_nbytes = self.members[self.local_ids[0]].aux_nbytes(replay)
-        aux: dict[int, np.ndarray] = {}
-        if aux_nbytes:
-            aux = self.comm.move(
-                plan, self.owner, lambda w: self.members[w].pack_aux(replay), aux_nbytes, self.cfg.backend
+
+            def pack(w: int) -> np.ndarray:
+                return held[w] if w in held else self.members[w].pack()
+
+            def size_of(w: int) -> int:
+                return pack(w).nbytes if self.owner(w) == me else self.members[first_loser[w]].state_nbytes
+
+            buffers = self.comm.move(
+                plan,
+                self.owner,
+                pack,
+                size_of,
+                self.cfg.backend,
+                receive_into=lambda w: self.members[first_loser[w]].receive_buffer() if w in first_loser else None,
             )
-        for loser in sorted(plan):
-            if self.owner(loser) != self.comm.rank:
-                continue
-            winner = plan[loser]
-            member = self.members[loser]
-            member.unpack(buffers[winner])
+            # VecNormalize statistics and (optionally) replay buffers move in a second, separate exchange.
+            replay = self.cfg.copy_replay_buffer
+            aux_nbytes = self.members[self.local_ids[0]].aux_nbytes(replay)
+            aux: dict[int, np.ndarray] = {}
             if aux_nbytes:
-                member.unpack_aux(aux[winner], replay)
-            member.apply_hparams(new_hparams[loser])
-            member.set_episode_stats(*self._episode_stats(table, winner))
+                aux = self.comm.move(
+                    plan, self.owner, lambda w: self.members[w].pack_aux(replay), aux_nbytes, self.cfg.backend
+                )
+            for loser in losers:
+                winner = plan[loser]
+                member = self.members[loser]
+                member.unpack(buffers[winner])
+                if aux_nbytes:
+                    member.unpack_aux(aux[winner], replay)
+                member.set_episode_stats(*self._episode_stats(table, winner))
+        for m in changed:
+            self.members[m].apply_hparams(new_hparams[m])
+            self._mutate_weights(m, self.mutations.get(m, {}))
 
     def _plan(self, g: int, table: np.ndarray) -> dict[int, int]:
         """Who copies whom after generation ``g`` (the same on every rank)."""
@@ -442,8 +511,12 @@ class Engine(EngineBase):
             alpha=cfg.ttest_alpha,
         )
 
-    def _explore(self, g: int, plan: dict[int, int], fitness: np.ndarray) -> list[dict[str, Value]]:
-        """New hyperparameters for every member: losers explore from their winner's, the rest keep theirs."""
+    def _explore(self, g: int, plan: dict[int, int], fitness: np.ndarray, last: bool) -> list[dict[str, Value]]:
+        """New hyperparameters for every member: losers mutate from their winner's, the rest keep theirs.
+
+        With ``--mutate all`` every member mutates (from its own, unless it
+        copied a winner); :attr:`mutations` keeps what each mutation decided.
+        """
         cfg = self.cfg
         if cfg.explore == "pb2":
             for m in range(self.population):
@@ -452,13 +525,21 @@ class Engine(EngineBase):
                     self.observations.append(Observation(float(g), dict(self.hparams[m]), delta))
             del self.observations[:-PB2_MAX_OBSERVATIONS]
         new_hparams = [dict(h) for h in self.hparams]
+        self.mutations = {}
         chosen: list[dict[str, Value]] = []
         # PB2's kernel depends only on the observations: fit it once for all of this generation's losers
         pb2_rank0 = cfg.explore == "pb2" and bool(plan) and self.comm.rank == 0
         kernel = fit_observations(self.observations, self.space) if pb2_rank0 else None
-        for loser in sorted(plan):
+        mutating = sorted(plan) if cfg.mutate == "exploited" or last else range(self.population)
+        for loser in mutating:
+            winner = self.hparams[plan.get(loser, loser)]
+            kind, mutated, record = self._mutation(g, loser, winner)
+            if record:
+                self.mutations[loser] = record
+            if kind != "hparams":
+                new_hparams[loser] = mutated
+                continue
             rng = seeding.stream(cfg.seed, seeding.EXPLORE, g, loser)
-            winner = self.hparams[plan[loser]]
             if cfg.explore == "pb2":
                 if self.comm.rank != 0:
                     continue  # rank 0 decides and broadcasts: GP linear algebra may round differently elsewhere
@@ -500,6 +581,7 @@ class Engine(EngineBase):
                 "winner_fitness": fit(winner),
                 "old_hparams": self.hparams[loser],
                 "new_hparams": new_hparams[loser],
+                **({"mutation": self.mutations[loser]} if loser in self.mutations else {}),
             }
             for loser, winner in sorted(plan.items())
         ]
@@ -518,6 +600,7 @@ class Engine(EngineBase):
                     "hparams": self.hparams[m],
                     "parent": plan.get(m),
                     "returns": [r if math.isfinite(r) else None for r in self._episode_stats(table, m)[0]],
+                    **({"mutation": self.mutations[m]} if m in self.mutations else {}),
                 }
             )
         return records

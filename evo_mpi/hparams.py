@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .space import Prior, Value
+from .space import Prior, Value, parse_arch
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ def _values(prior: Prior) -> list[Value]:
 
 def check_prior(name: str, prior: Prior) -> list[str]:
     """Problems with searching ``name`` under ``prior`` (empty when every draw is valid)."""
+    if name in ("net_arch", "activation_fn"):
+        return _check_network_prior(name, prior)
     bounds = BOUNDS.get(name)
     if bounds is None:
         return []
@@ -107,3 +109,29 @@ def check_prior(name: str, prior: Prior) -> list[str]:
         elif not bounds.contains(float(value)):
             problems.append(f"{where}: {value!r} is out of range ({name} must be {bounds.describe()})")
     return problems
+
+
+def _check_network_prior(name: str, prior: Prior) -> list[str]:
+    """``net_arch``: an arch prior, or choices of architectures; ``activation_fn``: choices of known activations."""
+    from .arch import ACTIVATIONS
+
+    where = f"search space: {name}={prior.spec()}"
+    if name == "net_arch":
+        if prior.kind == "arch":
+            return []
+        if prior.kind not in ("choice", "const"):
+            return [f"{where}: net_arch takes arch:MIN_LAYERS:MAX_LAYERS:MIN_NODES:MAX_NODES or choice:64-64,128-64"]
+        problems = []
+        for value in prior.choices:
+            try:
+                parse_arch(value)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+        return problems
+    if prior.kind not in ("choice", "const"):
+        return [f"{where}: activation_fn takes choice:{','.join(ACTIVATIONS)} or const:NAME"]
+    return [
+        f"{where}: unknown activation {value!r} (known: {', '.join(ACTIVATIONS)})"
+        for value in prior.choices
+        if value not in ACTIVATIONS
+    ]

@@ -53,7 +53,7 @@ def linear_chains(module: nn.Module) -> dict[str, list[str]]:
     chains: dict[str, list[str]] = {}
     for path, sub in module.named_modules():
         if isinstance(sub, nn.Sequential):
-            linears = [f"{path}.{name}" if path else name for name, m in sub.named_children() if isinstance(m, nn.Linear)]
+            linears = [f"{path}.{n}" if path else n for n, m in sub.named_children() if isinstance(m, nn.Linear)]
             if linears:
                 chains[path] = linears
     return chains

@@ -16,9 +16,10 @@ The engine relies on these promises:
   engine serves other ranks' snapshot requests from it, so a long stretch
   without a call delays them.
 * ``pack()`` returns the whole state that moves on exploit as one contiguous
-  ``uint8`` buffer whose size and layout (``state_layout()``) are the same for
-  every member of the run from construction on; ``unpack()`` loads such a
-  buffer from any member.
+  ``uint8`` buffer whose size and layout (``state_layout()``) depend only on
+  the member's architecture hyperparameter (``net_arch``; members without one
+  share one layout); ``match_layout(hparams)`` takes another member's
+  architecture, after which ``unpack()`` loads that member's buffer.
 * With ``--share-experience`` (off-policy members) the engine also calls
   ``mark_experience()`` before training, ``new_experience()`` after it (the
   transitions collected since, as one uint8 buffer of a layout every member
@@ -91,6 +92,10 @@ class PBTMember(Protocol):
 
     def unpack(self, buf: np.ndarray) -> None:
         """Load a :meth:`pack` buffer of another member."""
+        ...
+
+    def match_layout(self, hparams: Mapping[str, Value]) -> None:
+        """Take the state layout of a member with ``hparams`` (its architecture) before :meth:`unpack`."""
         ...
 
     def aux_nbytes(self, replay: bool) -> int:

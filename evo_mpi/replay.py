@@ -147,6 +147,8 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "pbt_fitness": [_fitness_of(by_key[(s, g)]) for g, s in lineage]
         if asynchronous
         else [_finite_or_none(float(hist.fitness[g, s])) for g, s in lineage],
+        # the weight mutation (if any) the slot underwent before generation g: the one recorded after g - 1
+        "weight_noise": _weight_noise(read_history(args.run_dir), lineage),
         # async: the step count each slot had when it trained that interval (its own, not the lineage's)
         "start_steps": [int(by_key[(s, g)]["timesteps"]) - cfg.steps_per_generation for g, s in lineage]
         if asynchronous
@@ -157,10 +159,23 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _weight_noise(
+    records: Sequence[Mapping[str, Any]], lineage: Sequence[tuple[int, int]]
+) -> list[dict[str, Any] | None]:
+    """For each step ``(g, slot)`` of the lineage, the weight mutation applied before it (None: none).
+
+    The slot's record of its step before (generation or interval ``g - 1``)
+    holds the mutation the slot underwent after that step, in either mode.
+    """
+    by_key = {(int(r["member"]), int(r["generation"])): r for r in records}
+    return [dict(by_key.get((slot, g - 1), {}).get("mutation", {})).get("weight_noise") for g, slot in lineage]
+
+
 def replay(p: Mapping[str, Any], out: str, echo: Any = print) -> float:
     """Train the replay described by :func:`plan` into ``out``; return its final fitness."""
     import torch
 
+    from .arch import WeightNoise
     from .member import Member
     from .outputs import JsonlWriter
 
@@ -175,13 +190,16 @@ def replay(p: Mapping[str, Any], out: str, echo: Any = print) -> float:
     fitness = math.nan
     try:
         starts = p.get("start_steps") or [None] * len(lineage)
-        for i, ((g, slot), hparams, pbt, start) in enumerate(
-            zip(lineage, sched, p["pbt_fitness"], starts, strict=True)
+        noises = p.get("weight_noise") or [None] * len(lineage)
+        for i, ((g, slot), hparams, pbt, start, noise) in enumerate(
+            zip(lineage, sched, p["pbt_fitness"], starts, noises, strict=True)
         ):
             agent.id = slot  # the random streams the lineage trained with in generation g
             if start is not None:
                 agent.set_timesteps(start)
-            agent.apply_hparams(hparams)
+            agent.apply_hparams(hparams)  # a new net_arch grows the network as the run did (same stream)
+            if noise is not None:
+                agent.mutate_weights(WeightNoise(**noise))
             agent.train(cfg.steps_per_generation, g)
             fitness = agent.fitness(g)
             agent.log(fitness, hparams, None)

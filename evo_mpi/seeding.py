@@ -17,6 +17,7 @@ SELECT = 5
 EXPLORE = 6
 ACTION = 7
 MORPH = 8
+MUTATE = 9
 
 
 def derive_seed(seed: int, purpose: int, *keys: int) -> int:

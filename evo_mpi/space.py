@@ -76,10 +76,12 @@ class Prior:
             return int(rng.integers(int(self.low), int(self.high) + 1))
         if self.kind == "choice":
             return self.choices[int(rng.integers(len(self.choices)))]
-        if self.kind == "arch":  # a layer count, then each layer a multiple of the smallest step within bounds
+        if self.kind == "arch":  # (the engine starts every member from --net-arch instead)
+            # a layer count, then each layer a multiple of the smallest step within bounds
             grain = min(self.steps)
             first = math.ceil(self.low / grain)
-            sizes = rng.integers(first, int(self.high) // grain + 1, size=int(rng.integers(self.layers[0], self.layers[1] + 1)))
+            depth = int(rng.integers(self.layers[0], self.layers[1] + 1))
+            sizes = rng.integers(first, int(self.high) // grain + 1, size=depth)
             return format_arch(int(n) * grain for n in sizes)
         return self.choices[0]
 
@@ -162,7 +164,7 @@ def _parse_arch_prior(name: str, spec: str, rest: str) -> Prior:
     if any(n != int(n) or n < 1 for n in numbers):
         raise SpaceError(f"{name}: arch prior {spec!r} needs positive integer layer and node bounds")
     lo_layers, hi_layers, lo_nodes, hi_nodes = (int(n) for n in numbers)
-    steps = ARCH_STEPS
+    steps: tuple[int, ...] = ARCH_STEPS
     if len(parts) == 5:
         try:
             steps = tuple(int(s) for s in parts[4].split(",") if s.strip())
@@ -173,7 +175,9 @@ def _parse_arch_prior(name: str, spec: str, rest: str) -> Prior:
     if not steps or any(s < 1 for s in steps):
         raise SpaceError(f"{name}: arch prior {spec!r} needs positive node steps")
     if math.ceil(lo_nodes / min(steps)) * min(steps) > hi_nodes:
-        raise SpaceError(f"{name}: arch prior {spec!r}: no multiple of {min(steps)} nodes lies in [{lo_nodes}, {hi_nodes}]")
+        raise SpaceError(
+            f"{name}: arch prior {spec!r}: no multiple of {min(steps)} nodes lies in [{lo_nodes}, {hi_nodes}]"
+        )
     return Prior("arch", low=lo_nodes, high=hi_nodes, layers=(lo_layers, hi_layers), steps=tuple(sorted(set(steps))))
 
 

@@ -4,6 +4,12 @@
     python scripts/experiment.py --study async [--out results/async] [--seeds 0,1,2]
     python scripts/experiment.py --study share [--out results/share] [--seeds 0,1,2] [--jobs 2]
     python scripts/experiment.py --study hard [--out results/hard] [--seeds 0,1,2]
+    python scripts/experiment.py --study arch [--out results/arch] [--seeds 0,1,2] [--jobs 2]
+
+``--study arch`` compares PBT with and without architecture mutation on CartPole-v1 (PPO
+with ReLU, population 8 in one process per run, 49,152 env steps per member): both arms
+start every member at 64-64 and search the default space; the arch arm adds
+``net_arch=arch:1:3:16:256`` and draws hparams or arch mutation with equal weight.
 
 ``--study hard`` (needs ``evo-mpi[box2d,zoo]``) runs LunarLander-v3 with PPO, a population of 8
 (``mpiexec -n 2 --agents-per-rank 4``, one run at a time), equal env steps per member:
@@ -398,7 +404,8 @@ def share_study(out: str, seeds: list[int], jobs: int) -> int:
 
 HARD_ENV = "LunarLander-v3"
 HARD_RANKS, HARD_PER_RANK = 2, 4  # population 8: mpiexec -n 2 --agents-per-rank 4, one run at a time
-HARD_GENERATIONS, HARD_STEPS = 12, 16384  # 196,608 env steps per member: 3 seeds x 5 methods take about 4 h here (PBT: 16 min a run)
+#: 196,608 env steps per member: 3 seeds x 5 methods take about 4 h here (PBT: 16 min a run; 18 generations took 24).
+HARD_GENERATIONS, HARD_STEPS = 12, 16384
 #: Env layout of every method: the zoo's for this env (16 envs x 1024 steps per rollout).
 HARD_LAYOUT = ["--n-envs", "16", "--n-steps", "1024"]
 HARD_METHODS = ("pbt", "pbt-async", "random", "default", "zoo")
@@ -530,13 +537,107 @@ def hard_study(out: str, seeds: list[int], generations: int = HARD_GENERATIONS) 
     return write_study(out, "hard", fig, lines)
 
 
+# -- --study arch: PBT with and without architecture mutation ----------------------------------------------
+
+ARCH_ENV = "CartPole-v1"
+ARCH_GENERATIONS, ARCH_STEPS = 12, 4096  # 49,152 env steps per member
+ARCH_POPULATION = 8
+ARCH_PRIOR = "arch:1:3:16:256"
+#: Both arms: PPO with ReLU (an appended layer is exact only after ReLU), the default space, all starting at 64-64.
+ARCH_MODES: dict[str, list[str]] = {
+    "fixed": ["--search-space", "activation_fn=const:relu"],
+    "arch": [
+        "--search-space", "activation_fn=const:relu", "--search-space", f"net_arch={ARCH_PRIOR}",
+        "--mutation-probs", "hparams=1,arch=1",
+    ],
+}  # fmt: skip
+
+
+def arch_run(out: str, mode: str, seed: int) -> dict[str, Any]:
+    """Run (or resume, or skip) one PBT run with or without architecture mutation, then evaluate it."""
+    path = os.path.join(out, ARCH_ENV, mode, f"seed{seed}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t0 = time.time()
+    if not os.path.exists(os.path.join(path, "best.zip")):
+        cmd = [
+            sys.executable, "-m", "evo_mpi.run", "--env-id", ARCH_ENV, "--seed", str(seed),
+            "--agents-per-rank", str(ARCH_POPULATION), "--generations", str(ARCH_GENERATIONS),
+            "--steps-per-generation", str(ARCH_STEPS), "--run-dir", path, *ARCH_MODES[mode],
+        ]  # fmt: skip
+        env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+        with open(path + ".log", "a", encoding="utf-8") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+    result = evaluate(path, ARCH_ENV, seed)
+    latest = latest_records(path)
+    result["final_arch"] = latest[result["member"]]["hparams"].get("net_arch", "64-64")
+    print(f"{ARCH_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:7.1f}, picked member's net_arch "
+          f"{result['final_arch']} ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+    return result
+
+
+def arch_study(out: str, seeds: list[int], jobs: int) -> int:
+    todo = [(mode, seed) for seed in seeds for mode in ARCH_MODES]
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(arch_run, out, *job): job for job in todo}
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+    lines = [
+        "| arm | final best return (mean +- sd) | per seed | net_arch of the picked member (per seed) |",
+        "|---|---|---|---|",
+    ]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 2, 1)
+    steps = np.arange(1, ARCH_GENERATIONS + 1) * ARCH_STEPS
+    for mode in ARCH_MODES:
+        values = [results[(mode, s)]["eval_mean"] for s in seeds]
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+        archs = ", ".join(results[(mode, s)]["final_arch"] for s in seeds)
+        lines.append(
+            f"| {mode} | {np.mean(values):.1f} +- {sd:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {archs} |"
+        )
+        rows = np.array([best_curve(os.path.join(out, ARCH_ENV, mode, f"seed{s}")) for s in seeds])
+        ax.plot(steps, np.nanmean(rows, axis=0), label=mode)
+        ax.fill_between(steps, np.nanmin(rows, axis=0), np.nanmax(rows, axis=0), alpha=0.15)
+    ax.set_title(f"{ARCH_ENV}, PPO (ReLU), {ARCH_POPULATION} members: best training return", fontsize=9)
+    ax.set_xlabel("env steps per member")
+    ax.set_ylabel(f"mean (band: min-max) over {len(seeds)} seeds", fontsize=8)
+    ax.legend(fontsize=8)
+    ax = fig.add_subplot(1, 2, 2)
+    markers = {1: "v", 2: "o", 3: "^"}
+    for i, s in enumerate(seeds):
+        history = read_history(os.path.join(out, ARCH_ENV, "arch", f"seed{s}"))
+        for depth, marker in markers.items():
+            points = [
+                (r["timesteps"] + (i - 1) * ARCH_STEPS * 0.12, sum(int(n) for n in r["hparams"]["net_arch"].split("-")))
+                for r in history
+                if len(r["hparams"]["net_arch"].split("-")) == depth
+            ]
+            if points:
+                x, y = zip(*points, strict=True)
+                ax.scatter(x, y, s=12, marker=marker, color=f"C{i}", alpha=0.6,
+                           label=f"seed {s}, {depth} layer(s)")  # fmt: skip
+    ax.axhline(128, color="grey", linestyle=":", linewidth=1)
+    ax.set_title("arch arm: every member's architecture per generation (start 64-64)", fontsize=9)
+    ax.set_xlabel("env steps per member")
+    ax.set_ylabel("hidden nodes (sum over layers)", fontsize=8)
+    ax.legend(fontsize=6, ncol=2)
+    return write_study(out, "arch", fig, lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "experiment"))
     parser.add_argument("--jobs", type=int, default=2, help="Runs at the same time (one process each).")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--envs", default=",".join(ENVS))
-    parser.add_argument("--study", choices=("methods", "async", "share", "hard"), default="methods")
+    parser.add_argument("--study", choices=("methods", "async", "share", "hard", "arch"), default="methods")
     parser.add_argument(
         "--hard-generations", type=int, default=HARD_GENERATIONS, help="--study hard: generations (a smoke test: 2)"
     )
@@ -548,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
         return share_study(args.out, seeds, args.jobs)
     if args.study == "hard":
         return hard_study(args.out, seeds, args.hard_generations)
+    if args.study == "arch":
+        return arch_study(args.out, seeds, args.jobs)
     envs = args.envs.split(",")
     jobs = [(env, method, seed) for env in envs for seed in seeds for method in METHODS]
     results: dict[tuple[str, str, int], dict[str, Any]] = {}

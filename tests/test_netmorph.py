@@ -160,7 +160,9 @@ def test_activation_change_keeps_every_weight(algo, env, budget):
     old = {n: p.detach().clone() for n, p in member.model.policy.named_parameters()}
     member.apply_hparams({**hparams, "activation_fn": "tanh"})
     assert member.activation == "tanh"
-    assert isinstance(member.model.policy.actor.latent_pi[1] if algo == "sac" else member.model.policy.mlp_extractor.policy_net[1], torch.nn.Tanh)
+    policy = member.model.policy
+    hidden = policy.actor.latent_pi if algo == "sac" else policy.mlp_extractor.policy_net
+    assert isinstance(hidden[1], torch.nn.Tanh)
     for name, p in member.model.policy.named_parameters():
         torch.testing.assert_close(p.detach(), old[name], atol=0, rtol=0)
 

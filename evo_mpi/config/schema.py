@@ -90,6 +90,24 @@ class Config:
     )
     perturb_factors: tuple[float, ...] = _f((0.8, 1.2), "Comma-separated explore multipliers.")
     resample_probability: float = _f(0.25, "Probability of resampling a hyperparameter from its prior.")
+    mutation_probs: str = _f(
+        "",
+        "Relative weights of the mutation kinds a mutating member draws one of, e.g. "
+        "none=0.1,hparams=0.5,arch=0.2,weights=0.1,activation=0.1 (hparams: the explore rule; arch: one change "
+        "of the net_arch prior's architecture; weights: Gaussian noise on a fraction of the weights; activation: "
+        "another activation_fn). Empty: hparams=1, plus arch=1 / activation=1 when net_arch / activation_fn is "
+        "searched.",
+    )
+    mutate: str = _f(
+        "exploited",
+        "Which members mutate after a generation (async: interval): exploited (those that copied a winner, PBT's "
+        "rule) or all (AgileRL's rule).",
+        choices=("exploited", "all"),
+    )
+    weight_mutation_fraction: float = _f(0.1, "Mutation kind weights: share of each weight matrix that changes.")
+    weight_mutation_sd: float = _f(
+        0.1, "Mutation kind weights: noise standard deviation (super mutations 10x; resets draw N(0, sd))."
+    )
     eval_episodes: int = _f(0, "Deterministic evaluation episodes for fitness; 0 = mean of the last training episodes.")
     fitness_window: int = _f(10, "Completed training episodes averaged for fitness when eval-episodes is 0.")
     n_envs: int = _f(8, "Vectorised envs per member.")
@@ -139,6 +157,14 @@ class Config:
         "never reached while a member's fitness is not finite).",
         choices=TARGET_METRICS,
     )
+
+    @property
+    def mutation_weights(self) -> dict[str, float]:
+        """``mutation_probs`` parsed, or its default for this search space."""
+        from ..arch import default_mutation_probs, parse_mutation_probs
+        from ..space import parse_space
+
+        return parse_mutation_probs(self.mutation_probs) or default_mutation_probs(parse_space(self.space_specs))
 
     @property
     def target(self) -> float | None:

@@ -12,8 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import algorithms
+from ..arch import MutationSpecError, default_mutation_probs, parse_mutation_probs
 from ..hparams import check_prior
-from ..space import SpaceError, parse_space
+from ..space import MUTATED_APART, Prior, SpaceError, parse_space
 from .schema import Config, choices_of, parse_duration
 
 
@@ -117,7 +118,7 @@ def validate(
         for name, prior in space.items():
             problems.extend(check_prior(name, prior))
     else:
-        allowed = algo.hparams if algo is not None else ()
+        allowed = (*algo.hparams, *MUTATED_APART) if algo is not None else ()
         for name in sorted(cfg.space_specs):
             need(
                 name in allowed,
@@ -126,6 +127,7 @@ def validate(
         for name, prior in space.items():
             if name in allowed:
                 problems.extend(check_prior(name, prior))
+    problems.extend(_check_mutations(cfg, space))
     try:
         json.dumps(cfg.env_kwargs, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -266,3 +268,57 @@ def _check_writable(path: str) -> list[str]:
     except OSError as exc:
         return [f"--run-dir {path!r}: cannot create files in {probe!r} ({exc.strerror or exc})"]
     return []
+
+
+def _check_mutations(cfg: Config, space: dict[str, Prior]) -> list[str]:
+    """Problems with --mutation-probs, --mutate, the weight-mutation options and the architecture priors."""
+    problems: list[str] = []
+    try:
+        given = parse_mutation_probs(cfg.mutation_probs)
+    except MutationSpecError as exc:
+        return [str(exc)]
+    weights = given or default_mutation_probs(space)
+    if not 0 < cfg.weight_mutation_fraction <= 1:
+        problems.append(f"--weight-mutation-fraction must be in (0, 1], got {cfg.weight_mutation_fraction}")
+    if not 0 < cfg.weight_mutation_sd < float("inf"):
+        problems.append(f"--weight-mutation-sd must be positive and finite, got {cfg.weight_mutation_sd}")
+    if cfg.mutate == "all" and cfg.explore == "pb2":
+        problems.append(
+            "--mutate all with --explore pb2: PB2 chooses for members that copied a winner; use --mutate exploited "
+            "or --explore perturb"
+        )
+    network = [k for k in ("arch", "weights", "activation") if weights.get(k, 0) > 0]
+    network_names = [n for n in MUTATED_APART if n in space]
+    if (network or network_names) and cfg.member:
+        problems.append(
+            f"--member {cfg.member}: mutation kind(s) {network or network_names} change the SB3 adapter's networks; "
+            "a custom member mutates hyperparameters only (drop them from --mutation-probs / --search-space)"
+        )
+    elif (network or network_names) and cfg.policy != "MlpPolicy":
+        problems.append(
+            f"--policy {cfg.policy}: architecture, activation and weight mutation (here {network or network_names}) "
+            "work on MLP policies only; use --policy MlpPolicy or drop them"
+        )
+    arch = space.get("net_arch")
+    if arch is not None and arch.kind == "arch":
+        layers, nodes = arch.layers, (int(arch.low), int(arch.high))
+        need_in = layers[0] <= len(cfg.net_arch) <= layers[1] and all(nodes[0] <= n <= nodes[1] for n in cfg.net_arch)
+        if not need_in:
+            problems.append(
+                f"--net-arch {','.join(map(str, cfg.net_arch))}: every member starts from it, so it must lie in "
+                f"net_arch={arch.spec()} ({layers[0]}-{layers[1]} layers of {nodes[0]}-{nodes[1]} nodes)"
+            )
+    if weights.get("arch", 0) > 0 and (arch is None or arch.kind != "arch"):
+        shown = "nothing" if arch is None else f"net_arch={arch.spec()}"
+        problems.append(
+            f"--mutation-probs arch={weights['arch']} needs an arch prior for net_arch (e.g. --search-space "
+            f"net_arch=arch:1:3:32:256), the search space has {shown}"
+        )
+    activation = space.get("activation_fn")
+    if weights.get("activation", 0) > 0 and (activation is None or len(activation.choices) < 2):
+        shown = "nothing" if activation is None else f"activation_fn={activation.spec()}"
+        problems.append(
+            f"--mutation-probs activation={weights['activation']} needs a choice of two or more activations "
+            f"(e.g. --search-space activation_fn=choice:relu,tanh), the search space has {shown}"
+        )
+    return problems
