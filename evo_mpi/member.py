@@ -31,7 +31,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from . import algorithms, netmorph, seeding
 from .arch import WeightNoise
 from .config import Config, resolve_env
-from .space import MUTATED_APART, Value, format_arch, parse_arch
+from .space import MUTATED_APART, Value, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
 
 
@@ -191,11 +191,6 @@ class Member(FlatTorchState):
     def mutate_weights(self, noise: WeightNoise) -> int:
         """Gaussian noise on a fraction of the trained networks' weights; returns how many entries changed."""
         return netmorph.add_weight_noise(self.model.policy, noise)
-
-    @property
-    def arch_value(self) -> str:
-        """The current ``net_arch`` value (``64-64``)."""
-        return format_arch(self.arch)
 
     # -- schedules -------------------------------------------------------------
     @property
@@ -526,6 +521,10 @@ class Member(FlatTorchState):
         for name, value in hparams.items():
             if isinstance(value, (int, float)):
                 logger.record(f"hparams/{name}", float(value))
+        if "net_arch" in hparams:  # the architecture the generation trained with, as numbers
+            sizes = parse_arch(hparams["net_arch"])
+            logger.record("arch/layers", len(sizes))
+            logger.record("arch/hidden_nodes", sum(sizes))
         logger.dump(step=self.timesteps)
 
     def save(self, path: str) -> None:

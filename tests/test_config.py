@@ -113,6 +113,25 @@ BAD = [
     (["--target-metric", "median"], "argument --target-metric: invalid choice: 'median'"),
     (["--share-experience"], "--share-experience needs an off-policy algorithm with a replay buffer"),
     (["--share-experience", "--member", "examples.custom_trainer:make_member"], "--share-experience with --member"),
+    # evolvable networks
+    (["--mutation-probs", "arch=1,grow=2"], "--mutation-probs: 'grow=2' is not KIND=WEIGHT"),
+    (["--mutation-probs", "hparams=-1"], "'hparams=-1': weights must be finite and >= 0"),
+    (["--mutation-probs", "none=0"], "at least one weight must be positive"),
+    (["--mutation-probs", "arch=1"], "--mutation-probs arch=1.0 needs an arch prior for net_arch"),
+    (["--mutation-probs", "activation=1", "--search-space", "activation_fn=const:relu"],
+     "needs a choice of two or more activations"),
+    (["--search-space", "net_arch=arch:1:3:128:256"], "--net-arch 64,64: every member starts from it"),
+    (["--search-space", "net_arch=arch:3:1:16:64"], "needs MIN <= MAX for layers and nodes"),
+    (["--search-space", "net_arch=arch:1:2:20:30:16"], "no multiple of 16 nodes lies in [20, 30]"),
+    (["--search-space", "net_arch=choice:64-64,64-x"], "'64-x' is not an architecture"),
+    (["--search-space", "activation_fn=choice:relu,sigmoid"], "unknown activation 'sigmoid'"),
+    (["--search-space", "net_arch=choice:64,32", "--policy", "CnnPolicy"],
+     "--policy CnnPolicy: architecture, activation and weight mutation"),
+    (["--mutation-probs", "weights=1", "--member", "examples.custom_trainer:make_member",
+      "--search-space", "lr=loguniform:1e-4:1e-2"], "a custom member mutates hyperparameters only"),
+    (["--mutate", "all", "--explore", "pb2"], "--mutate all with --explore pb2"),
+    (["--weight-mutation-fraction", "0"], "--weight-mutation-fraction must be in (0, 1], got 0.0"),
+    (["--weight-mutation-sd", "inf"], "--weight-mutation-sd must be positive and finite, got inf"),
 ]  # fmt: skip
 
 

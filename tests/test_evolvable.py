@@ -2,6 +2,8 @@
 
 import json
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from stable_baselines3 import PPO
 
 from evo_mpi import checkpoint
 from evo_mpi.arch import draw_kind
-from helpers import history_without_rank, launch, read_history, run_evo, wait_for_line
+from helpers import ROOT, child_env, history_without_rank, launch, read_history, run_evo, wait_for_line
 
 BUDGET = ["--env-id", "CartPole-v1", "--steps-per-generation", "256", "--n-envs", "2", "--n-steps", "64"]
 FIXED = ["--search-space", "batch_size=const:64", "--search-space", "n_epochs=const:2"]
@@ -162,3 +164,22 @@ def test_mutation_kinds_follow_their_weights():
     assert chi2 < 18.47, (chi2, dict(zip(kinds, observed.tolist(), strict=True)))  # chi-square 4 dof, p = 0.001
     zero = {"none": 0.0, "hparams": 1.0, "arch": 1.0}
     assert "none" not in {draw_kind(zero, rng) for _ in range(1000)}
+
+
+def test_replay_repeats_growth_and_weight_noise_exactly(tmp_path, mutating_reference):
+    run_dir, history = mutating_reference
+    best = max((r for r in history if r["generation"] == 4), key=lambda r: r["fitness"])["member"]
+    out = tmp_path / "replay"
+    proc = subprocess.run(
+        [sys.executable, "-m", "evo_mpi.replay", str(run_dir), "--member", str(best), "--out", str(out)],
+        capture_output=True, text=True, timeout=240, env=child_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    replayed = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert len(replayed) == 5
+    by_key = {(r["member"], r["generation"]): r for r in history}
+    kinds = [by_key[(r["member"], r["generation"] - 1)].get("mutation", {}).get("kind") for r in replayed[1:]]
+    assert {"arch", "weights"} & set(kinds), kinds  # the lineage grew or was perturbed on the way
+    for r in replayed:
+        assert r["fitness"] == r["pbt_fitness"], (r["generation"], r["fitness"], r["pbt_fitness"])
+        assert r["hparams"]["net_arch"] == by_key[(r["member"], r["generation"])]["hparams"]["net_arch"]
