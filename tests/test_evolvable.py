@@ -183,3 +183,18 @@ def test_replay_repeats_growth_and_weight_noise_exactly(tmp_path, mutating_refer
     for r in replayed:
         assert r["fitness"] == r["pbt_fitness"], (r["generation"], r["fitness"], r["pbt_fitness"])
         assert r["hparams"]["net_arch"] == by_key[(r["member"], r["generation"])]["hparams"]["net_arch"]
+
+
+def test_off_policy_members_of_different_sizes_are_the_same_on_any_layout(tmp_path):
+    """SAC: actor, twin critics, their target and the entropy coefficient's optimizer, with VecNormalize."""
+    args = [
+        "--algo", "sac", "--env-id", "Pendulum-v1", "--n-envs", "1", "--steps-per-generation", "200",
+        "--generations", "3", "--buffer-size", "1000", "--normalize", "--seed", "2",
+        "--search-space", "net_arch=arch:1:3:32:128", "--mutation-probs", "arch=3,weights=1,hparams=1",
+        "--mutate", "all",
+    ]  # fmt: skip
+    run_evo([*args, "--run-dir", str(tmp_path / "one"), "--agents-per-rank", "4"], None)
+    run_evo([*args, "--run-dir", str(tmp_path / "two"), "--agents-per-rank", "2"], 2)
+    one = history_without_rank(tmp_path / "one")
+    assert len({r["hparams"]["net_arch"] for r in one}) >= 3
+    assert history_without_rank(tmp_path / "two") == one
