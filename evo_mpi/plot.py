@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +28,11 @@ EXIT_OK = 0
 EXIT_USAGE = 2
 #: Above this many members, members are told apart by a colour bar instead of a legend.
 LEGEND_MAX = 16
+
+
+def _natural(text: str) -> list[Any]:
+    """Sort key comparing the numbers in ``text`` as numbers (architectures like ``160-64``)."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", text)]
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -178,7 +184,7 @@ def plot_hparams(hist: History, config: dict[str, Any] | None, path: str, member
         if _numeric(present):
             values = np.array([[math.nan if v is None else float(v) for v in row] for row in raw])
         else:  # categorical: plot the index of each value among the sorted distinct ones
-            levels = sorted({str(v) for v in present})
+            levels = sorted({str(v) for v in present}, key=_natural)  # 48-64 < 64-64 < 160-64
             values = np.array([[math.nan if v is None else levels.index(str(v)) for v in row] for row in raw])
             ax.set_yticks(range(len(levels)), levels)
         for m in range(P):

@@ -1,4 +1,8 @@
-"""Exact resume and layout independence hold for every algorithm, with real mpiexec runs."""
+"""Exact resume and layout independence hold for every algorithm, with real mpiexec runs.
+
+Every run also evolves its networks (architecture and weight mutation from 32-32 or 64-64), so
+members of different sizes move between ranks, resume and rebuild for every algorithm.
+"""
 
 import signal
 
@@ -20,10 +24,11 @@ ARGS = {
 }
 GENERATIONS = 4
 POPULATION = 4
+EVOLVING = ["--search-space", "net_arch=arch:1:3:16:96", "--mutation-probs", "hparams=1,arch=2,weights=1"]
 
 
 def _args(algo: str) -> list[str]:
-    return ["--algo", algo, *ARGS[algo], "--generations", str(GENERATIONS), "--seed", "3"]
+    return ["--algo", algo, *ARGS[algo], *EVOLVING, "--generations", str(GENERATIONS), "--seed", "3"]
 
 
 @pytest.fixture(scope="module", params=list(ARGS))
@@ -36,6 +41,7 @@ def reference(request, tmp_path_factory):
     assert len(history) == GENERATIONS * POPULATION
     assert all(r["fitness"] is not None for r in history)
     assert any(r["parent"] is not None for r in history), "the run must exercise the exploit path"
+    assert len({r["hparams"]["net_arch"] for r in history}) >= 2, "members of different sizes must take part"
     return algo, history
 
 
