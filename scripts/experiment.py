@@ -158,17 +158,22 @@ def latest_records(path: str) -> dict[int, dict[str, Any]]:
     return latest
 
 
+def run_logged(path: str, cmd: list[str]) -> None:
+    """Run one evo_mpi command (1 torch thread per process), appending its output to ``path.log``."""
+    env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    with open(path + ".log", "a", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+
+
 def one(out: str, env: str, method: str, seed: int) -> dict[str, Any]:
     """Run (or resume, or skip) one configuration, then evaluate it."""
     path = run_dir(out, env, method, seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t0 = time.time()
     if not os.path.exists(os.path.join(path, "best.zip")):
-        env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-        with open(path + ".log", "a", encoding="utf-8") as log:
-            proc = subprocess.run(command(out, env, method, seed), stdout=log, stderr=subprocess.STDOUT, env=env_vars)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+        run_logged(path, command(out, env, method, seed))
     result = evaluate(path, env, seed)
     print(f"{env:12s} {method:8s} seed {seed}: eval {result['eval_mean']:9.1f} ({time.time() - t0:.0f} s)", flush=True)
     return result
@@ -293,6 +298,26 @@ def async_study(out: str, seeds: list[int]) -> int:
     return write_study(out, "async", fig, lines)
 
 
+def run_all(run: Any, todo: list[tuple[Any, ...]], jobs: int) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """``run(*job)`` for every job, ``jobs`` at a time (each launches its own processes): job -> result."""
+    results: dict[tuple[Any, ...], dict[str, Any]] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run, *job): job for job in todo}
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+    return results
+
+
+def study_figure(width: float) -> Any:
+    """A matplotlib figure for a study's curves, drawn off-screen."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, 3.8))
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def write_study(out: str, name: str, fig: Any, lines: list[str]) -> int:
     """Save a study's figure as OUT/<name>_curves.png and its table as OUT/<name>_table.md, print the table."""
     fig.tight_layout()
@@ -331,11 +356,7 @@ def share_run(out: str, env: str, mode: str, seed: int) -> dict[str, Any]:
         ]  # fmt: skip
         if mode == "shared":
             cmd.append("--share-experience")
-        env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-        with open(path + ".log", "a", encoding="utf-8") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+        run_logged(path, cmd)
     result = evaluate(path, env, seed)
     history = read_history(path)
     result["first_target_steps"] = first_reach(history, spec["target"], spec["steps"])
@@ -362,21 +383,13 @@ def best_curve(path: str) -> np.ndarray:
 
 
 def share_study(out: str, seeds: list[int], jobs: int) -> int:
-    todo = [(env, mode, seed) for env in SHARE_RUNS for seed in seeds for mode in SHARE_MODES]
-    results: dict[tuple[str, str, int], dict[str, Any]] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(share_run, out, *job): job for job in todo}
-        for future in concurrent.futures.as_completed(futures):
-            results[futures[future]] = future.result()
+    todo = [(out, env, mode, seed) for env in SHARE_RUNS for seed in seeds for mode in SHARE_MODES]
+    results = {job[1:]: result for job, result in run_all(share_run, todo, jobs).items()}
     lines = [
         "| env (algo) | replay | final best return (mean +- sd) | per seed | steps/member to target (per seed) |",
         "|---|---|---|---|---|",
     ]
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 3.8))
-    FigureCanvasAgg(fig)
+    fig = study_figure(10)
     for i, (env, spec) in enumerate(SHARE_RUNS.items()):
         ax = fig.add_subplot(1, len(SHARE_RUNS), i + 1)
         steps = np.arange(1, spec["generations"] + 1) * spec["steps"]
@@ -567,11 +580,7 @@ def arch_run(out: str, mode: str, seed: int) -> dict[str, Any]:
             "--agents-per-rank", str(ARCH_POPULATION), "--generations", str(ARCH_GENERATIONS),
             "--steps-per-generation", str(ARCH_STEPS), "--run-dir", path, *ARCH_LAYOUT, *ARCH_MODES[mode],
         ]  # fmt: skip
-        env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-        with open(path + ".log", "a", encoding="utf-8") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_vars)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+        run_logged(path, cmd)
     result = evaluate(path, ARCH_ENV, seed)
     latest = latest_records(path)
     result["final_arch"] = latest[result["member"]]["hparams"].get("net_arch", "64-64")
@@ -581,21 +590,13 @@ def arch_run(out: str, mode: str, seed: int) -> dict[str, Any]:
 
 
 def arch_study(out: str, seeds: list[int], jobs: int) -> int:
-    todo = [(mode, seed) for seed in seeds for mode in ARCH_MODES]
-    results: dict[tuple[str, int], dict[str, Any]] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(arch_run, out, *job): job for job in todo}
-        for future in concurrent.futures.as_completed(futures):
-            results[futures[future]] = future.result()
+    todo = [(out, mode, seed) for seed in seeds for mode in ARCH_MODES]
+    results = {job[1:]: result for job, result in run_all(arch_run, todo, jobs).items()}
     lines = [
         "| arm | final best return (mean +- sd) | per seed | net_arch of the picked member (per seed) |",
         "|---|---|---|---|",
     ]
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 3.8))
-    FigureCanvasAgg(fig)
+    fig = study_figure(11)
     ax = fig.add_subplot(1, 2, 1)
     steps = np.arange(1, ARCH_GENERATIONS + 1) * ARCH_STEPS
     for mode in ARCH_MODES:
@@ -655,12 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.study == "arch":
         return arch_study(args.out, seeds, args.jobs)
     envs = args.envs.split(",")
-    jobs = [(env, method, seed) for env in envs for seed in seeds for method in METHODS]
-    results: dict[tuple[str, str, int], dict[str, Any]] = {}
-    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(one, args.out, *job): job for job in jobs}
-        for future in concurrent.futures.as_completed(futures):
-            results[futures[future]] = future.result()
+    jobs = [(args.out, env, method, seed) for env in envs for seed in seeds for method in METHODS]
+    results = {job[1:]: result for job, result in run_all(one, jobs, args.jobs).items()}
     summary: dict[str, Any] = {"population": POPULATION, "generations": GENERATIONS}
     summary["steps_per_member"] = {env: GENERATIONS.get(env, 36) * STEPS_PER_GENERATION for env in envs}
     lines = ["| env | method | final best return (mean +- sd) | per seed |", "|---|---|---|---|"]
