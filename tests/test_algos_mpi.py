@@ -22,7 +22,7 @@ ARGS = {
     "td3": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2"],
     "ddpg": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2"],
 }
-GENERATIONS = 4
+GENERATIONS = 3
 POPULATION = 4
 EVOLVING = ["--search-space", "net_arch=arch:1:3:16:96", "--mutation-probs", "hparams=1,arch=2,weights=1"]
 
