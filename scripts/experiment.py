@@ -417,8 +417,10 @@ def share_study(out: str, seeds: list[int], jobs: int) -> int:
 
 HARD_ENV = "LunarLander-v3"
 HARD_RANKS, HARD_PER_RANK = 2, 4  # population 8: mpiexec -n 2 --agents-per-rank 4, one run at a time
-#: 196,608 env steps per member: 3 seeds x 5 methods take about 4 h here (PBT: 16 min a run; 18 generations took 24).
-HARD_GENERATIONS, HARD_STEPS = 12, 16384
+#: 98,304 env steps per member (6 generations): 3 seeds x 5 methods took 64 min here (2.5-5 min a run,
+#: one 10 min beside a test run). 12 generations (~4 h) did not finish inside one session, and a session's
+#: processes and results/ do not outlive it.
+HARD_GENERATIONS, HARD_STEPS = 6, 16384
 #: Env layout of every method: the zoo's for this env (16 envs x 1024 steps per rollout).
 HARD_LAYOUT = ["--n-envs", "16", "--n-steps", "1024"]
 HARD_METHODS = ("pbt", "pbt-async", "random", "default", "zoo")
