@@ -45,9 +45,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 from .space import Prior, Value, explore
+
+
+def _solve_triangular(low: np.ndarray, b: np.ndarray, lower: bool, check_finite: bool) -> np.ndarray:
+    """The triangular solve of scipy, imported on first use: scipy.linalg costs every rank 0.2 s at start-up."""
+    from scipy.linalg import solve_triangular
+
+    return np.asarray(solve_triangular(low, b, lower=lower, check_finite=check_finite))
+
 
 NUMERIC_KINDS = ("loguniform", "uniform", "int")
 """Prior kinds modelled by the GP; ``choice`` and ``const`` are explored PBT-style."""
@@ -154,7 +161,7 @@ def log_marginal_likelihood(t: np.ndarray, x: np.ndarray, y: np.ndarray, params:
     """GP log marginal likelihood of ``y`` (zero mean, unit signal variance)."""
     k = kernel(t, x, t, x, params) + params.noise * np.eye(y.size)
     low = _cholesky(k)
-    z = solve_triangular(low, y, lower=True, check_finite=False)
+    z = _solve_triangular(low, y, lower=True, check_finite=False)
     return float(-0.5 * z @ z - np.log(np.diag(low)).sum() - 0.5 * y.size * math.log(2.0 * math.pi))
 
 
@@ -173,7 +180,7 @@ def fit_kernel(t: np.ndarray, x: np.ndarray, y: np.ndarray) -> KernelParams:
             base = _kernel_from(sq, dt, KernelParams(lengthscale, 0.0, epsilon))
             for noise in NOISES:
                 low = _cholesky(base + noise * eye)
-                z = solve_triangular(low, y, lower=True, check_finite=False)
+                z = _solve_triangular(low, y, lower=True, check_finite=False)
                 lml = float(-0.5 * z @ z - np.log(np.diag(low)).sum())
                 if lml > best_lml:
                     best, best_lml = KernelParams(lengthscale, noise, epsilon), lml
@@ -221,9 +228,9 @@ def gp_posterior(
         all_t, all_x = t, x
     low = _cholesky(kernel(all_t, all_x, all_t, all_x, params) + params.noise * np.eye(all_t.size))
     cross = kernel(all_t, all_x, query_t, query_x, params)
-    alpha = solve_triangular(low[:n, :n], ys, lower=True, check_finite=False)
-    mean = cross[:n].T @ solve_triangular(low[:n, :n].T, alpha, lower=False, check_finite=False)
-    v = solve_triangular(low, cross, lower=True, check_finite=False)
+    alpha = _solve_triangular(low[:n, :n], ys, lower=True, check_finite=False)
+    mean = cross[:n].T @ _solve_triangular(low[:n, :n].T, alpha, lower=False, check_finite=False)
+    v = _solve_triangular(low, cross, lower=True, check_finite=False)
     var = np.maximum(1.0 - np.einsum("ij,ij->j", v, v), 0.0)
     return centre + spread * mean, spread * np.sqrt(var)
 

@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import special
 
 SELECTIONS = ("truncation", "wta", "tournament", "ttest", "none")
 
@@ -125,6 +124,8 @@ def welch_pvalue(a: np.ndarray, b: np.ndarray) -> float:
         return 1.0 if diff == 0.0 else 0.0
     df = se2**2 / (errors[0] ** 2 / dofs[0] + errors[1] ** 2 / dofs[1])
     t = diff / math.sqrt(se2)
+    from scipy import special  # imported here: only the t-test needs it, and it slows every rank's start
+
     return float(min(1.0, 2.0 * special.stdtr(df, -abs(t))))
 
 

@@ -63,8 +63,10 @@ def read_history(run_dir: Path) -> list[dict]:
         return [json.loads(line) for line in fh]
 
 
-#: A run long enough to interrupt (8 generations of 1024 steps, about 1 s each).
-LONG = cartpole_args(seed=3, generations=8, steps=1024)
+#: Env steps per generation of LONG.
+LONG_STEPS = 512
+#: A run long enough to interrupt (8 generations of 512 steps, about half a second each).
+LONG = cartpole_args(seed=3, generations=8, steps=LONG_STEPS)
 
 
 def history_without_rank(run_dir: Path) -> list[dict]:

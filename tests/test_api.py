@@ -90,7 +90,7 @@ def test_env_factory_and_callback_on_every_rank(tmp_path):
 
 
 CUSTOM = [str(ROOT / "examples" / "custom_trainer.py"), "--agents-per-rank", "2", "--generations", "8"]
-CUSTOM += ["--steps-per-generation", "16384", "--seed", "5"]
+CUSTOM += ["--steps-per-generation", "4096", "--seed", "5"]
 
 
 def _custom(run_dir):

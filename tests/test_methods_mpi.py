@@ -125,7 +125,7 @@ OFF_POLICY = ["--n-envs", "1", "--buffer-size", "3000", "--net-arch", "32,32", "
 def test_sac_on_pendulum_over_mpi_with_normalisation_and_buffer_copy(tmp_path):
     """SAC + VecNormalize + replay-buffer copy on 2 ranks gives the one-process history, and resumes exactly."""
     args = [
-        "--algo", "sac", "--env-id", "Pendulum-v1", *OFF_POLICY, "--generations", "4",
+        "--algo", "sac", "--env-id", "Pendulum-v1", *OFF_POLICY, "--generations", "3",
         "--steps-per-generation", "200", "--normalize", "--copy-replay-buffer", "--fitness-window", "1",
     ]  # fmt: skip
     mpi, single = tmp_path / "mpi", tmp_path / "single"
@@ -134,9 +134,9 @@ def test_sac_on_pendulum_over_mpi_with_normalisation_and_buffer_copy(tmp_path):
     run_evo([*args, "--agents-per-rank", "2", "--run-dir", str(single)], None, timeout=300)
     reference = history_without_rank(single)
     assert history_without_rank(mpi) == reference
-    assert sum(r["parent"] is not None for r in reference) == 3
+    assert sum(r["parent"] is not None for r in reference) == 2
     model = SAC.load(mpi / "best.zip", device="cpu")
-    assert model.num_timesteps == 4 * 200
+    assert model.num_timesteps == 3 * 200
     stats = VecNormalize.load(str(mpi / "best.vecnormalize.pkl"), DummyVecEnv([lambda: gymnasium.make("Pendulum-v1")]))
     assert stats.obs_rms.count > 200
     # crash after checkpoint 1 is renamed: replay buffers, VecNormalize and counters come back exactly
