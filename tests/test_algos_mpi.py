@@ -6,7 +6,10 @@ members of different sizes move between ranks, resume and rebuild for every algo
 
 import signal
 
+import gymnasium
 import pytest
+from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from helpers import history_without_rank, launch, read_history, run_evo, wait_for_line
 
@@ -18,12 +21,14 @@ ARGS = {
     "ppo": [*ON_POLICY, "--search-space", "batch_size=choice:32,64,128", "--search-space", "n_epochs=int:1:3"],
     "a2c": ON_POLICY,
     "dqn": ["--env-id", "CartPole-v1", *OFF_POLICY, "--search-space", "target_update_interval=int:10:100"],
-    "sac": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2"],
+    # SAC also moves and resumes VecNormalize statistics and whole replay buffers
+    "sac": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2", "--normalize", "--copy-replay-buffer"],
     "td3": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2"],
     "ddpg": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2"],
 }
 GENERATIONS = 3
 POPULATION = 4
+CLASSES = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3, "ddpg": DDPG}
 EVOLVING = ["--search-space", "net_arch=arch:1:3:16:96", "--mutation-probs", "hparams=1,arch=2,weights=1"]
 
 
@@ -42,6 +47,12 @@ def reference(request, tmp_path_factory):
     assert all(r["fitness"] is not None for r in history)
     assert any(r["parent"] is not None for r in history), "the run must exercise the exploit path"
     assert len({r["hparams"]["net_arch"] for r in history}) >= 2, "members of different sizes must take part"
+    steps = int(ARGS[algo][ARGS[algo].index("--steps-per-generation") + 1])
+    model = CLASSES[algo].load(run_dir / "best.zip", device="cpu")
+    assert model.num_timesteps == GENERATIONS * steps
+    if "--normalize" in ARGS[algo]:
+        venv = DummyVecEnv([lambda: gymnasium.make("Pendulum-v1")])
+        assert VecNormalize.load(str(run_dir / "best.vecnormalize.pkl"), venv).obs_rms.count > steps
     return algo, history
 
 

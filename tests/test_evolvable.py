@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 from stable_baselines3 import PPO
 
 from evo_mpi.arch import draw_kind
+from evo_mpi.plot import _natural
 from helpers import ROOT, child_env, history_without_rank, read_history, run_evo
 
 BUDGET = ["--env-id", "CartPole-v1", "--steps-per-generation", "256", "--n-envs", "2", "--n-steps", "64"]
@@ -142,6 +144,22 @@ def test_mutation_kinds_follow_their_weights():
     assert chi2 < 18.47, (chi2, dict(zip(kinds, observed.tolist(), strict=True)))  # chi-square 4 dof, p = 0.001
     zero = {"none": 0.0, "hparams": 1.0, "arch": 1.0}
     assert "none" not in {draw_kind(zero, rng) for _ in range(1000)}
+
+
+def test_plot_of_members_of_changing_sizes(mutating_reference, tmp_path):
+    """Plots of a run whose members change size: every figure is written, levels in numeric order."""
+    run_dir, history = mutating_reference
+    out = tmp_path / "plots"
+    proc = subprocess.run(
+        [sys.executable, "-m", "evo_mpi.plot", str(run_dir), "--out", str(out)],
+        capture_output=True, text=True, timeout=120, env=child_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    written = [Path(p) for p in proc.stdout.split()]
+    assert len(written) == 3 and all(p.read_bytes().startswith(b"\x89PNG") for p in written), proc.stdout
+    assert len({r["hparams"]["net_arch"] for r in history}) >= 3  # a categorical panel of several levels
+    # the panel's level order: numbers compared as numbers, a prefix before its extensions
+    assert sorted(["160-64", "64-64-64", "48-64", "64-64"], key=_natural) == ["48-64", "64-64", "64-64-64", "160-64"]
 
 
 def test_replay_repeats_growth_and_weight_noise_exactly(tmp_path, mutating_reference):

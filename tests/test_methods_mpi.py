@@ -1,12 +1,9 @@
-"""Tournament, t-test, PB2 and no-exploit runs under real mpiexec; off-policy algorithms over MPI."""
+"""Tournament, t-test, PB2 and no-exploit runs under real mpiexec (every algorithm: test_algos_mpi.py)."""
 
 import math
 
-import gymnasium
 import numpy as np
 import pytest
-from stable_baselines3 import DQN, SAC
-from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from evo_mpi import seeding
 from evo_mpi.config import Config
@@ -14,7 +11,7 @@ from evo_mpi.engine import PB2_MAX_OBSERVATIONS
 from evo_mpi.pb2 import Observation, pb2_explore
 from evo_mpi.selection import rank_order, tournament, ttest
 from evo_mpi.space import explore, parse_space
-from helpers import TINY, history_without_rank, launch, read_history, run_evo
+from helpers import TINY, history_without_rank, read_history, run_evo
 
 SPACE = {"batch_size": "choice:32,64,128", "n_epochs": "int:1:3"}
 CFG = Config(seed=7, steps_per_generation=256, search_space=SPACE)
@@ -117,43 +114,3 @@ def test_lineage_file_lists_every_exploit(method_runs):
         assert e["old_hparams"] == by_key[(e["generation"], e["loser"])]["hparams"]
         assert e["new_hparams"] == by_key[(e["generation"] + 1, e["loser"])]["hparams"]
         assert e["winner_fitness"] == by_key[(e["generation"], e["winner"])]["fitness"]
-
-
-OFF_POLICY = ["--n-envs", "1", "--buffer-size", "3000", "--net-arch", "32,32", "--seed", "5"]
-
-
-def test_sac_on_pendulum_over_mpi_with_normalisation_and_buffer_copy(tmp_path):
-    """SAC + VecNormalize + replay-buffer copy on 2 ranks gives the one-process history, and resumes exactly."""
-    args = [
-        "--algo", "sac", "--env-id", "Pendulum-v1", *OFF_POLICY, "--generations", "3",
-        "--steps-per-generation", "200", "--normalize", "--copy-replay-buffer", "--fitness-window", "1",
-    ]  # fmt: skip
-    mpi, single = tmp_path / "mpi", tmp_path / "single"
-    proc = run_evo([*args, "--run-dir", str(mpi)], 2, timeout=300)
-    assert "done: best member" in proc.stdout
-    run_evo([*args, "--agents-per-rank", "2", "--run-dir", str(single)], None, timeout=300)
-    reference = history_without_rank(single)
-    assert history_without_rank(mpi) == reference
-    assert sum(r["parent"] is not None for r in reference) == 2
-    model = SAC.load(mpi / "best.zip", device="cpu")
-    assert model.num_timesteps == 3 * 200
-    stats = VecNormalize.load(str(mpi / "best.vecnormalize.pkl"), DummyVecEnv([lambda: gymnasium.make("Pendulum-v1")]))
-    assert stats.obs_rms.count > 200
-    # crash after checkpoint 1 is renamed: replay buffers, VecNormalize and counters come back exactly
-    crashed = tmp_path / "crashed"
-    victim = launch([*args, "--run-dir", str(crashed)], 2, {"EVO_MPI_FAULT": "prune:1"})
-    victim.communicate(timeout=300)
-    assert victim.returncode != 0
-    run_evo([*args, "--run-dir", str(crashed)], 2, timeout=300)
-    assert history_without_rank(crashed) == reference
-
-
-def test_dqn_on_cartpole_over_mpi(tmp_path):
-    run_dir = tmp_path / "dqn"
-    args = ["--algo", "dqn", *OFF_POLICY, "--generations", "3", "--steps-per-generation", "600"]
-    proc = run_evo([*args, "--run-dir", str(run_dir), "--selection", "tournament"], 2, timeout=300)
-    assert "done: best member" in proc.stdout
-    history = read_history(run_dir)
-    assert len(history) == 3 * 2 and all(r["fitness"] is not None for r in history)
-    model = DQN.load(run_dir / "best.zip", device="cpu")
-    assert model.num_timesteps == 3 * 600

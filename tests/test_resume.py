@@ -42,8 +42,7 @@ def _interrupt(run_dir, n, per_rank, after_generation, sig):
     [
         (1, signal.SIGTERM, (2, 2), (4, 1)),  # stop early; resume on another layout
         (3, signal.SIGUSR1, (4, 1), (None, 4)),  # SLURM's usual signal; resume without MPI
-        (6, signal.SIGINT, (1, 4), (2, 2)),
-    ],
+    ],  # SIGINT (Ctrl-C): test_rerunning_same_command_resumes_and_finished_run_is_left_alone
 )
 def test_stop_and_resume_reproduces_uninterrupted_history(tmp_path, reference, after, sig, first, second):
     run_dir = tmp_path / "run"
@@ -60,7 +59,7 @@ def test_stop_and_resume_reproduces_uninterrupted_history(tmp_path, reference, a
 def test_rerunning_same_command_resumes_and_finished_run_is_left_alone(tmp_path, reference):
     run_dir = tmp_path / "run"
     args = [*LONG, "--run-dir", str(run_dir), "--agents-per-rank", "2"]
-    _interrupt(run_dir, 2, 2, 2, signal.SIGTERM)
+    _interrupt(run_dir, 2, 2, 2, signal.SIGINT)
     proc = run_evo(args, 2)
     assert "evo-mpi: resuming" in proc.stdout
     assert history_without_rank(run_dir) == reference

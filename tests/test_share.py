@@ -60,7 +60,7 @@ def test_sharing_is_off_by_default(tmp_path):
         assert meta["replay"]["pos"] == ROWS  # its own rows only
 
 
-SHARED = [*DQN, "--generations", "6", "--share-experience"]
+SHARED = [*DQN, "--generations", "4", "--share-experience"]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def shared_reference(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("shared") / "run"
     run_evo([*SHARED, "--agents-per-rank", "2", "--run-dir", str(run_dir)], 2)
     history = history_without_rank(run_dir)
-    assert len(history) == 6 * 4
+    assert len(history) == 4 * 4
     return history
 
 
@@ -85,7 +85,7 @@ def test_sharing_resumes_exactly(tmp_path, shared_reference):
     proc.send_signal(signal.SIGUSR1)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, (out, err)
-    assert len(read_history(run_dir)) < 6 * 4
+    assert len(read_history(run_dir)) < 4 * 4
     run_evo(["--resume", str(run_dir), "--agents-per-rank", "4"], None)
     assert history_without_rank(run_dir) == shared_reference
 
