@@ -98,3 +98,23 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> 
     finally:
         timer.cancel()
     raise AssertionError(f"never saw {prefix!r}; stdout: {''.join(lines)}; stderr: {proc.stderr.read()}")
+
+
+#: What ``python -m evo_mpi.plot`` writes, and the PNG signature each file starts with.
+PNG = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("fitness.png", "hparams.png", "lineage.png")
+
+
+def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` (plot, replay) in a child process, output captured."""
+    cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=ROOT)
+
+
+def check_pngs(proc: subprocess.CompletedProcess, out: Path) -> None:
+    """The plot command succeeded and printed, then wrote, every figure as a real PNG under ``out``."""
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == [str(out / name) for name in PLOTS]
+    for name in PLOTS:
+        data = (out / name).read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG), name

@@ -235,16 +235,15 @@ def test_a_straggler_does_not_stall_the_other_rank(tmp_path):
 
 
 def test_time_limit_ends_an_async_run_cleanly(tmp_path):
-    n = 2
     run_dir = tmp_path / "run"
     args = [*LONG_ASYNC, "--generations", "200", "--agents-per-rank", "2", "--time-limit", "8"]
     t0 = time.monotonic()
-    proc = run_evo([*args, "--run-dir", str(run_dir)], n)
+    proc = run_evo([*args, "--run-dir", str(run_dir)], 2)
     assert time.monotonic() - t0 < 8 + 4
     assert "--time-limit 8: the run ends before its budget is spent" in proc.stdout
     assert 1 <= len(read_history(run_dir)) < 4 * 200
     assert (run_dir / "best.zip").is_file() and len(list((run_dir / "final").glob("member_*.zip"))) == 4
-    assert "already finished" in run_evo(["--resume", str(run_dir)], n).stdout
+    assert "already finished" in run_evo(["--resume", str(run_dir)], 2).stdout
 
 
 def test_api_refuses_a_callback_in_async_mode(tmp_path):

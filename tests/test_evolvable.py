@@ -1,9 +1,6 @@
 """Evolvable networks over real mpiexec: members of different sizes move, mutate, resume and load alike."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +9,7 @@ from stable_baselines3 import PPO
 
 from evo_mpi.arch import draw_kind
 from evo_mpi.plot import _natural
-from helpers import ROOT, child_env, history_without_rank, read_history, run_evo
+from helpers import check_pngs, history_without_rank, read_history, run_evo, run_module
 
 BUDGET = ["--env-id", "CartPole-v1", "--steps-per-generation", "256", "--n-envs", "2", "--n-steps", "64"]
 FIXED = ["--search-space", "batch_size=const:64", "--search-space", "n_epochs=const:2"]
@@ -150,13 +147,7 @@ def test_plot_of_members_of_changing_sizes(mutating_reference, tmp_path):
     """Plots of a run whose members change size: every figure is written, levels in numeric order."""
     run_dir, history = mutating_reference
     out = tmp_path / "plots"
-    proc = subprocess.run(
-        [sys.executable, "-m", "evo_mpi.plot", str(run_dir), "--out", str(out)],
-        capture_output=True, text=True, timeout=120, env=child_env(), cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    written = [Path(p) for p in proc.stdout.split()]
-    assert len(written) == 3 and all(p.read_bytes().startswith(b"\x89PNG") for p in written), proc.stdout
+    check_pngs(run_module("evo_mpi.plot", str(run_dir), "--out", str(out)), out)
     assert len({r["hparams"]["net_arch"] for r in history}) >= 3  # a categorical panel of several levels
     # the panel's level order: numbers compared as numbers, a prefix before its extensions
     assert sorted(["160-64", "64-64-64", "48-64", "64-64"], key=_natural) == ["48-64", "64-64", "64-64-64", "160-64"]
@@ -166,10 +157,7 @@ def test_replay_repeats_growth_and_weight_noise_exactly(tmp_path, mutating_refer
     run_dir, history = mutating_reference
     best = max((r for r in history if r["generation"] == 4), key=lambda r: r["fitness"])["member"]
     out = tmp_path / "replay"
-    proc = subprocess.run(
-        [sys.executable, "-m", "evo_mpi.replay", str(run_dir), "--member", str(best), "--out", str(out)],
-        capture_output=True, text=True, timeout=240, env=child_env(), cwd=ROOT,
-    )  # fmt: skip
+    proc = run_module("evo_mpi.replay", str(run_dir), "--member", str(best), "--out", str(out), timeout=240)
     assert proc.returncode == 0, proc.stderr
     replayed = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(replayed) == 5

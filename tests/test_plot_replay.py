@@ -12,17 +12,10 @@ from pathlib import Path
 import pytest
 
 from evo_mpi.lineage import HistoryError, ancestry, best_member, chain, latest_best, read_history, schedule, tabulate
-from helpers import ROOT, TINY, child_env, run_evo
+from helpers import ROOT, TINY, check_pngs, child_env, run_evo, run_module
 
-PNG = b"\x89PNG\r\n\x1a\n"
-NAMES = ("fitness.png", "hparams.png", "lineage.png")
 POPULATION = 4
 GENERATIONS = 3  # TINY
-
-
-def run_module(module: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", module, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(), cwd=ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +23,6 @@ def run_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("pbt") / "run"
     run_evo([*TINY, "--agents-per-rank", str(POPULATION), "--run-dir", str(path)], None)
     return path
-
-
-def check_pngs(proc: subprocess.CompletedProcess, out: Path) -> None:
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.split() == [str(out / name) for name in NAMES]
-    for name in NAMES:
-        data = (out / name).read_bytes()
-        assert len(data) > 1000 and data.startswith(PNG), name
 
 
 def test_plot_writes_three_pngs(run_dir):
