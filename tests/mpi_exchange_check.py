@@ -1,7 +1,8 @@
-"""Run under ``mpiexec -n K``: move member state through a backend and check it bit for bit.
+"""Run under ``mpiexec -n K``: move member state through each backend and check it bit for bit.
 
-Usage: mpi_exchange_check.py BACKEND AGENTS_PER_RANK
-Prints one line ``OK <n> transfers`` on rank 0, or raises (non-zero exit).
+Usage: mpi_exchange_check.py AGENTS_PER_RANK BACKEND...
+Each backend starts from the same states. Prints one line ``OK <n> transfers ... backend <b>`` per
+backend on rank 0, or raises (non-zero exit).
 """
 
 import hashlib
@@ -14,7 +15,7 @@ from evo_mpi.config import Config
 from evo_mpi.member import Member
 
 torch.set_num_threads(1)
-backend, per_rank = sys.argv[1], int(sys.argv[2])
+per_rank, backends = int(sys.argv[1]), sys.argv[2:]
 comm = Comm()
 cfg = Config(n_envs=1, n_steps=32, agents_per_rank=per_rank)
 population = comm.size * per_rank
@@ -29,7 +30,7 @@ def digest(m):
     return hashlib.sha256(members[m].pack().tobytes()).hexdigest()
 
 
-before = comm.bcast_obj(None)  # sync
+original = {m: members[m].pack().copy() for m in local}
 before = {}
 for r in range(comm.size):
     before.update(comm.bcast_obj({m: digest(m) for m in local} if comm.rank == r else None, root=r))
@@ -41,15 +42,19 @@ for loser in range(2, population - 1):
     plan[loser] = (loser * 7) % population if (loser * 7) % population != loser else 1
 owner = lambda m: m // per_rank  # noqa: E731
 nbytes = members[local[0]].state_nbytes
-buffers = comm.move(plan, owner, lambda w: members[w].pack(), nbytes, backend)
-for loser, winner in plan.items():
-    if owner(loser) == comm.rank:
-        members[loser].unpack(buffers[winner])
-after = {}
-for r in range(comm.size):
-    after.update(comm.bcast_obj({m: digest(m) for m in local} if comm.rank == r else None, root=r))
-for m in range(population):
-    expected = before[plan[m]] if m in plan else before[m]
-    assert after[m] == expected, f"member {m}: got state of {after[m][:8]}, expected {expected[:8]}"
-if comm.rank == 0:
-    print(f"OK {len(plan)} transfers, {nbytes} bytes each, backend {backend}, {comm.size} ranks")
+for backend in backends:
+    for m in local:  # every backend moves the same states
+        members[m].unpack(original[m])
+        assert digest(m) == before[m]
+    buffers = comm.move(plan, owner, lambda w: members[w].pack(), nbytes, backend)
+    for loser, winner in plan.items():
+        if owner(loser) == comm.rank:
+            members[loser].unpack(buffers[winner])
+    after = {}
+    for r in range(comm.size):
+        after.update(comm.bcast_obj({m: digest(m) for m in local} if comm.rank == r else None, root=r))
+    for m in range(population):
+        expected = before[plan[m]] if m in plan else before[m]
+        assert after[m] == expected, f"{backend}: member {m} got state {after[m][:8]}, expected {expected[:8]}"
+    if comm.rank == 0:
+        print(f"OK {len(plan)} transfers, {nbytes} bytes each, backend {backend}, {comm.size} ranks", flush=True)
