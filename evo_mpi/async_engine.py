@@ -91,6 +91,9 @@ class AsyncEngine(EngineBase):
         self.budget = self.population * cfg.generations
         #: Latest record of every member this rank has seen (its own members' are always current).
         self.latest: dict[int, dict[str, Any]] = {}
+        #: Latest *published* record of every member: what the reports show. An own member's new record
+        #: is in ``latest`` while it decides (and waits for a donor), before it is published and counted.
+        self.published_latest: dict[int, dict[str, Any]] = {}
         #: Intervals each local member has completed (its next interval's index).
         self.done: dict[int, int] = {m: 0 for m in self.local_ids}
         self.start_fitness: dict[int, float] = {m: math.nan for m in self.local_ids}
@@ -126,6 +129,7 @@ class AsyncEngine(EngineBase):
         # start-up collective: every member's latest record and interval count (all tickets already used)
         everyone = {m: v for part in comm.allgather_obj(local) for m, v in part.items()}
         self.latest = {m: rec for m, (_, rec) in everyone.items() if rec is not None}
+        self.published_latest = dict(self.latest)
         self.tickets = sum(done for done, _ in everyone.values())
         if resuming and comm.rank == 0:
             self._trim_logs({m: done for m, (done, _) in everyone.items()})
@@ -252,11 +256,18 @@ class AsyncEngine(EngineBase):
         current = self.latest.get(m)
         if current is None or record["generation"] >= current["generation"]:
             self.latest[m] = record
+        shown = self.published_latest.get(m)
+        if shown is None or record["generation"] >= shown["generation"]:
+            self.published_latest[m] = record
         if self.cfg.explore == "pb2" and record.get("delta") is not None:
             self.observations.append(Observation(float(record["generation"]), dict(record["hparams"]), record["delta"]))
             del self.observations[:-MAX_OBSERVATIONS]
         if self.history is not None:
-            fitness = [_fit(self.latest.get(i)) for i in range(self.population)] if self.cfg.target is not None else []
+            fitness = (
+                [_fit(self.published_latest.get(i)) for i in range(self.population)]
+                if self.cfg.target is not None
+                else []
+            )
             if not self.target_hit and target.reached(fitness, self.cfg.target, self.cfg.target_metric):
                 self.target_hit = True  # rank 0 hands out no more intervals: every rank stops at its next claim
                 record = {**record, "target_reached": True}
@@ -294,18 +305,19 @@ class AsyncEngine(EngineBase):
                 self.box.send(r, RECORD, record)
 
     def _report(self, total: int) -> None:
-        """Rank 0, every ``population`` records: TensorBoard and a progress line."""
-        fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
-        steps = sum(int(r["timesteps"]) for r in self.latest.values())
-        exploits = sum(1 for r in self.latest.values() if r.get("parent") is not None)
+        """Rank 0, every ``population`` records: TensorBoard and a progress line, from the published records."""
+        latest = self.published_latest
+        fitness = np.array([_fit(latest.get(m)) for m in range(self.population)])
+        steps = sum(int(r["timesteps"]) for r in latest.values())
+        exploits = sum(1 for r in latest.values() if r.get("parent") is not None)
         assert self.board is not None
         self.board.log(steps, fitness, exploits)
         if self.wandb is not None:
             self.wandb.log(
                 total // self.population - 1,
-                [int(self.latest[m]["timesteps"]) if m in self.latest else 0 for m in range(self.population)],
+                [int(latest[m]["timesteps"]) if m in latest else 0 for m in range(self.population)],
                 [float(f) for f in fitness],
-                [dict(self.latest[m]["hparams"]) if m in self.latest else {} for m in range(self.population)],
+                [dict(latest[m]["hparams"]) if m in latest else {} for m in range(self.population)],
                 exploits,
             )
         finite = fitness[np.isfinite(fitness)]
