@@ -28,11 +28,14 @@ The engine relies on these promises:
 * ``checkpoint_tensors()`` / ``checkpoint_meta()`` hold everything
   ``restore()`` needs to continue exactly (tensors for ``torch.save``, the rest
   plain JSON).
+* Optionally ``evaluate_final(seeds)`` (:class:`EvaluatesFinal`): one score
+  per seed for the final pick of ``best.zip``; without it a custom member's
+  run picks by the last training fitness.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -153,6 +156,19 @@ class SharesExperience(Protocol):
 
     def add_experience(self, buf: np.ndarray) -> None:
         """Add another member's :meth:`new_experience` buffer to this member's replay memory."""
+        ...
+
+
+@runtime_checkable
+class EvaluatesFinal(Protocol):
+    """What a custom member offers to take part in the final pick (``--final-eval-episodes``); optional.
+
+    Without it a custom member's run picks ``best.zip`` by the last training
+    fitness (the SB3 adapter is evaluated by :mod:`evo_mpi.champion` itself).
+    """
+
+    def evaluate_final(self, seeds: Sequence[int]) -> list[float]:
+        """One deterministic score per seed (episode ``j`` seeded with ``seeds[j]``), higher is better."""
         ...
 
 

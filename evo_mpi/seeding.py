@@ -18,6 +18,7 @@ EXPLORE = 6
 ACTION = 7
 MORPH = 8
 MUTATE = 9
+CHAMPION = 10  # the final evaluation's episodes (champion.json): never used for training or fitness
 
 
 def derive_seed(seed: int, purpose: int, *keys: int) -> int:

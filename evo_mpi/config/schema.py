@@ -110,6 +110,15 @@ class Config:
     )
     eval_episodes: int = _f(0, "Deterministic evaluation episodes for fitness; 0 = mean of the last training episodes.")
     fitness_window: int = _f(10, "Completed training episodes averaged for fitness when eval-episodes is 0.")
+    final_eval_episodes: int = _f(
+        10,
+        "Final pick: deterministic episodes (fresh seeds no training or fitness episode uses) on which each of "
+        "the top final-eval-top members by final fitness is evaluated at the end; the best mean is best.zip. "
+        "0 = best.zip is the member with the best last training fitness. May change on resume.",
+    )
+    final_eval_top: int = _f(
+        4, "Final pick: candidates evaluated, the top min(K, population) members by final fitness; >= 1."
+    )
     n_envs: int = _f(8, "Vectorised envs per member.")
     n_steps: int = _f(256, "Rollout length per env (on-policy algorithms: PPO, A2C).")
     buffer_size: int = _f(1_000_000, "Replay buffer transitions per member (off-policy algorithms).")
@@ -203,8 +212,8 @@ def choices_of(name: str) -> tuple[str, ...]:
     return tuple(choices() if callable(choices) else choices)
 
 
-#: Options that may differ when a run is resumed: they change the layout or
-#: bookkeeping, never the history.
+#: Options that may differ when a run is resumed: they change the layout,
+#: bookkeeping or the final pick, never the history.
 RESUME_OVERRIDABLE = (
     "agents_per_rank",
     "backend",
@@ -213,6 +222,8 @@ RESUME_OVERRIDABLE = (
     "keep_checkpoints",
     "run_dir",
     "time_limit",
+    "final_eval_episodes",
+    "final_eval_top",
     "wandb_project",
     "wandb_entity",
 )

@@ -44,6 +44,8 @@ def validate(
         value = getattr(cfg, name)
         need(value > 0, f"--{name.replace('_', '-')} must be > 0, got {value}")
     need(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {cfg.eval_episodes}")
+    need(cfg.final_eval_episodes >= 0, f"--final-eval-episodes must be >= 0, got {cfg.final_eval_episodes}")
+    need(cfg.final_eval_top >= 1, f"--final-eval-top must be >= 1, got {cfg.final_eval_top}")
     need(cfg.torch_threads >= 0, f"--torch-threads must be >= 0 (0 = automatic), got {cfg.torch_threads}")
     need(
         0 < cfg.truncation_fraction <= 0.5, f"--truncation-fraction must be in (0, 0.5], got {cfg.truncation_fraction}"

@@ -1,0 +1,178 @@
+"""The final pick: the champion, chosen by fresh deterministic evaluation episodes at the end of a run.
+
+Training fitness is noisy and selection has already pushed it upward (it
+picked the luckiest members), so ``best.zip`` is not the member with the
+best last training fitness but the best of the top ``final_eval_top``
+members by that fitness (the candidates) on ``final_eval_episodes``
+deterministic episodes of a separate env. Episode ``j`` of every candidate
+starts from the same seed ``derive_seed(seed, CHAMPION, j)`` (common random
+numbers, a fair comparison), a stream no training or fitness episode uses.
+
+The pure part (candidates, pick, the ``champion.json`` record) imports no
+MPI, torch or SB3; :func:`evaluate_sb3` runs the episodes of one SB3 member
+and imports SB3 when called.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import seeding
+from .selection import rank_order
+
+#: ``champion.json``'s ``pick``: by the final evaluation, or by the last training fitness (no evaluation).
+PICK_EVAL, PICK_TRAINING = "final_eval", "training_fitness"
+
+
+def candidates(fitness: np.ndarray, top: int) -> list[int]:
+    """The top ``min(top, population)`` members by final fitness, best first (ties: lowest id).
+
+    Members with non-finite fitness are left out unless none is finite (then
+    the first ``top`` by id).
+    """
+    fit = np.asarray(fitness, dtype=np.float64)
+    order = [int(m) for m in rank_order(fit)]
+    finite = [m for m in order if math.isfinite(fit[m])]
+    return (finite or order)[: max(0, top)]
+
+
+def seeds(seed: int, episodes: int) -> list[int]:
+    """The reset seed of each final evaluation episode; every candidate gets the same ones."""
+    return [seeding.derive_seed(seed, seeding.CHAMPION, j) for j in range(episodes)]
+
+
+def mean_sd(returns: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard deviation (numpy's, ddof 0, as SB3's ``evaluate_policy``); NaN for no returns."""
+    values = np.asarray(returns, dtype=np.float64)
+    if values.size == 0:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std())
+
+
+def pick(returns: Mapping[int, Sequence[float]]) -> int:
+    """The candidate with the best mean return; ties go to the lowest member id, a NaN mean ranks last."""
+    ids = sorted(returns)
+    if not ids:
+        raise ValueError("no candidates to pick from")
+    means = np.array([mean_sd(returns[m])[0] for m in ids])
+    return ids[int(rank_order(means)[0])]
+
+
+def _num(value: float) -> float | None:
+    """A float for JSON (None when NaN or infinite)."""
+    return float(value) if math.isfinite(value) else None
+
+
+def record(
+    member: int,
+    fitness: np.ndarray,
+    top: int,
+    episode_seeds: Sequence[int],
+    returns: Mapping[int, Sequence[float]],
+    eval_steps: int,
+    wall_s: float,
+) -> dict[str, Any]:
+    """The ``champion.json`` content (plain JSON: NaN and infinities become null).
+
+    Args:
+        member: The champion.
+        fitness: Every member's final training fitness.
+        top: ``final_eval_top``.
+        episode_seeds: The evaluation seeds (empty: no evaluation, the pick is by training fitness).
+        returns: Each candidate's evaluation returns, in candidate order (empty: no evaluation).
+        eval_steps: Env steps the evaluation took, all ranks together.
+        wall_s: Wall time of the final phase.
+
+    """
+    rows = []
+    for m, rets in returns.items():
+        mean, sd = mean_sd(rets)
+        rows.append(
+            {
+                "member": int(m),
+                "final_fitness": _num(float(fitness[m])),
+                "returns": [_num(float(r)) for r in rets],
+                "mean": _num(mean),
+                "sd": _num(sd),
+            }
+        )
+    return {
+        "member": int(member),
+        "pick": PICK_EVAL if returns else PICK_TRAINING,
+        "episodes": len(episode_seeds) if returns else 0,
+        "seeds": [int(s) for s in episode_seeds] if returns else [],
+        "top": int(top),
+        "final_fitness": _num(float(fitness[member])),
+        "candidates": rows,
+        "eval_steps": int(eval_steps),
+        "wall_s": float(wall_s),
+    }
+
+
+def estimate_s(candidates_here: int, episodes: int, episode_length: float, step_s: float) -> float:
+    """Seconds this rank's share of the final phase should take: candidates x episodes x length x s per step."""
+    if candidates_here <= 0 or episodes <= 0 or not math.isfinite(episode_length * step_s):
+        return 0.0
+    return candidates_here * episodes * max(0.0, episode_length) * max(0.0, step_s)
+
+
+# -- the SB3 adapter's members (imports SB3 when called) -------------------------------------------
+
+
+def max_episode_steps(member: Any) -> int | None:
+    """The SB3 member's env's episode step limit (``spec.max_episode_steps``), or None when unknown."""
+    try:
+        spec = member.env.get_attr("spec", [0])[0]
+    except (AttributeError, IndexError, TypeError):
+        return None
+    limit = getattr(spec, "max_episode_steps", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
+def evaluate_sb3(
+    member: Any, episode_seeds: Sequence[int], env_factory: Callable[..., Any] | None = None
+) -> tuple[list[float], int]:
+    """Deterministic episodes of an SB3 :class:`~evo_mpi.member.Member` on a separate env, one per seed.
+
+    The env is the member's (``make_env(cfg, 1, ...)``, Monitor-wrapped: the
+    returns are raw), with a frozen copy of the member's observation
+    statistics when normalising; episode ``j`` is reset with
+    ``episode_seeds[j]``. The member's own envs, weights and random streams
+    are left as they are.
+
+    Returns:
+        The episode returns and the env steps taken (NaN returns and 0 steps for a diverged member).
+
+    """
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from .member import make_env
+
+    if getattr(member, "diverged", False) or not episode_seeds:
+        return [math.nan] * len(episode_seeds), 0
+    cfg = member.cfg
+    env = make_env(cfg, 1, int(episode_seeds[0]), env_factory)
+    if member.normalize is not None:  # evaluate on raw rewards with the training statistics, frozen
+        env = VecNormalize(env, training=False, norm_reward=False)
+        env.obs_rms = copy.deepcopy(member.normalize.obs_rms)
+    returns: list[float] = []
+    steps = 0
+    try:
+        for s in episode_seeds:
+            env.seed(int(s))
+            obs = env.reset()
+            while True:
+                action, _ = member.model.predict(obs, deterministic=True)
+                obs, _, dones, infos = env.step(action)
+                steps += 1
+                if dones[0]:
+                    returns.append(float(infos[0]["episode"]["r"]))  # Monitor's raw return
+                    break
+    finally:
+        env.close()
+    return returns, steps
