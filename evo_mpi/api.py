@@ -84,9 +84,13 @@ class Result:
             dir held a finished run).
         run_dir: Where everything was written.
         config: The run's resolved configuration.
-        best_member: The best member after the last generation (None when interrupted).
-        best_fitness: Its fitness.
+        best_member: The champion, the member in ``best.zip`` (None when interrupted): the best
+            candidate of the final evaluation, or the best last training fitness without one.
+        best_fitness: Its last training fitness (its evaluation is in ``champion``).
         best_hparams: Its hyperparameters.
+        champion: ``champion.json``'s content: the final pick's candidates, their evaluation
+            returns, seeds and ``pick`` (None when interrupted, or for a run finished before
+            evo-mpi wrote it).
         history: Every ``history.jsonl`` record (one per member and generation).
         rank: This process's MPI rank (0 alone), e.g. to print only once.
 
@@ -100,6 +104,7 @@ class Result:
     best_fitness: float | None = None
     best_hparams: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    champion: dict[str, Any] | None = None
     _model: Any = field(default=None, repr=False)
 
     @property
@@ -109,7 +114,7 @@ class Result:
 
     @property
     def best_model(self) -> Any:
-        """The best member's model from ``best.zip``, loaded on first use (CPU).
+        """The champion's model from ``best.zip``, loaded on first use (CPU).
 
         An SB3 model for the SB3 adapter; for a custom member, what its ``save``
         wrote (for :class:`~evo_mpi.torch_member.TorchMember`: the modules' state dicts).
@@ -426,7 +431,11 @@ def execute(
 
 
 def _result(status: str, cfg: Config, run_dir: str, rank: int) -> Result:
-    """Read the run's history and best member from its files (every rank sees the same files)."""
+    """Read the run's history and champion from its files (every rank sees the same files).
+
+    The champion is ``champion.json``'s member; a run without that file (older
+    runs) falls back to the best last training fitness.
+    """
     history: list[dict[str, Any]] = []
     path = os.path.join(run_dir, "history.jsonl")
     if os.path.isfile(path):
@@ -443,7 +452,12 @@ def _result(status: str, cfg: Config, run_dir: str, rank: int) -> Result:
 
         fitness = [math.nan if r["fitness"] is None else r["fitness"] for r in records]
         best = int(rank_order(np.array(fitness))[0])
-        result.best_member, result.best_fitness = best, records[best]["fitness"]
+        champion_path = os.path.join(run_dir, "champion.json")
+        if os.path.isfile(champion_path):
+            with open(champion_path, encoding="utf-8") as fh:
+                result.champion = json.load(fh)
+            best = next((i for i, r in enumerate(records) if r["member"] == result.champion["member"]), best)
+        result.best_member, result.best_fitness = records[best]["member"], records[best]["fitness"]
         result.best_hparams = records[best]["hparams"]
     return result
 

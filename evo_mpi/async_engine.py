@@ -515,7 +515,10 @@ class AsyncEngine(EngineBase):
                 status = INTERRUPTED
                 break
             m = self._next_member()
-            if self.deadline is not None and time.monotonic() + self.last_interval_s.get(m, 0.0) > self.deadline:
+            last_s = self.last_interval_s.get(m, 0.0)  # --time-limit: another interval, then the final evaluation
+            if self.deadline is not None and time.monotonic() + last_s + self._final_phase_estimate(last_s) > (
+                self.deadline
+            ):
                 status = TIME_LIMIT
                 break
             if not self._claim():
@@ -616,6 +619,10 @@ class AsyncEngine(EngineBase):
                 self.sharers[m].add_experience(rows)
         self.pending_experience.clear()
         self.share_s += time.perf_counter() - t0
+
+    def _final_candidates_here(self) -> list[int]:
+        """Local members the final evaluation may take: fitness still changes, so as many as could be candidates."""
+        return self.local_ids[: min(self.cfg.final_eval_top, len(self.local_ids))]
 
     def _own_latest(self) -> dict[int, dict[str, Any]]:
         return {m: self.latest[m] for m in self.local_ids if m in self.latest}

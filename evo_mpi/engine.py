@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import algorithms, checkpoint, seeding, target
+from . import algorithms, champion, checkpoint, seeding, target
 from .api import FINISHED, INTERRUPTED, STOPPED_BY_CALLBACK, TARGET_REACHED, TIME_LIMIT, GenerationSummary
 from .arch import WeightNoise, draw_kind, draw_weight_noise, mutate_activation, mutate_arch
 from .comm import Comm, ExchangeError
@@ -25,7 +25,7 @@ from .config import Config, resolve_member
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
-from .protocol import MemberFactory, PBTMember, SharesExperience
+from .protocol import EvaluatesFinal, MemberFactory, PBTMember, SharesExperience
 from .selection import rank_order, select
 from .space import Value, explore, format_arch, parse_space, sample_hparams
 
@@ -68,6 +68,8 @@ class EngineBase:
             for h in self.hparams:  # every member starts from --net-arch; mutation grows and shrinks it
                 h["net_arch"] = format_arch(cfg.net_arch)
         self.local_ids = list(range(comm.rank * cfg.agents_per_rank, (comm.rank + 1) * cfg.agents_per_rank))
+        #: The user's env factory (None: ``cfg.env_id``); the final evaluation builds its env with it.
+        self.env_factory = env_factory
         self.activity = "creating members"
         self.members: dict[int, PBTMember] = {}
         if member_factory is None and cfg.member:
@@ -193,13 +195,19 @@ class EngineBase:
             )
 
     def finish(self) -> int:
-        """Save every member's final model, then ``best.zip`` (its presence marks a finished run)."""
+        """Save every member's final model, pick the champion, write ``champion.json``, then ``best.zip``.
+
+        ``best.zip``'s presence marks a finished run, so it comes last.
+        Returns the champion.
+        """
         self.activity = "saving final models"
-        best = int(rank_order(self.last_fitness)[0])
         for m in self.local_ids:
             self.members[m].save(os.path.join(self.run_dir, "final", member_tag(m) + ".zip"))
             self.members[m].save_normalization(os.path.join(self.run_dir, "final", member_tag(m) + ".vecnormalize.pkl"))
         self.comm.barrier()
+        report = self._final_pick()
+        best = int(report["member"])
+        self.comm.barrier()  # champion.json is on disk before best.zip
         if best in self.members:
             tmp = os.path.join(self.run_dir, "best.tmp.zip")
             self.members[best].save(tmp)
@@ -207,12 +215,96 @@ class EngineBase:
             os.replace(tmp, os.path.join(self.run_dir, "best.zip"))
         self.comm.barrier()
         if self.comm.rank == 0:
-            fit = self.last_fitness[best]
-            self.echo(
-                f"done: best member {best} fitness {fit:.2f}; models in {os.path.join(self.run_dir, 'final')}, "
-                f"best in {os.path.join(self.run_dir, 'best.zip')}"
-            )
+            final, best_zip = os.path.join(self.run_dir, "final"), os.path.join(self.run_dir, "best.zip")
+            self.echo(f"done: {_pick_summary(report)}; models in {final}, best in {best_zip}")
         return best
+
+    # -- the final pick ------------------------------------------------------------
+    def _evaluable(self, m: int) -> bool:
+        """Whether local member ``m`` can be evaluated for the final pick (SB3 adapter, or ``evaluate_final``)."""
+        return isinstance(self.members[m], (Member, EvaluatesFinal))
+
+    def _evaluate_final(self, m: int, seeds: list[int]) -> tuple[list[float], int]:
+        """Local member ``m``'s final evaluation returns (one per seed) and the env steps taken."""
+        member = self.members[m]
+        if isinstance(member, Member):
+            return champion.evaluate_sb3(member, seeds, self.env_factory)
+        assert isinstance(member, EvaluatesFinal)
+        return [float(r) for r in member.evaluate_final(seeds)], 0
+
+    def _final_pick(self) -> dict[str, Any]:
+        """Collective: every rank evaluates its own candidates, all pick the same champion; rank 0 writes champion.json.
+
+        Without an evaluation (``--final-eval-episodes 0``, or a custom member
+        without ``evaluate_final``) the champion is the best last training fitness.
+        """
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        fitness = np.asarray(self.last_fitness, dtype=np.float64)
+        episodes = cfg.final_eval_episodes
+        if self.comm.any(not all(self._evaluable(m) for m in self.local_ids)):
+            episodes = 0
+        seeds = champion.seeds(cfg.seed, episodes)
+        chosen = champion.candidates(fitness, cfg.final_eval_top) if episodes else []
+        local: dict[int, list[float]] = {}
+        steps = 0
+        for m in chosen:
+            if m in self.members:
+                self.activity = f"evaluating member {m} on {episodes} episode(s) for the final pick"
+                local[m], n = self._evaluate_final(m, seeds)
+                steps += n
+        self.activity = "gathering the final evaluation"
+        gathered = self.comm.allgather_obj(
+            {"returns": local, "steps": steps, "timesteps": {m: self.members[m].timesteps for m in self.local_ids}}
+        )
+        returns: dict[int, list[float]] = {}
+        for part in gathered:
+            returns.update(part["returns"])
+        returns = {m: returns[m] for m in chosen}  # candidate order: best training fitness first
+        best = champion.pick(returns) if returns else int(rank_order(fitness)[0])
+        report = champion.record(
+            best,
+            fitness,
+            cfg.final_eval_top,
+            seeds,
+            returns,
+            sum(int(p["steps"]) for p in gathered),
+            time.perf_counter() - t0,
+        )
+        if self.comm.rank == 0:
+            write_json(os.path.join(self.run_dir, "champion.json"), report)
+            if self.board is not None:
+                timesteps = max(int(t) for p in gathered for t in p["timesteps"].values())
+                self.board.log_champion(timesteps, report)
+        return report
+
+    def _final_phase_estimate(self, wall_s: float, members: int = 1) -> float:
+        """Seconds this rank's final evaluation would take if the run ended now (``--time-limit`` counts it).
+
+        Local candidates x ``final_eval_episodes`` x expected episode length
+        (the mean length of their recent training episodes, else the env's
+        ``max_episode_steps``, else a generation's steps per env) x seconds per
+        training env step (``wall_s`` spent on ``members`` x
+        ``steps_per_generation`` steps). Custom members are not estimated.
+        """
+        cfg = self.cfg
+        if cfg.final_eval_episodes <= 0 or wall_s <= 0 or members <= 0:
+            return 0.0
+        here = [m for m in self._final_candidates_here() if isinstance(self.members[m], Member)]
+        if not here:
+            return 0.0
+        lengths = [float(n) for m in here for n in self.members[m].episode_stats()[1] if math.isfinite(n)]
+        if lengths:
+            length = float(np.mean(lengths))
+        else:
+            limit = champion.max_episode_steps(self.members[here[0]])
+            length = float(limit) if limit is not None else cfg.steps_per_generation / max(1, cfg.n_envs)
+        step_s = wall_s / (members * cfg.steps_per_generation)
+        return champion.estimate_s(len(here), cfg.final_eval_episodes, length, step_s)
+
+    def _final_candidates_here(self) -> list[int]:
+        """The local members the final evaluation would take if the run ended now (by :attr:`last_fitness`)."""
+        return [m for m in champion.candidates(self.last_fitness, self.cfg.final_eval_top) if m in self.members]
 
     def run(self) -> str:
         """Run to the end (or a stop) and return how it ended (``finished``, ``interrupted``, ...)."""
@@ -334,8 +426,14 @@ class Engine(EngineBase):
         timer.start("explore")
         early = self._ask_callback(g, table)
         hit = target.reached(fitness, cfg.target, cfg.target_metric) and not early  # same table on every rank
-        # --time-limit: end now if another generation as long as this one would not fit
-        out_of_time = self.deadline is not None and time.monotonic() + (time.perf_counter() - t0) > self.deadline
+        # --time-limit: end now if another generation as long as this one, then the final evaluation, would not fit
+        out_of_time = (
+            self.deadline is not None
+            and time.monotonic()
+            + (time.perf_counter() - t0)
+            + self._final_phase_estimate(time.perf_counter() - t0, len(self.local_ids))
+            > self.deadline
+        )
         out_of_time = self.comm.any(out_of_time) and not early and not hit
         last = g == cfg.generations - 1 or early or out_of_time or hit
         plan = {} if last else self._plan(g, table)
@@ -690,6 +788,22 @@ class Engine(EngineBase):
         )
 
 
+def _pick_summary(report: dict[str, Any]) -> str:
+    """The ``done:`` line's account of the final pick."""
+    m = report["member"]
+    fit = math.nan if report["final_fitness"] is None else report["final_fitness"]
+    if report["pick"] == champion.PICK_TRAINING:
+        return f"best member {m} fitness {fit:.2f} (last training fitness; no final evaluation)"
+    row = next(c for c in report["candidates"] if c["member"] == m)
+    mean = math.nan if row["mean"] is None else row["mean"]
+    sd = math.nan if row["sd"] is None else row["sd"]
+    order = ", ".join(str(c["member"]) for c in report["candidates"])
+    return (
+        f"champion member {m}, eval {mean:.2f} +- {sd:.2f} over {report['episodes']} episodes "
+        f"(training fitness {fit:.1f}; candidates {order})"
+    )
+
+
 class LayoutMismatch(ExchangeError):
     """Members' states differ in layout; raised alike on every rank, before any training."""
 
@@ -713,6 +827,15 @@ def torch_threads() -> int:
     import torch
 
     return int(torch.get_num_threads())
+
+
+def write_json(path: str, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(path + ".tmp", path)
 
 
 def write_config(run_dir: str, data: dict[str, Any], toml_text: str) -> None:

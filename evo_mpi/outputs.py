@@ -61,6 +61,16 @@ class PopulationBoard:
             self._writer.add_scalar(key, value, step)
         self._writer.flush()
 
+    def log_champion(self, step: int, report: Mapping[str, Any]) -> None:
+        """The final pick (``champion.json``): ``champion/member``, and its ``eval_mean`` / ``eval_sd`` if evaluated."""
+        self._writer.add_scalar("champion/member", int(report["member"]), step)
+        row = next((c for c in report.get("candidates", []) if c["member"] == report["member"]), None)
+        if row is not None:
+            for key, tag in (("mean", "champion/eval_mean"), ("sd", "champion/eval_sd")):
+                if row[key] is not None:
+                    self._writer.add_scalar(tag, float(row[key]), step)
+        self._writer.flush()
+
     def close(self) -> None:
         """Flush and close."""
         self._writer.close()
