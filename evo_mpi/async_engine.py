@@ -33,7 +33,7 @@ from . import checkpoint, seeding, target
 from .api import FINISHED, INTERRUPTED, TARGET_REACHED, TIME_LIMIT
 from .comm import Comm, Mailbox
 from .config import Config
-from .engine import EngineBase
+from .engine import EngineBase, missing_fitness_lines, missing_reason
 from .lineage import read_history
 from .outputs import fmt_duration
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
@@ -124,6 +124,7 @@ class AsyncEngine(EngineBase):
         if resuming:
             for m in self.local_ids:
                 self._restore(m)
+            self._log_rebuilds()
         local = {m: (self.done[m], self.latest.get(m)) for m in self.local_ids}
         self._check_layouts(saved_threads)
         # start-up collective: every member's latest record and interval count (all tickets already used)
@@ -278,6 +279,10 @@ class AsyncEngine(EngineBase):
                     "next interval end"
                 )
             self.history.write([record])
+            for line in missing_fitness_lines(
+                f"member {m} interval {record['generation']}", {m: record.get("fitness_missing")}
+            ):
+                self.echo(line)
             if self.lineage is not None and record.get("parent") is not None:
                 self.lineage.write(
                     [
@@ -365,6 +370,11 @@ class AsyncEngine(EngineBase):
             "wall": time.time() - self.started,
             "unix": time.time(),
             "fitness": fitness if math.isfinite(fitness) else None,
+            **(
+                {"fitness_missing": missing_reason(fitness, len(returns), bool(getattr(member, "diverged", False)))}
+                if not math.isfinite(fitness)
+                else {}
+            ),
             "returns": [r if math.isfinite(r) else None for r in returns],
             "lengths": list(lengths),
             "hparams": used,

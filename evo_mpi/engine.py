@@ -32,8 +32,21 @@ from .space import Value, explore, format_arch, parse_space, sample_hparams
 #: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
 PB2_MAX_OBSERVATIONS = MAX_OBSERVATIONS
 
-#: Columns of the gathered table before the per-episode returns and lengths.
-_FIT, _STEPS, _NEP = 0, 1, 2
+#: Columns of the gathered table before the per-episode returns and lengths (``_DIV``: 1 if diverged).
+_FIT, _STEPS, _NEP, _DIV = 0, 1, 2, 3
+_COLS = 4
+
+#: Why a fitness is missing, as ``history.jsonl``'s ``fitness_missing`` and the warning say.
+NO_EPISODE, DIVERGED = "no completed episode yet", "diverged"
+
+
+def missing_reason(fitness: float, episodes: int, diverged: bool) -> str | None:
+    """Why ``fitness`` is not finite: the member diverged, or it has no completed episode yet (None: it is finite)."""
+    if math.isfinite(fitness):
+        return None
+    if diverged:
+        return DIVERGED
+    return NO_EPISODE if episodes == 0 else "non-finite"
 
 
 class EngineBase:
@@ -81,6 +94,7 @@ class EngineBase:
                 self.members[m] = member_factory(m, cfg, self.hparams[m], tb_dir)
             else:
                 self.members[m] = Member(m, cfg, self.hparams[m], tb_dir, env_factory=env_factory)
+        self._note_episode_length()
         #: --share-experience: the local members as sharers (checked once, here, not at every use).
         self.sharers: dict[int, SharesExperience] = {}
         if cfg.share_experience:
@@ -105,6 +119,25 @@ class EngineBase:
         self.lineage: JsonlWriter | None = None
         self.board: PopulationBoard | None = None
         self.wandb: Any = None
+
+    def _log_rebuilds(self) -> None:
+        """After a resume: each local member's running-episode rebuild (envs, steps replayed, ms) to the timings."""
+        stats = [getattr(self.members[m], "rebuild_stats", None) for m in self.local_ids]
+        self.timings.write([{"rank": self.comm.rank, "rebuild": s} for s in stats if s is not None])
+
+    def _note_episode_length(self) -> None:
+        """Rank 0: say when episodes outlast a generation, so NaN fitness early on is expected, not divergence."""
+        if self.comm.rank != 0 or self.cfg.eval_episodes > 0:
+            return
+        limit = getattr(self.members[self.local_ids[0]], "max_episode_steps", None)
+        per_env = self.cfg.steps_per_generation / self.cfg.n_envs
+        if isinstance(limit, int) and per_env < limit:
+            unit = "interval" if self.cfg.mode == "async" else "generation"
+            self.echo(
+                f"evo-mpi: episodes of {self.cfg.env_id} last up to {limit} steps and each env steps {per_env:g} per "
+                f"{unit} (--steps-per-generation / --n-envs), so fitness may first appear after about "
+                f"{math.ceil(limit / per_env)} {unit}s; episodes continue across {unit}s"
+            )
 
     def _check_layouts(self, saved_threads: list[int] | None) -> None:
         """Start-up collective: members of one architecture must have one state layout; warn when threads changed."""
@@ -365,13 +398,14 @@ class Engine(EngineBase):
             saved_threads = saved.get("torch_threads")
             for m in self.local_ids:
                 self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
+            self._log_rebuilds()
         self._check_layouts(saved_threads)
         self._open_logs(history_bytes, lineage_bytes)
 
     # -- one generation ----------------------------------------------------------
     def _local_rows(self, generation: int) -> np.ndarray:
         width = self.cfg.fitness_window
-        rows = np.full((len(self.local_ids), 3 + 2 * width), math.nan)
+        rows = np.full((len(self.local_ids), _COLS + 2 * width), math.nan)
         for i, m in enumerate(self.local_ids):
             self.activity = f"computing fitness of member {m} (generation {generation})"
             member = self.members[m]
@@ -379,14 +413,18 @@ class Engine(EngineBase):
             rows[i, _FIT] = member.fitness(generation)
             rows[i, _STEPS] = member.timesteps
             rows[i, _NEP] = len(returns)
-            rows[i, 3 : 3 + len(returns)] = returns
-            rows[i, 3 + width : 3 + width + len(lengths)] = lengths
+            rows[i, _DIV] = float(bool(getattr(member, "diverged", False)))
+            rows[i, _COLS : _COLS + len(returns)] = returns
+            rows[i, _COLS + width : _COLS + width + len(lengths)] = lengths
         return rows
 
     def _episode_stats(self, table: np.ndarray, member: int) -> tuple[list[float], list[float]]:
         width = self.cfg.fitness_window
         n = int(table[member, _NEP])
-        return list(table[member, 3 : 3 + n]), list(table[member, 3 + width : 3 + width + n])
+        return list(table[member, _COLS : _COLS + n]), list(table[member, _COLS + width : _COLS + width + n])
+
+    def _missing(self, table: np.ndarray, member: int) -> str | None:
+        return missing_reason(float(table[member, _FIT]), int(table[member, _NEP]), bool(table[member, _DIV]))
 
     def generation(self, g: int) -> dict[str, Any] | None:
         """Run generation ``g`` (0-based) and return its summary, or None if a stop was requested."""
@@ -451,9 +489,11 @@ class Engine(EngineBase):
             self.history.write(records)
         if self.lineage is not None and plan:
             self.lineage.write(self._lineage_records(g, table, plan, new_hparams))
-        nonfinite = [m for m in range(self.population) if not np.isfinite(fitness[m])]
-        if nonfinite and self.comm.rank == 0:
-            self.echo(f"warning: generation {g}: non-finite fitness for member(s) {nonfinite}; ranked last")
+        if self.comm.rank == 0:
+            for line in missing_fitness_lines(
+                f"generation {g}", {m: self._missing(table, m) for m in range(self.population)}
+            ):
+                self.echo(line)
 
         timer.start("exchange")
         self.activity = f"exchanging weights (generation {g}, backend {cfg.backend})"
@@ -695,6 +735,7 @@ class Engine(EngineBase):
                     "rank": self.owner(m),
                     "timesteps": int(table[m, _STEPS]),
                     "fitness": fit if math.isfinite(fit) else None,
+                    **({"fitness_missing": self._missing(table, m)} if not math.isfinite(fit) else {}),
                     "hparams": self.hparams[m],
                     "parent": plan.get(m),
                     "returns": [r if math.isfinite(r) else None for r in self._episode_stats(table, m)[0]],
@@ -802,6 +843,22 @@ def _pick_summary(report: dict[str, Any]) -> str:
         f"champion member {m}, eval {mean:.2f} +- {sd:.2f} over {report['episodes']} episodes "
         f"(training fitness {fit:.1f}; candidates {order})"
     )
+
+
+def missing_fitness_lines(when: str, reasons: dict[int, str | None]) -> list[str]:
+    """The lines saying which members have no fitness and why: no completed episode yet is not divergence."""
+    lines = []
+    waiting = [m for m, r in reasons.items() if r == NO_EPISODE]
+    if waiting:
+        lines.append(
+            f"note: {when}: no completed episode yet for member(s) {waiting}: fitness NaN, ranked last "
+            "(their episodes are still running)"
+        )
+    for reason, text in ((DIVERGED, "diverged (non-finite weights)"), ("non-finite", "non-finite fitness")):
+        hit = [m for m, r in reasons.items() if r == reason]
+        if hit:
+            lines.append(f"warning: {when}: {text} for member(s) {hit}; ranked last, replaced at the next exploit")
+    return lines
 
 
 class LayoutMismatch(ExchangeError):

@@ -1,9 +1,12 @@
 """The SB3 adapter: the only code that touches stable-baselines3 internals.
 
-A :class:`Member` owns one SB3 model and its envs. It trains with a random
-stream that depends only on (seed, member, generation), computes fitness,
-applies hyperparameters so that they really reach the algorithm, and packs
-its weights plus optimizer state into one contiguous byte buffer.
+A :class:`Member` owns one SB3 model and its envs. Its envs keep running
+across generations and exploits (an episode in flight continues under new
+weights and counts once, when it ends); its training streams depend only on
+(seed, member, generation). It computes fitness, applies hyperparameters so
+that they really reach the algorithm, packs its weights plus optimizer state
+into one contiguous byte buffer, and checkpoints what rebuilds its running
+episodes (:mod:`evo_mpi.episodes`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import copy
 import inspect
 import math
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,11 +30,12 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from . import algorithms, netmorph, seeding
 from .arch import WeightNoise
 from .config import Config, resolve_env
+from .episodes import EpisodeRecorder, obs_arrays
 from .space import MUTATED_APART, Value, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
 
@@ -43,9 +48,15 @@ def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
 
 
 def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | None = None) -> VecEnv:
-    """The member's vectorised env (Monitor-wrapped, so episode returns are raw); ``factory`` overrides env_id."""
+    """The member's vectorised env; ``factory`` overrides env_id.
+
+    Each env is Monitor-wrapped (episode returns are raw) and recorded
+    (:class:`~evo_mpi.episodes.EpisodeRecorder`), so a checkpoint can rebuild its running episode.
+    """
     target = factory if factory is not None else resolve_env(cfg.env_id)
-    return make_vec_env(target, n_envs=n_envs, seed=seed, env_kwargs=dict(cfg.env_kwargs))
+    return make_vec_env(
+        target, n_envs=n_envs, seed=seed, env_kwargs=dict(cfg.env_kwargs), wrapper_class=EpisodeRecorder
+    )
 
 
 def _rms_arrays(rms: RunningMeanStd | Mapping[str, RunningMeanStd]) -> list[RunningMeanStd]:
@@ -121,6 +132,8 @@ class Member(FlatTorchState):
         self._experience_from = 0  # --share-experience: step count where this member's new transitions begin
         #: Set when training produced non-finite weights (the member then has NaN fitness).
         self.diverged = False
+        #: After :meth:`restore`: how the running episodes were rebuilt (envs, steps replayed, ms, exact).
+        self.rebuild_stats: dict[str, Any] | None = None
         self._flat = None
 
     # -- hyperparameters -------------------------------------------------------
@@ -224,11 +237,13 @@ class Member(FlatTorchState):
         self._sync_progress()
 
     def train(self, steps: int, generation: int, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Train ``steps`` env steps from a reproducible state for this generation.
+        """Train ``steps`` env steps of this generation, continuing the member's running episodes.
 
-        Global RNGs are reseeded from (seed, member, generation) and the env is
-        reset with a seed from the same key, so the result does not depend on
-        which other members share the process, or on a resume in between.
+        Global RNGs (torch's, numpy's, the action space's) are reseeded from
+        (seed, member, generation); the envs are not reset: each continues its
+        own stream and its episode in flight, which belong to the member slot
+        (seeded once, at creation). So the result does not depend on which
+        other members share the process, or on a resume in between.
         ``should_stop()`` is called at every env step and after every optimizer step (the async engine
         serves snapshot requests from it); training stops at the next env step once it is true.
         An error raised while the weights are non-finite (a diverged loss) marks
@@ -239,8 +254,6 @@ class Member(FlatTorchState):
         set_random_seed(seeding.derive_seed(self.cfg.seed, seeding.TRAIN, self.id, generation))
         # off-policy random actions (learning_starts, DQN's epsilon) come from the action space's own stream
         self.model.action_space.seed(seeding.derive_seed(self.cfg.seed, seeding.ACTION, self.id, generation))
-        self.env.seed(seeding.derive_seed(self.cfg.seed, seeding.ENV, self.id, generation))
-        self.model._last_obs = None  # makes learn() reset the (re-seeded) env
         self._sync_progress()
 
         def poll(*_: Any) -> None:
@@ -452,6 +465,13 @@ class Member(FlatTorchState):
             filled = buffer.buffer_size if buffer.full else buffer.pos
             for i, a in enumerate(self._replay_arrays()):
                 out[f"replay:{i}"] = torch.from_numpy(np.ascontiguousarray(a[:filled]))
+        if self.model._last_obs is not None:  # what rebuilds each env's running episode
+            for i, rec in enumerate(self._recorders()):
+                actions = rec.action_array()
+                if actions is not None and rec.rebuildable():
+                    out[f"episode:{i}:actions"] = torch.from_numpy(actions)
+                for j, part in enumerate(obs_arrays(rec.obs)):
+                    out[f"episode:{i}:obs:{j}"] = torch.from_numpy(np.array(part, copy=True))
         return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -476,7 +496,91 @@ class Member(FlatTorchState):
         if self.off_policy:
             buffer = self.model.replay_buffer  # type: ignore[attr-defined]
             meta["replay"] = {"pos": int(buffer.pos), "full": bool(buffer.full)}
+        meta["episodes"] = self._episodes_meta()
         return meta
+
+    # -- running episodes ------------------------------------------------------
+    @property
+    def max_episode_steps(self) -> int | None:
+        """The env's time limit in steps (its spec's ``max_episode_steps``), if it has one."""
+        spec = self._recorders()[0].spec
+        limit = getattr(spec, "max_episode_steps", None)
+        return int(limit) if isinstance(limit, int) else None
+
+    def _vec(self) -> DummyVecEnv:
+        venv = self.normalize.venv if self.normalize is not None else self.env
+        assert isinstance(venv, DummyVecEnv)
+        return venv
+
+    def _recorders(self) -> list[EpisodeRecorder]:
+        recorders = self._vec().envs
+        assert all(isinstance(r, EpisodeRecorder) for r in recorders)
+        return recorders  # type: ignore[return-value]
+
+    def _episodes_meta(self) -> dict[str, Any] | None:
+        """The JSON part of the running episodes (None before the first reset)."""
+        if self.model._last_obs is None:
+            return None
+        recorders = self._recorders()
+        return {
+            "envs": [r.record() for r in recorders],
+            "obs_parts": len(obs_arrays(recorders[0].obs)),
+            "episode_starts": [bool(x) for x in np.ravel(np.asarray(self.model._last_episode_starts))],
+            "returns": None if self.normalize is None else [float(x) for x in self.normalize.returns],
+        }
+
+    def _rebuild_episodes(self, tensors: Mapping[str, Any], saved: Mapping[str, Any] | None) -> None:
+        """Re-create every env's running episode from a checkpoint, or start fresh ones with a notice.
+
+        Each env is re-stepped below VecNormalize (its statistics do not move)
+        and its observation compared bit for bit with the saved one; then the
+        model's last observation is rebuilt as SB3 had it. If any env fails,
+        all of the member's envs start fresh episodes from a seed of (seed,
+        member, step count), and one line says this resume is not bit-exact.
+        """
+        t0 = time.perf_counter()
+        if saved is None:  # the member never stepped its envs: learn() resets them, as in a fresh run
+            self.model._last_obs = None
+            return
+        recorders = self._recorders()
+        problems: list[str] = []
+        for i, (rec, record) in enumerate(zip(recorders, saved["envs"], strict=True)):
+            actions = tensors.get(f"episode:{i}:actions")
+            parts = [tensors[f"episode:{i}:obs:{j}"].numpy() for j in range(int(saved["obs_parts"]))]
+            why = rec.rebuild(record, None if actions is None else actions.numpy(), parts)
+            if why is not None:
+                problems.append(f"env {i}: {why}")
+        steps = sum(int(r["steps"]) for r in saved["envs"])
+        if problems:
+            more = f" (and {len(problems) - 1} more env(s))" if len(problems) > 1 else ""
+            print(
+                f"evo-mpi: member {self.id}: the running episode of env {self.cfg.env_id!r} could not be rebuilt "
+                f"({problems[0]}{more}); its envs start fresh episodes, so this resume is not bit-exact",
+                flush=True,
+            )
+            self.env.seed(seeding.derive_seed(self.cfg.seed, seeding.ENV, self.id, self.timesteps))
+            self.model._last_obs = None
+        else:
+            venv = self._vec()
+            for i, rec in enumerate(recorders):
+                venv._save_obs(i, rec.obs)
+            raw: Any = venv._obs_from_buf()
+            self.model._last_episode_starts = np.array(saved["episode_starts"], dtype=bool)
+            if self.normalize is not None:  # SB3 keeps the normalised observation (and, off-policy, the raw one)
+                self.normalize.old_obs = raw
+                self.normalize.returns = np.array(saved["returns"], dtype=np.float64)
+                self.model._last_obs = self.normalize.normalize_obs(raw)
+                if self.off_policy:
+                    self.model._last_original_obs = self.normalize.get_original_obs()  # type: ignore[assignment]
+            else:
+                self.model._last_obs = raw  # type: ignore[assignment]
+        self.rebuild_stats = {
+            "member": self.id,
+            "envs": len(recorders),
+            "steps": steps,
+            "ms": (time.perf_counter() - t0) * 1e3,
+            "exact": not problems,
+        }
 
     def restore(self, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         """Load a checkpoint written from :meth:`checkpoint_tensors` and :meth:`checkpoint_meta`."""
@@ -508,6 +612,7 @@ class Member(FlatTorchState):
             buffer.pos, buffer.full = int(meta["replay"]["pos"]), bool(meta["replay"]["full"])
         self.apply_hparams(meta["hparams"])
         self.diverged = bool(meta["diverged"])
+        self._rebuild_episodes(tensors, meta.get("episodes"))
 
     # -- outputs ---------------------------------------------------------------
     def log(self, fitness: float, hparams: Mapping[str, Value], parent: int | None) -> None:

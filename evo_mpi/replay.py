@@ -8,9 +8,14 @@ generation 0 (:mod:`evo_mpi.lineage`), and a new agent is trained for the same
 generations, each with the hyperparameters that lineage used in it.
 
 Each generation trains with the random streams of the member slot the lineage
-lived in then, so with the run's seed (the default) and the run's torch thread
-count the replay re-creates the lineage exactly: its fitness matches the run's,
-generation by generation. Pass ``--seed`` for an independent replay.
+lived in then. The agent's envs are its own and keep running across
+generations, as a member's do in the run. Envs belong to member slots, and a
+lineage that moved slots (an exploit) continued in the loser slot's envs,
+whose running episodes the replay cannot know. So with the run's seed (the
+default) and the run's torch thread count the replay re-creates the lineage
+exactly until it first moved slots (a lineage that never moved: all of it);
+from there on it is an independent run of the same schedule. Pass ``--seed``
+for an independent replay.
 
 Writes into OUT (default ``RUN_DIR/replay``): ``schedule.json`` (before
 training), ``history.jsonl`` (one record per generation), ``tb/`` and ``model.zip``.
@@ -270,6 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"output in {out}",
         flush=True,
     )
+    if moves:
+        print(
+            "evo-mpi replay: the replay's envs are its own: its fitness matches the run's until the lineage first "
+            f"moved slots ({moves[0]}), then it continues as an independent run of the same schedule",
+            flush=True,
+        )
     if generations < cfg.generations and not p["asynchronous"]:
         print(
             f"evo-mpi replay: the run is unfinished: replaying the {generations} of {cfg.generations} "

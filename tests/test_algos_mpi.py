@@ -4,6 +4,7 @@ Every run also evolves its networks (architecture and weight mutation from 32-32
 members of different sizes move between ranks, resume and rebuild for every algorithm.
 """
 
+import json
 import signal
 
 import gymnasium
@@ -11,9 +12,11 @@ import pytest
 from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from evo_mpi import checkpoint
 from helpers import history_without_rank, launch, read_history, run_evo, wait_for_line
 
-OFF_POLICY = ["--n-envs", "1", "--buffer-size", "2000", "--net-arch", "32,32", "--steps-per-generation", "200"]
+#: 250 steps per generation: Pendulum's 200-step episodes are in flight at every checkpoint.
+OFF_POLICY = ["--n-envs", "1", "--buffer-size", "2000", "--net-arch", "32,32", "--steps-per-generation", "250"]
 ON_POLICY = ["--env-id", "CartPole-v1", "--n-envs", "2", "--n-steps", "64", "--steps-per-generation", "256"]
 
 #: A tiny but real run per algorithm: off-policy ones train past SB3's learning_starts (100) in generation 0.
@@ -74,6 +77,11 @@ def test_layouts_and_exact_resume(reference, tmp_path):
     partial = history_without_rank(run_dir)
     assert 0 < len(partial) < len(history) and partial == history[: len(partial)]
     assert {r["rank"] for r in read_history(run_dir)} == {0, 1}
+    # the checkpoint holds episodes in flight, which the resume rebuilds (replayed, checked bit for bit)
+    last = checkpoint.complete(str(run_dir))[-1]
+    for m in range(POPULATION):
+        meta = json.loads((run_dir / "checkpoints" / f"gen_{last:06d}" / f"member_{m:02d}.json").read_text())
+        assert all(env["steps"] > 0 and env["start"] is not None for env in meta["episodes"]["envs"]), (m, meta)
     resumed = run_evo(["--resume", str(run_dir)], None, timeout=300)
-    assert "resuming the run" in resumed.stdout
+    assert "resuming the run" in resumed.stdout and "not bit-exact" not in resumed.stdout
     assert history_without_rank(run_dir) == history

@@ -35,7 +35,7 @@ def test_api_run_equals_cli_run_and_returns_the_result(tmp_path):
     assert result.status == "finished" and result.run_dir == str(api_dir) and result.rank == 0
     assert [{k: v for k, v in r.items() if k != "rank"} for r in result.history] == history_without_rank(cli_dir)
     last = [r for r in result.history if r["generation"] == 2]
-    best = max(last, key=lambda r: (r["fitness"], -r["member"]))
+    best = next(r for r in last if r["member"] == result.champion["member"])  # best.zip: the final evaluation's pick
     assert (result.best_member, result.best_fitness, result.best_hparams) == (
         best["member"],
         best["fitness"],

@@ -38,7 +38,8 @@ def test_nan_member_is_ranked_last_replaced_and_reported(tmp_path):
     gen0 = {r["member"]: r for r in history if r["generation"] == 0}
     assert gen0[2]["fitness"] is None  # member 2 (rank 1's first) got NaN rewards and diverged
     assert gen0[2]["parent"] in (0, 1, 3) and gen0[2]["parent"] is not None
-    assert "non-finite fitness for member(s) [2]" in out
+    assert "warning: generation 0: diverged (non-finite weights) for member(s) [2]" in out, out
+    assert gen0[2]["fitness_missing"] == "diverged"  # not "no completed episode yet"
     later = [r for r in history if r["generation"] > 0]
     assert all(r["fitness"] is not None for r in later)  # replaced by a healthy copy; the run went on
     assert len(history_without_rank(run_dir)) == 3 * 4

@@ -59,6 +59,9 @@ def test_history_identical_across_backends_and_layouts(runs):
     assert any(rec["parent"] is not None for rec in reference)
     for name, history in histories.items():
         assert history == reference, f"{name} differs from n4-p2p"
+    picks = {name: json.loads((d / "champion.json").read_text()) for name, (d, _) in runs.items()}
+    for name, pick in picks.items():  # the final evaluation too: same returns, same champion on any layout
+        assert {**pick, "wall_s": 0} == {**picks["n4-p2p"], "wall_s": 0}, f"{name}'s champion.json differs"
     ranks = {name: {rec["member"]: rec["rank"] for rec in read_history(d)} for name, (d, _) in runs.items()}
     assert ranks["n4-p2p"] == {0: 0, 1: 1, 2: 2, 3: 3}
     assert ranks["n2x2-collective"] == {0: 0, 1: 0, 2: 1, 3: 1}
@@ -124,10 +127,8 @@ def test_outputs_models_and_progress(runs):
     run_dir, proc = runs["n4-collective"]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("gen ")]
     assert len(lines) == 3 and "steps/s" in lines[0] and "eta" in lines[0] and "exploits" in lines[0]
-    assert "done: best member" in proc.stdout
-    history = read_history(run_dir)
-    last = {r["member"]: r["fitness"] for r in history if r["generation"] == 2}
-    best = int(rank_order(np.array([last[m] for m in range(4)]))[0])
+    assert "done: champion member" in proc.stdout
+    best = json.loads((run_dir / "champion.json").read_text())["member"]  # the final evaluation's pick
     assert (run_dir / "config.json").is_file()
     for m in range(4):
         model = PPO.load(run_dir / "final" / f"member_{m:02d}.zip", device="cpu")

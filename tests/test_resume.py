@@ -70,7 +70,7 @@ def test_rerunning_same_command_resumes_and_finished_run_is_left_alone(tmp_path,
     # a crash while saving the final models: the last checkpoint says finished, best.zip is missing
     (run_dir / "best.zip").unlink()
     redo = run_evo(args, 2)
-    assert "done: best member" in redo.stdout and (run_dir / "best.zip").is_file()
+    assert "done: champion member" in redo.stdout and (run_dir / "best.zip").is_file()
     assert history_without_rank(run_dir) == reference
     changed = run_evo([*args, "--seed", "4"], 2, check=False)
     assert changed.returncode == 2

@@ -62,3 +62,50 @@ class StragglerCartPole(CartPoleEnv):
 def straggler_cartpole(step_cost: float = 1e-4, factor: float = 5.0) -> gymnasium.Env:
     """:class:`StragglerCartPole` with CartPole's 500-step episodes."""
     return TimeLimit(StragglerCartPole(step_cost=step_cost, factor=factor), max_episode_steps=500)
+
+
+class SeedLogCartPole(CartPoleEnv):
+    """CartPole that appends every seed it is reset with (not the unseeded resets) to the file ``log``."""
+
+    def __init__(self, log: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.log = log
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            with open(self.log, "a", encoding="utf-8") as fh:
+                fh.write(f"{seed}\n")
+        return super().reset(seed=seed, options=options)
+
+
+def seed_log_cartpole(log: str, max_episode_steps: int = 200) -> gymnasium.Env:
+    """:class:`SeedLogCartPole` with episodes cut at ``max_episode_steps``."""
+    return TimeLimit(SeedLogCartPole(log), max_episode_steps=max_episode_steps)
+
+
+class FixedLength(gymnasium.Env):
+    """Every episode lasts exactly ``length`` steps with reward 1 per step, so every return is ``length``.
+
+    The observation is the elapsed fraction and a draw from the env's own RNG (``np_random``), so a
+    rebuilt episode matches only if its RNG was restored exactly. With ``entropy=True`` the draw comes
+    from fresh OS entropy instead: the episode cannot be rebuilt.
+    """
+
+    def __init__(self, length: int = 300, entropy: bool = False) -> None:
+        self.length, self.entropy = length, entropy
+        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
+        self.action_space = gymnasium.spaces.Discrete(2)
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        rng = np.random.default_rng() if self.entropy else self.np_random
+        return np.array([self.t / self.length, rng.uniform()], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0, self.t >= self.length, False, {}
