@@ -34,10 +34,12 @@ Compares, at equal env steps per member (a population of 4, one process each run
 * ``random``  the same population with exploit off (``--selection none``): random search,
 * ``default`` the same population, exploit off, every hyperparameter at SB3's default.
 
-For every run the member with the best final fitness (mean of its last 10 training
-episodes) is picked, then evaluated on 20 fresh deterministic episodes with a fixed
-seed: the "final best fitness" in the table, free of the bias of picking the
-maximum of noisy training returns.
+For every run the run's own champion (``champion.json``: the best of the top 4 members
+by final training fitness, each evaluated on 10 deterministic episodes with seeds no
+training used) is scored on 20 further deterministic episodes from a held-out seed
+(10,000 + seed): the "final best fitness" in the table. The member with the best
+final training fitness (the pick before champion evaluation) is scored the same way,
+for comparison.
 
 Every run is an ordinary evo_mpi run dir, so an interrupted experiment resumes by
 re-running the same command: finished runs are skipped, unfinished ones resume
@@ -118,12 +120,18 @@ def command(out: str, env: str, method: str, seed: int) -> list[str]:
     ]
 
 
+#: Held-out evaluation seeds: 10,000 + the run's seed (training and the champion phase use derived 31-bit seeds).
+HELD_OUT_SEED = 10_000
+
+
 def evaluate(path: str, env: str, seed: int) -> dict[str, Any]:
-    """Deterministic return of the run's best final member on fresh episodes (cached in eval.json)."""
+    """Held-out deterministic return of the run's champion and of its best-training-fitness member (eval.json)."""
     cache = os.path.join(path, "eval.json")
     if os.path.exists(cache):
         with open(cache, encoding="utf-8") as fh:
-            return dict(json.load(fh))
+            cached = dict(json.load(fh))
+        if "train_pick_eval_mean" in cached:
+            return cached
     import torch
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
@@ -131,22 +139,87 @@ def evaluate(path: str, env: str, seed: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     latest = latest_records(path)  # each member's last record (sync: the last generation)
     last = np.array([math.nan if latest[m]["fitness"] is None else latest[m]["fitness"] for m in sorted(latest)])
-    best = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
+    by_training = int(np.nanargmax(np.where(np.isfinite(last), last, -np.inf)))
     with open(os.path.join(path, "config.json"), encoding="utf-8") as fh:
         algo = json.load(fh).get("algo", "ppo")
+    champion_file = os.path.join(path, "champion.json")
+    champion: dict[str, Any] = {}
+    if os.path.exists(champion_file):
+        with open(champion_file, encoding="utf-8") as fh:
+            champion = json.load(fh)
+    if HELD_OUT_SEED + seed in champion.get("seeds", []):
+        raise SystemExit(f"{path}: the held-out seed {HELD_OUT_SEED + seed} is one of the champion phase's seeds")
     from evo_mpi import algorithms
 
-    model = algorithms.get(algo).model_class().load(os.path.join(path, "final", f"member_{best:02d}.zip"), device="cpu")
-    venv = make_vec_env(env, n_envs=1, seed=10_000 + seed)
-    returns, _ = evaluate_policy(
-        model, venv, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True
-    )
-    result = {"member": best, "train_fitness": float(last[best]), "eval_mean": float(np.mean(returns))}
-    result["eval_returns"] = [float(r) for r in returns]  # type: ignore[assignment]
+    def held_out(member: int) -> list[float]:
+        model_path = os.path.join(path, "final", f"member_{member:02d}.zip")
+        model = algorithms.get(algo).model_class().load(model_path, device="cpu")
+        venv = make_vec_env(env, n_envs=1, seed=HELD_OUT_SEED + seed)
+        returns, _ = evaluate_policy(
+            model, venv, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True
+        )
+        return [float(r) for r in returns]  # type: ignore[union-attr]
+
+    picked = int(champion.get("member", by_training))
+    returns = held_out(picked)
+    train_pick = returns if by_training == picked else held_out(by_training)
+    result: dict[str, Any] = {
+        "member": picked,
+        "pick": champion.get("pick", "training_fitness"),
+        "train_fitness": float(last[picked]),
+        "eval_mean": float(np.mean(returns)),
+        "eval_returns": returns,
+        "train_pick_member": by_training,
+        "train_pick_fitness": float(last[by_training]),
+        "train_pick_eval_mean": float(np.mean(train_pick)),
+    }
     with open(cache + ".tmp", "w", encoding="utf-8") as fh:
         json.dump(result, fh)
     os.replace(cache + ".tmp", cache)
     return result
+
+
+#: Each finished run's small outputs are kept here (committed; never models or checkpoints), by study.
+DATA = os.path.join(ROOT, "docs", "data")
+SMALL_FILES = (
+    "config.json",
+    "history.jsonl",
+    "champion.json",
+    "eval.json",
+    "study_wall.json",
+    "timings/rank_000.jsonl",
+)
+
+
+def kept_dir(study: str, out: str, path: str) -> str:
+    """Where run ``path`` (under ``out``) keeps its small outputs: ``docs/data/<study>/<path relative to out>``."""
+    return os.path.join(DATA, study, os.path.relpath(path, out))
+
+
+def keep(study: str, out: str, path: str) -> None:
+    """Copy a finished run's small outputs into docs/data, so a later session skips it and can rebuild tables."""
+    import shutil
+
+    target = kept_dir(study, out, path)
+    for name in SMALL_FILES:
+        if os.path.exists(os.path.join(path, name)):
+            os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+            shutil.copyfile(os.path.join(path, name), os.path.join(target, name))
+
+
+def kept_result(study: str, out: str, path: str) -> dict[str, Any] | None:
+    """A run's evaluation from docs/data when a session already finished it (None: not there)."""
+    cache = os.path.join(kept_dir(study, out, path), "eval.json")
+    if not os.path.exists(cache):
+        return None
+    with open(cache, encoding="utf-8") as fh:
+        result = dict(json.load(fh))
+    return result if "train_pick_eval_mean" in result else None
+
+
+def readable(study: str, out: str, path: str) -> str:
+    """The run dir to read history from: the run itself if present, else its kept copy in docs/data."""
+    return path if os.path.exists(os.path.join(path, "history.jsonl")) else kept_dir(study, out, path)
 
 
 def latest_records(path: str) -> dict[int, dict[str, Any]]:
@@ -170,11 +243,15 @@ def run_logged(path: str, cmd: list[str]) -> None:
 def one(out: str, env: str, method: str, seed: int) -> dict[str, Any]:
     """Run (or resume, or skip) one configuration, then evaluate it."""
     path = run_dir(out, env, method, seed)
+    kept = kept_result("methods", out, path)
+    if kept is not None:
+        return kept
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t0 = time.time()
     if not os.path.exists(os.path.join(path, "best.zip")):
         run_logged(path, command(out, env, method, seed))
     result = evaluate(path, env, seed)
+    keep("methods", out, path)
     print(f"{env:12s} {method:8s} seed {seed}: eval {result['eval_mean']:9.1f} ({time.time() - t0:.0f} s)", flush=True)
     return result
 
@@ -185,7 +262,7 @@ def curves(out: str, env: str, method: str, seeds: list[int]) -> tuple[np.ndarra
     generations = GENERATIONS.get(env, 36)
     steps = np.arange(1, generations + 1) * STEPS_PER_GENERATION
     for seed in seeds:
-        hist, _ = load(run_dir(out, env, method, seed))
+        hist, _ = load(readable("methods", out, run_dir(out, env, method, seed)))
         fit = np.where(np.isfinite(hist.fitness), hist.fitness, -np.inf).max(axis=1)
         rows.append(fit[:generations])
     return steps, np.array(rows)
@@ -480,6 +557,9 @@ def hard_command(out: str, method: str, seed: int, generations: int = HARD_GENER
 def hard_run(out: str, method: str, seed: int, generations: int = HARD_GENERATIONS) -> dict[str, Any]:
     """Run (or resume, or skip) one LunarLander run, then evaluate the member picked by training fitness."""
     path = os.path.join(out, HARD_ENV, method, f"seed{seed}")
+    kept = kept_result("hard", out, path)
+    if kept is not None:
+        return kept
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if not os.path.exists(os.path.join(path, "best.zip")):
         env_vars = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
@@ -492,6 +572,7 @@ def hard_run(out: str, method: str, seed: int, generations: int = HARD_GENERATIO
         with open(os.path.join(path, "study_wall.json"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"launch_wall_s": time.time() - t0}) + "\n")
     result = evaluate(path, HARD_ENV, seed)
+    keep("hard", out, path)
     print(f"{HARD_ENV} {method:9s} seed {seed}: eval {result['eval_mean']:7.1f}", flush=True)
     return result
 
@@ -520,9 +601,9 @@ def hard_curve(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def hard_study(out: str, seeds: list[int], generations: int = HARD_GENERATIONS) -> int:
     results = {(m, s): hard_run(out, m, s, generations) for s in seeds for m in HARD_METHODS}
     lines = [
-        f"| method | final return of the member picked by training fitness (mean +- sd, {len(seeds)} seeds) "
-        "| per seed | wall min (mean) |",
-        "|---|---|---|---|",
+        f"| method | held-out return of the champion (mean +- sd, {len(seeds)} seeds) | per seed "
+        "| held-out return of the best-training-fitness member (per seed) | wall min (mean) |",
+        "|---|---|---|---|---|",
     ]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -534,10 +615,12 @@ def hard_study(out: str, seeds: list[int], generations: int = HARD_GENERATIONS) 
     for method in HARD_METHODS:
         values = [results[(method, s)]["eval_mean"] for s in seeds]
         sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
-        curves = [hard_curve(os.path.join(out, HARD_ENV, method, f"seed{s}")) for s in seeds]
+        curves = [hard_curve(readable("hard", out, os.path.join(out, HARD_ENV, method, f"seed{s}"))) for s in seeds]
         walls = [float(np.nanmax(c[1])) for c in curves]
-        lines.append(f"| {method} | {np.mean(values):.1f} +- {sd:.1f} | {', '.join(f'{v:.1f}' for v in values)} | "
-                     f"{np.mean(walls) / 60:.1f} |")  # fmt: skip
+        old = [results[(method, s)]["train_pick_eval_mean"] for s in seeds]
+        per_seed, old_seeds = ", ".join(f"{v:.1f}" for v in values), ", ".join(f"{v:.1f}" for v in old)
+        lines.append(f"| {method} | {np.mean(values):.1f} +- {sd:.1f} | {per_seed} | "
+                     f"{np.mean(old):.1f} ({old_seeds}) | {np.mean(walls) / 60:.1f} |")  # fmt: skip
         rows = np.array([np.interp(grid, c[0], c[2], left=np.nan) for c in curves])
         by_steps.plot(grid, np.nanmean(rows, axis=0), label=method)
         wgrid = np.linspace(0, max(walls), 60)
@@ -662,14 +745,20 @@ def main(argv: list[str] | None = None) -> int:
     results = {job[1:]: result for job, result in run_all(one, jobs, args.jobs).items()}
     summary: dict[str, Any] = {"population": POPULATION, "generations": GENERATIONS}
     summary["steps_per_member"] = {env: GENERATIONS.get(env, 36) * STEPS_PER_GENERATION for env in envs}
-    lines = ["| env | method | final best return (mean +- sd) | per seed |", "|---|---|---|---|"]
+    lines = [
+        "| env | method | held-out return of the champion (mean +- sd) | per seed "
+        "| best-training-fitness member instead (mean; per seed) |",
+        "|---|---|---|---|---|",
+    ]
     for env in envs:
         for method in METHODS:
             values = [results[(env, method, s)]["eval_mean"] for s in seeds]
             summary[f"{env}/{method}"] = values
             sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
             per_seed = ", ".join(f"{v:.1f}" for v in values)
-            lines.append(f"| {env} | {method} | {np.mean(values):.1f} +- {sd:.1f} | {per_seed} |")
+            old = [results[(env, method, s)]["train_pick_eval_mean"] for s in seeds]
+            old_txt = f"{np.mean(old):.1f}; " + ", ".join(f"{v:.1f}" for v in old)
+            lines.append(f"| {env} | {method} | {np.mean(values):.1f} +- {sd:.1f} | {per_seed} | {old_txt} |")
     with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2)
     with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as fh:
