@@ -15,7 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cartpole_args(seed: int, generations: int, steps: int) -> list[str]:
-    """A tiny but real PBT configuration on CartPole (2 envs x 64 steps per rollout)."""
+    """A tiny but real PBT configuration on CartPole (2 envs x 64 steps per rollout).
+
+    The final pick evaluates its candidates on 2 episodes, not the default 10: up to 500-step
+    episodes each, at the end of every run of the suite (tests/test_champion.py checks the pick).
+    """
     return [
         "--env-id", "CartPole-v1",
         "--seed", str(seed),
@@ -25,6 +29,7 @@ def cartpole_args(seed: int, generations: int, steps: int) -> list[str]:
         "--n-steps", "64",
         "--search-space", "batch_size=choice:32,64,128",
         "--search-space", "n_epochs=int:1:3",
+        "--final-eval-episodes", "2",
     ]  # fmt: skip
 
 
