@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,6 +48,25 @@ def test_record_is_plain_json_with_mean_and_sd():
     assert champion.seeds(7, 3) == [seeding.derive_seed(7, seeding.CHAMPION, j) for j in range(3)]
     assert champion.estimate_s(2, 10, 50.0, 1e-3) == pytest.approx(1.0)
     assert champion.estimate_s(0, 10, 50.0, 1e-3) == 0.0
+
+
+def test_time_limit_reserves_the_final_evaluation(tmp_path):
+    """Local candidates x episodes x episode length (no episode yet: the env's limit) x s per training step."""
+    from evo_mpi.comm import Comm
+    from evo_mpi.config import Config
+    from evo_mpi.engine import Engine
+
+    cfg = Config(agents_per_rank=3, n_envs=2, n_steps=64, steps_per_generation=128, generations=1)
+    engine = Engine(replace(cfg, final_eval_episodes=5, final_eval_top=2), Comm(), str(tmp_path), echo=print)
+    try:
+        engine.last_fitness = np.array([1.0, math.nan, 3.0])
+        assert engine._final_candidates_here() == [2, 0]
+        # 3 members trained 128 steps each in 0.384 s: 1 ms per step; CartPole-v1 episodes last up to 500 steps
+        assert engine._final_phase_estimate(0.384, 3) == pytest.approx(2 * 5 * 500 * 1e-3)
+        engine.cfg = replace(engine.cfg, final_eval_episodes=0)
+        assert engine._final_phase_estimate(0.384, 3) == 0.0
+    finally:
+        engine.close()
 
 
 # -- real runs ---------------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ class Config:
     time_limit: str = _f(
         "",
         "Wall-clock limit of this launch: seconds or SLURM's [D-]HH:MM:SS. The run ends after the last generation "
-        "that fits, with final models written (exit 0). Empty: none.",
+        "that fits, the final evaluation counted, with final models written (exit 0). Empty: none.",
     )
     target_fitness: str = _f(
         "",
