@@ -101,6 +101,9 @@ def main() -> None:
     head = cols[0][1]["overhead"] * 100
     head_all = head + 100 * gap_share_d
     ev = cols[2][1]
+    champ = default.champion
+    run_wall = default.end_unix - default.launch_unix
+    champ_share = float(champ.get("wall_s", 0.0)) / run_wall
     print()
     print(
         bl.table(
@@ -127,6 +130,13 @@ def main() -> None:
                 [
                     f"  of which fitness (the {args.eval_episodes} eval episodes)",
                     f"{100 * ev['fitness']:.2f}%",
+                    "(reported)",
+                    "",
+                ],
+                [
+                    f"final evaluation (champion phase, {champ.get('episodes', 0)} episodes x "
+                    f"{len(champ.get('candidates', []))} candidates), share of the run's wall",
+                    f"{100 * champ_share:.2f}% ({champ.get('wall_s', 0.0):.2f} s of {run_wall:.0f} s)",
                     "(reported)",
                     "",
                 ],

@@ -62,6 +62,7 @@ class Run:
     stderr: str
     records: list[dict[str, Any]] = field(default_factory=list)  # timings of every rank and generation
     history: list[dict[str, Any]] = field(default_factory=list)  # RUN_DIR/history.jsonl
+    champion: dict[str, Any] = field(default_factory=dict)  # RUN_DIR/champion.json (the final pick)
 
     def gen_line_times(self) -> list[float]:
         """Arrival time of each ``gen N/G`` progress line (printed by rank 0 after generation N-1)."""
@@ -69,7 +70,7 @@ class Run:
 
     def generations(self, skip: int = 0) -> list[dict[str, Any]]:
         """Records of generations ``>= skip``."""
-        return [r for r in self.records if r["generation"] >= skip]
+        return [r for r in self.records if "generation" in r and r["generation"] >= skip]
 
     def by_rank(self, skip: int = 0) -> dict[int, list[dict[str, Any]]]:
         """Records of generations ``>= skip``, grouped by rank."""
@@ -128,6 +129,8 @@ def run_evo(
     if (run_dir / "history.jsonl").is_file():
         with open(run_dir / "history.jsonl", encoding="utf-8") as fh:
             run.history = [json.loads(line) for line in fh if line.strip()]
+    if (run_dir / "champion.json").is_file():
+        run.champion = json.loads((run_dir / "champion.json").read_text(encoding="utf-8"))
     if keep:
         print(f"    (run dir kept: {run_dir})")
     else:
