@@ -10,8 +10,9 @@ hyperparameters. Plug another in with ``--member module:factory`` or
 The engine relies on these promises:
 
 * ``train(steps, generation, should_stop)`` depends only on the member's
-  state, its hyperparameters and ``(cfg.seed, member_id, generation)``, so any
-  rank layout and any resume reproduce it.
+  state (its envs and running episodes included: they belong to the member
+  slot and survive exploits), its hyperparameters and ``(cfg.seed,
+  member_id, generation)``, so any rank layout and any resume reproduce it.
 * ``train`` calls ``should_stop()`` often (every step or so): the async
   engine serves other ranks' snapshot requests from it, so a long stretch
   without a call delays them.
