@@ -124,16 +124,6 @@ def estimate_s(candidates_here: int, episodes: int, episode_length: float, step_
 # -- the SB3 adapter's members (imports SB3 when called) -------------------------------------------
 
 
-def max_episode_steps(member: Any) -> int | None:
-    """The SB3 member's env's episode step limit (``spec.max_episode_steps``), or None when unknown."""
-    try:
-        spec = member.env.get_attr("spec", [0])[0]
-    except (AttributeError, IndexError, TypeError):
-        return None
-    limit = getattr(spec, "max_episode_steps", None)
-    return int(limit) if isinstance(limit, int) and limit > 0 else None
-
-
 def evaluate_sb3(
     member: Any, episode_seeds: Sequence[int], env_factory: Callable[..., Any] | None = None
 ) -> tuple[list[float], int]:

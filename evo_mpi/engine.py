@@ -330,7 +330,7 @@ class EngineBase:
         if lengths:
             length = float(np.mean(lengths))
         else:
-            limit = champion.max_episode_steps(self.members[here[0]])
+            limit = getattr(self.members[here[0]], "max_episode_steps", None)
             length = float(limit) if limit is not None else cfg.steps_per_generation / max(1, cfg.n_envs)
         step_s = wall_s / (members * cfg.steps_per_generation)
         return champion.estimate_s(len(here), cfg.final_eval_episodes, length, step_s)

@@ -78,6 +78,16 @@ def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def champion_member(run_dir: str | os.PathLike[str]) -> int | None:
+    """The member in ``best.zip`` as ``RUN_DIR/champion.json`` names it (None: no finished run's pick yet)."""
+    try:
+        with open(os.path.join(run_dir, "champion.json"), encoding="utf-8") as fh:
+            member = json.load(fh).get("member")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return member if isinstance(member, int) and not isinstance(member, bool) else None
+
+
 @dataclass(frozen=True)
 class History:
     """The complete generations of a history as arrays indexed ``[generation, member]``.

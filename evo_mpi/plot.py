@@ -22,7 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from .lineage import History, HistoryError, chain, is_async, latest_best, load, read_config, read_history
+from .lineage import (
+    History,
+    HistoryError,
+    chain,
+    champion_member,
+    is_async,
+    latest_best,
+    load,
+    read_config,
+    read_history,
+)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -417,6 +427,8 @@ def plot_run(run_dir: str, out_dir: str | None = None, member: int | None = None
         HistoryError: Missing run dir or history, no complete generation, or member out of range.
     """
     config = read_config(run_dir)
+    if member is None:
+        member = champion_member(run_dir)  # a finished run: the member in best.zip
     if is_async(config):
         assert config is not None
         records = read_history(run_dir)

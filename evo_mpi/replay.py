@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import config as config_mod
-from .lineage import HistoryError, chain, is_async, latest_best, load, read_config, read_history
+from .lineage import HistoryError, chain, champion_member, is_async, latest_best, load, read_config, read_history
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="evo-mpi run directory (finished or in progress)")
     parser.add_argument(
-        "--member", type=int, help="member to replay (default: best fitness in the last recorded generation)"
+        "--member",
+        type=int,
+        help="member to replay (default: the champion in best.zip; unfinished run: best last fitness)",
     )
     parser.add_argument("--out", metavar="DIR", help="output directory (default: RUN_DIR/replay)")
     parser.add_argument(
@@ -108,6 +110,8 @@ def _prepare_out(out: str, overwrite: bool) -> None:
 def plan(args: argparse.Namespace) -> dict[str, Any]:
     """Everything the replay needs, checked before any training. Raises ReplayError."""
     asynchronous = is_async(read_config(args.run_dir))
+    if args.member is None:
+        args.member = champion_member(args.run_dir)  # a finished run: the member in best.zip
     try:
         if asynchronous:  # members have their own intervals: follow the records, not a generation grid
             records = read_history(args.run_dir)

@@ -126,8 +126,8 @@ def _until_first_move(lineage: list[tuple[int, int]]) -> int:
 def test_replay_follows_the_schedule(run_dir, tmp_path, choose):
     records = read_history(run_dir)
     hist = tabulate(records)
-    if choose == "best":
-        member, args = hist.best_member(), []
+    if choose == "best":  # the default: the champion, the member in best.zip
+        member, args = json.loads((run_dir / "champion.json").read_text())["member"], []
     else:
         member = max(hist.exploits())[1]  # copied at the last exploit: its lineage moved slots
         args = ["--member", str(member)]
