@@ -25,6 +25,9 @@ import numpy as np
 from . import seeding
 from .selection import rank_order
 
+#: Longest final evaluation episode: one that has not ended by then counts its return so far (no hang).
+MAX_EPISODE_STEPS = 100_000
+
 #: ``champion.json``'s ``pick``: by the final evaluation, or by the last training fitness (no evaluation).
 PICK_EVAL, PICK_TRAINING = "final_eval", "training_fitness"
 
@@ -156,13 +159,15 @@ def evaluate_sb3(
         for s in episode_seeds:
             env.seed(int(s))
             obs = env.reset()
-            while True:
+            for _ in range(MAX_EPISODE_STEPS):
                 action, _ = member.model.predict(obs, deterministic=True)
                 obs, _, dones, infos = env.step(action)
                 steps += 1
                 if dones[0]:
                     returns.append(float(infos[0]["episode"]["r"]))  # Monitor's raw return
                     break
+            else:  # an env without a time limit whose episode never ends: its return so far
+                returns.append(float(sum(env.get_attr("rewards")[0])))
     finally:
         env.close()
     return returns, steps

@@ -234,3 +234,29 @@ def test_bad_final_eval_options_exit_2_naming_the_value(tmp_path):
     assert "--final-eval-episodes must be >= 0, got -1" in proc.stderr
     assert "--final-eval-top must be >= 1, got 0" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_final_evaluation_of_an_episode_that_never_ends_counts_its_return_so_far(monkeypatch):
+    """An env without a time limit cannot hang the final phase: an episode is cut at MAX_EPISODE_STEPS."""
+    import numpy as np
+
+    from evo_mpi import champion, config
+    from evo_mpi.member import Member
+    from evo_mpi.space import parse_space, sample_hparams
+
+    monkeypatch.setattr(champion, "MAX_EPISODE_STEPS", 40)
+    cfg = config.merge(
+        {},
+        {
+            "env_id": "tests.user_envs:FixedLength",
+            "env_kwargs": {"length": 1000},
+            "n_envs": 2,
+            "n_steps": 64,
+            "steps_per_generation": 128,
+        },
+    )
+    member = Member(0, cfg, sample_hparams(parse_space(cfg.space_specs), np.random.default_rng(0)), None)
+    try:
+        assert champion.evaluate_sb3(member, [1, 2, 3]) == ([40.0, 40.0, 40.0], 120)
+    finally:
+        member.close()
