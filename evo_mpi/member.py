@@ -40,6 +40,11 @@ from .space import MUTATED_APART, Value, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
 
 
+#: Prefixes of :meth:`Member.checkpoint_tensors` keys that hold the slot's running episodes (its envs'
+#: records and SB3's last observation): they stay with the slot, an exploit never moves them.
+EPISODE_KEYS = ("episode:", "_last_obs:", "_last_original_obs:")
+
+
 def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
     """Every optimizer of ``model`` (policy, actor, critic, entropy coefficient), in SB3's save order."""
     names, _ = model._get_torch_save_params()
@@ -472,6 +477,12 @@ class Member(FlatTorchState):
                     out[f"episode:{i}:actions"] = torch.from_numpy(actions)
                 for j, part in enumerate(obs_arrays(rec.obs)):
                     out[f"episode:{i}:obs:{j}"] = torch.from_numpy(np.array(part, copy=True))
+            # what SB3 continues from, exactly: normalised with the statistics of when it was observed
+            for name in ("_last_obs", "_last_original_obs"):
+                value = getattr(self.model, name, None)
+                if value is not None:
+                    for j, part in enumerate(obs_arrays(value)):
+                        out[f"{name}:{j}"] = torch.from_numpy(np.array(part, copy=True))
         return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -529,6 +540,13 @@ class Member(FlatTorchState):
             "returns": None if self.normalize is None else [float(x) for x in self.normalize.returns],
         }
 
+    def _obs_from_parts(self, tensors: Mapping[str, Any], name: str) -> Any:
+        """An observation saved as :func:`~evo_mpi.episodes.obs_arrays` parts (a dict by sorted key)."""
+        space = self.model.observation_space
+        keys = sorted(space.spaces) if hasattr(space, "spaces") and isinstance(space.spaces, Mapping) else None
+        parts = [tensors[f"{name}:{j}"].numpy().copy() for j in range(len(keys) if keys else 1)]
+        return dict(zip(keys, parts, strict=True)) if keys else parts[0]
+
     def _rebuild_episodes(self, tensors: Mapping[str, Any], saved: Mapping[str, Any] | None) -> None:
         """Re-create every env's running episode from a checkpoint, or start fresh ones with a notice.
 
@@ -564,16 +582,15 @@ class Member(FlatTorchState):
             venv = self._vec()
             for i, rec in enumerate(recorders):
                 venv._save_obs(i, rec.obs)
-            raw: Any = venv._obs_from_buf()
             self.model._last_episode_starts = np.array(saved["episode_starts"], dtype=bool)
-            if self.normalize is not None:  # SB3 keeps the normalised observation (and, off-policy, the raw one)
-                self.normalize.old_obs = raw
+            if self.normalize is not None:
+                self.normalize.old_obs = venv._obs_from_buf()  # type: ignore[assignment]
                 self.normalize.returns = np.array(saved["returns"], dtype=np.float64)
-                self.model._last_obs = self.normalize.normalize_obs(raw)
-                if self.off_policy:
-                    self.model._last_original_obs = self.normalize.get_original_obs()  # type: ignore[assignment]
-            else:
-                self.model._last_obs = raw  # type: ignore[assignment]
+            # SB3's last observation as it was (with VecNormalize: normalised by the statistics of its time,
+            # which an exploit since may have replaced), and off-policy with VecNormalize the raw one
+            for name in ("_last_obs", "_last_original_obs"):
+                if f"{name}:0" in tensors:
+                    setattr(self.model, name, self._obs_from_parts(tensors, name))
         self.rebuild_stats = {
             "member": self.id,
             "envs": len(recorders),

@@ -17,13 +17,15 @@ from helpers import history_without_rank, launch, read_history, run_evo, wait_fo
 
 #: 250 steps per generation: Pendulum's 200-step episodes are in flight at every checkpoint.
 OFF_POLICY = ["--n-envs", "1", "--buffer-size", "2000", "--net-arch", "32,32", "--steps-per-generation", "250"]
+#: DQN collects 4 steps per update (SB3's train_freq), so a generation is a multiple of 4.
+DQN_STEPS = ["--steps-per-generation", "256"]
 ON_POLICY = ["--env-id", "CartPole-v1", "--n-envs", "2", "--n-steps", "64", "--steps-per-generation", "256"]
 
 #: A tiny but real run per algorithm: off-policy ones train past SB3's learning_starts (100) in generation 0.
 ARGS = {
     "ppo": [*ON_POLICY, "--search-space", "batch_size=choice:32,64,128", "--search-space", "n_epochs=int:1:3"],
     "a2c": ON_POLICY,
-    "dqn": ["--env-id", "CartPole-v1", *OFF_POLICY, "--search-space", "target_update_interval=int:10:100"],
+    "dqn": ["--env-id", "CartPole-v1", *OFF_POLICY, *DQN_STEPS, "--search-space", "target_update_interval=int:10:100"],
     # SAC also moves and resumes VecNormalize statistics and whole replay buffers
     "sac": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2", "--normalize", "--copy-replay-buffer"],
     "td3": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2"],
@@ -50,7 +52,7 @@ def reference(request, tmp_path_factory):
     assert all(r["fitness"] is not None for r in history)
     assert any(r["parent"] is not None for r in history), "the run must exercise the exploit path"
     assert len({r["hparams"]["net_arch"] for r in history}) >= 2, "members of different sizes must take part"
-    steps = int(ARGS[algo][ARGS[algo].index("--steps-per-generation") + 1])
+    steps = int(ARGS[algo][len(ARGS[algo]) - 1 - ARGS[algo][::-1].index("--steps-per-generation") + 1])  # the last
     model = CLASSES[algo].load(run_dir / "best.zip", device="cpu")
     assert model.num_timesteps == GENERATIONS * steps
     if "--normalize" in ARGS[algo]:

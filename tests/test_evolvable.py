@@ -8,6 +8,7 @@ import torch
 from stable_baselines3 import PPO
 
 from evo_mpi.arch import draw_kind
+from evo_mpi.member import EPISODE_KEYS
 from evo_mpi.plot import _natural
 from helpers import check_pngs, history_without_rank, read_history, run_evo, run_module
 
@@ -23,7 +24,7 @@ COPY = [
 
 #: Every mutation kind, on an arch prior, four members.
 MUTATING = [
-    *BUDGET, *FIXED, "--seed", "5", "--generations", "5", "--selection", "truncation",
+    *BUDGET, *FIXED, "--seed", "7", "--generations", "5", "--selection", "truncation",
     "--truncation-fraction", "0.5", "--search-space", "net_arch=arch:1:3:32:128",
     "--search-space", "activation_fn=choice:relu,tanh",
     "--mutation-probs", "none=1,hparams=1,arch=3,weights=1,activation=1",
@@ -65,8 +66,12 @@ def test_small_loser_copies_bigger_winner_bit_for_bit(tmp_path, copy_reference, 
     assert first[0]["hparams"]["net_arch"] == "128-64-64" and first[1]["hparams"]["net_arch"] == "64-64"
     assert first[1]["parent"] == 0 and first[0]["rank"] != first[1]["rank"]  # across ranks
     # after the exploit (the checkpoint of generation 0) the loser is the winner, tensor for tensor
-    winner = _tensors(run_dir / "checkpoints" / "gen_000000" / "member_00.pt")
-    loser = _tensors(run_dir / "checkpoints" / "gen_000000" / "member_01.pt")
+    # (the envs' running episodes stay with the slot: an exploit moves everything else)
+    winner, loser = (
+        {k: v for k, v in _tensors(run_dir / "checkpoints" / "gen_000000" / f"member_{m:02d}.pt").items()
+         if not k.startswith(EPISODE_KEYS)}
+        for m in (0, 1)
+    )  # fmt: skip
     assert winner.keys() == loser.keys() and len(winner) > 10
     assert any(t.shape == (128, 4) for t in winner.values())  # the 128-node first layer, weights and Adam moments
     for key in winner:
@@ -153,17 +158,27 @@ def test_plot_of_members_of_changing_sizes(mutating_reference, tmp_path):
     assert sorted(["160-64", "64-64-64", "48-64", "64-64"], key=_natural) == ["48-64", "64-64", "64-64-64", "160-64"]
 
 
-def test_replay_repeats_growth_and_weight_noise_exactly(tmp_path, mutating_reference):
-    run_dir, history = mutating_reference
+def test_replay_repeats_growth_and_weight_noise_exactly(tmp_path):
+    """Members that mutate in place (--mutate all, no exploit) are replayed exactly, growth and weight noise included.
+
+    (A lineage that moved slots is replayed exactly only until its first move: after it, the run continued
+    in the loser slot's running episodes, which a replay cannot know; test_plot_replay checks that part.)
+    """
+    run_dir = tmp_path / "run"
+    run_evo(
+        [*MUTATING, "--selection", "none", "--mutate", "all", "--run-dir", str(run_dir), "--agents-per-rank", "2"], None
+    )
+    history = read_history(run_dir)
     best = max((r for r in history if r["generation"] == 4), key=lambda r: r["fitness"])["member"]
     out = tmp_path / "replay"
     proc = run_module("evo_mpi.replay", str(run_dir), "--member", str(best), "--out", str(out), timeout=240)
     assert proc.returncode == 0, proc.stderr
     replayed = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    assert len(replayed) == 5
+    assert len(replayed) == 5 and {r["member"] for r in replayed} == {best}
     by_key = {(r["member"], r["generation"]): r for r in history}
-    kinds = [by_key[(r["member"], r["generation"] - 1)].get("mutation", {}).get("kind") for r in replayed[1:]]
+    kinds = [by_key[(best, r["generation"] - 1)].get("mutation", {}).get("kind") for r in replayed[1:]]
     assert {"arch", "weights"} & set(kinds), kinds  # the lineage grew or was perturbed on the way
+    assert len({r["hparams"]["net_arch"] for r in replayed}) >= 2  # and changed size
     for r in replayed:
         assert r["fitness"] == r["pbt_fitness"], (r["generation"], r["fitness"], r["pbt_fitness"])
-        assert r["hparams"]["net_arch"] == by_key[(r["member"], r["generation"])]["hparams"]["net_arch"]
+        assert r["hparams"]["net_arch"] == by_key[(best, r["generation"])]["hparams"]["net_arch"]

@@ -129,7 +129,9 @@ def test_exploit_copies_weights_and_optimizer_state_exactly():
     assert adam_steps(loser) == adam_steps(winner)
     # the loser keeps its own step count
     assert (winner.timesteps, loser.timesteps) == (256, 128)
-    # same state + same hparams + same stream => identical next update
+    # same state + same hparams + same stream + the same running episodes => identical next update
+    # (the loser keeps its own envs on exploit; here they take the winner's, rebuilt as on resume)
+    loser._rebuild_episodes(winner.checkpoint_tensors(), winner.checkpoint_meta()["episodes"])
     loser.apply_hparams(winner.hparams)
     winner.id = loser.id = 5
     winner.train(128, 3)

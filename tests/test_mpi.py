@@ -175,12 +175,14 @@ def test_tensorboard_tags(runs):
 
 def test_ranks_other_than_zero_print_nothing(runs):
     _, proc = runs["n4-p2p"]
-    # rank 0 prints the header, 3 generation lines and the summary: 5 lines in all, plus one
-    # oversubscription note when this machine has fewer than 4 usable cores
+    # rank 0 prints the header, the note that CartPole's episodes outlast a generation, 3 generation
+    # lines and the summary: 6 lines in all, plus one oversubscription note when this machine has fewer
+    # than 4 usable cores
     lines = proc.stdout.strip().splitlines()
     notes = [line for line in lines if "more ranks than cores" in line]
     assert len(notes) == (1 if len(os.sched_getaffinity(0)) < 4 else 0), proc.stdout
-    assert len(lines) - len(notes) == 5, proc.stdout
+    assert sum("episodes of CartPole-v1 last up to 500 steps" in line for line in lines) == 1, proc.stdout
+    assert len(lines) - len(notes) == 6, proc.stdout
 
 
 def test_torch_threads_default_one_and_automatic(runs, tmp_path):
