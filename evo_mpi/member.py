@@ -39,7 +39,6 @@ from .episodes import EpisodeRecorder, obs_arrays
 from .space import MUTATED_APART, Value, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
 
-
 #: Prefixes of :meth:`Member.checkpoint_tensors` keys that hold the slot's running episodes (its envs'
 #: records and SB3's last observation): they stay with the slot, an exploit never moves them.
 EPISODE_KEYS = ("episode:", "_last_obs:", "_last_original_obs:")

@@ -44,12 +44,6 @@ def job_env(**evo: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["PYTHONWARNINGS"] = "ignore"
     env["EVO_PYTHON"] = sys.executable
-    # MPICH's UCX netmod, started by srun, fails its address exchange in MPI_Init ("invalid bandwidth
-    # 0.00") on a VM whose NIC reports no link speed (seen on an AMD EPYC development VM, where
-    # /sys/class/net/eth0/speed is -1), and with only UCX's tcp transport srun's PMI2 garbles the
-    # longer addresses across the two test nodes. Clusters configure their fabric themselves; the
-    # test jobs use MPICH's libfabric netmod, which works on one VM and across its namespaces.
-    env.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
     for key in [k for k in env if k.startswith("EVO_")]:
         if key != "EVO_PYTHON":
             del env[key]
