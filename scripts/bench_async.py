@@ -23,6 +23,7 @@ invocation, so the ratios compare like with like on the same machine state.
 
     python scripts/bench_async.py                  # ~8 minutes on 2 cores
     python scripts/bench_async.py --scale          # also -n 16 x 2 and -n 32 tiny async runs (correctness)
+    python scripts/bench_async.py --cases 0,3      # only -n 2 and the straggler
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scale", action="store_true", help="also run tiny async jobs on -n 16 x 2 and -n 32")
     parser.add_argument("--echo", action="store_true", help="show rank 0's progress lines")
+    parser.add_argument("--cases", default="0,1,2,3", help="which cases to run, by index (default all: 0,1,2,3)")
     args = parser.parse_args()
     bl.header("bench_async: sync vs async PBT at equal total env steps", sys.argv)
     common = ["--generations", str(args.generations), "--steps-per-generation", str(args.steps_per_generation)]
@@ -104,6 +106,7 @@ def main() -> None:
         ("-n 4", 4, 1, []),
         ("straggler -n 2 (rank 0 env 5x slower)", 2, 1, STRAGGLER),
     ]
+    cases = [cases[int(i)] for i in args.cases.split(",")]
     rows, delays, samples, straggler_rows = [], [], [], []
     raw: list[tuple[float, float]] = []  # (async/sync wall, async utilisation) per case, unrounded
     for label, ranks, per_rank, extra in cases:
@@ -148,7 +151,7 @@ def main() -> None:
     print(f"Same total env steps per case ({args.generations} x {args.steps_per_generation} per member):")
     print()
     print(bl.table(["case", "sync wall s", "async wall s", "async/sync", "sync util", "async util"], rows))
-    plain = raw[:3]
+    plain = [r for r, (_, _, _, extra) in zip(raw, cases) if not extra]
     print()
     print(
         f"targets (cases without a straggler): async utilisation >= 0.95: "
