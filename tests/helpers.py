@@ -88,6 +88,21 @@ def launch(args: list[str], n: int | None, extra_env: dict[str, str] | None = No
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
 
+def no_rank_left(run_dir: Path, timeout: float = 30) -> bool:
+    """True once no ``evo_mpi.run`` process of ``run_dir`` is left (polled, so a loaded machine's slow exits pass)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = subprocess.run(["pgrep", "-f", f"evo_mpi.run.*{run_dir}"], capture_output=True, text=True)
+        if not found.stdout.split():
+            return True
+        if time.monotonic() > deadline:
+            print(f"still running after {timeout} s: {found.stdout.split()}")
+            return False
+        time.sleep(0.2)
+
+
 def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 180) -> list[str]:
     """Read stdout until a line starts with ``prefix``; return the lines read."""
     import threading

