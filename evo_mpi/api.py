@@ -28,13 +28,14 @@ from . import checkpoint
 from . import config as config_mod
 from .comm import Comm, launcher_mismatch
 from .config import Config, ConfigError
+from .status import Callback, GenerationSummary, Status
 
 #: Signals that stop a run at the next env step with a resumable checkpoint.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
-#: How a run ended.
-FINISHED, STOPPED_BY_CALLBACK, TIME_LIMIT, TARGET_REACHED = "finished", "callback", "time_limit", "target"
-INTERRUPTED, ALREADY_FINISHED = "interrupted", "already"
+#: How a run ended (the names older code imports from here).
+FINISHED, STOPPED_BY_CALLBACK, TIME_LIMIT = Status.FINISHED, Status.STOPPED_BY_CALLBACK, Status.TIME_LIMIT
+TARGET_REACHED, INTERRUPTED, ALREADY_FINISHED = Status.TARGET_REACHED, Status.INTERRUPTED, Status.ALREADY_FINISHED
 
 #: When this process imported evo_mpi: the command line's --time-limit counts from here.
 PROCESS_START = time.monotonic()
@@ -43,42 +44,13 @@ PROCESS_START = time.monotonic()
 REPORT_GRACE_S = 1.0
 
 
-@dataclass(frozen=True)
-class GenerationSummary:
-    """What a per-generation callback receives (the same on every rank).
-
-    Attributes:
-        generation: 0-based generation that just finished training and evaluation.
-        generations: The run's number of generations.
-        timesteps: Env steps each member has trained so far.
-        fitness: Each member's fitness (NaN when not finite).
-        hparams: Each member's hyperparameters during this generation.
-
-    """
-
-    generation: int
-    generations: int
-    timesteps: list[int]
-    fitness: list[float]
-    hparams: list[dict[str, Any]]
-
-    @property
-    def best(self) -> float:
-        """The best finite fitness (NaN if none is finite)."""
-        finite = [f for f in self.fitness if math.isfinite(f)]
-        return max(finite) if finite else math.nan
-
-
-#: ``callback(summary)``: return True to end the run after this generation (final models are written).
-Callback = Callable[[GenerationSummary], "bool | None"]
-
-
 @dataclass
 class Result:
     """What a run produced (the same on every rank).
 
     Attributes:
-        status: ``finished``, ``callback`` (ended early by the callback), ``time_limit``
+        status: A :class:`~evo_mpi.status.Status`, equal to its string: ``finished``,
+            ``callback`` (ended early by the callback), ``time_limit``
             (ended early by ``time_limit``), ``target`` (``target_fitness`` reached),
             ``interrupted`` (a stop signal; resume it) or ``already`` (the run
             dir held a finished run).
@@ -96,7 +68,7 @@ class Result:
 
     """
 
-    status: str
+    status: Status
     run_dir: str
     config: Config
     rank: int = 0
@@ -369,6 +341,8 @@ def execute(
     hint = oversubscription_hint(nodes, cfg.agents_per_rank)
     if hint is not None:
         say(hint)
+    # imported here, not at the top: the engines import torch and SB3, which `import evo_mpi`,
+    # --print-config and configuration errors must not wait for
     from .async_engine import AsyncEngine
     from .engine import Engine, EngineBase, LayoutMismatch, write_config
 
@@ -430,7 +404,7 @@ def execute(
         raise
 
 
-def _result(status: str, cfg: Config, run_dir: str, rank: int) -> Result:
+def _result(status: Status, cfg: Config, run_dir: str, rank: int) -> Result:
     """Read the run's history and champion from its files (every rank sees the same files).
 
     The champion is ``champion.json``'s member; a run without that file (older
@@ -565,4 +539,4 @@ def train(
     return result
 
 
-__all__: Sequence[str] = ("GenerationSummary", "Result", "train", "execute", "plan_run")
+__all__: Sequence[str] = ("GenerationSummary", "Result", "Status", "train", "execute", "plan_run")

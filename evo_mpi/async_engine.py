@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint, seeding, target
-from .api import FINISHED, INTERRUPTED, TARGET_REACHED, TIME_LIMIT
 from .comm import Comm, Mailbox
 from .config import Config
 from .engine import EngineBase, missing_fitness_lines, missing_reason
@@ -40,6 +39,7 @@ from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
 from .protocol import MemberFactory
 from .selection import select
 from .space import Value, explore
+from .status import Status
 
 # Message tags (on the mailbox's own communicator).
 TICKET_REQUEST, TICKET, RECORD, SNAPSHOT_REQUEST, SNAPSHOT, STOP, EXPERIENCE = range(21, 28)
@@ -515,26 +515,26 @@ class AsyncEngine(EngineBase):
         return snap
 
     # -- whole run -----------------------------------------------------------------------------------
-    def run(self) -> str:
-        """Spend the budget, then stop together; FINISHED, TIME_LIMIT or INTERRUPTED (like sync mode)."""
+    def run(self) -> Status:
+        """Spend the budget, then stop together; ``finished``, ``time_limit`` or ``interrupted`` (like sync mode)."""
         self.first_train_unix = time.time()
-        status = FINISHED
+        status = Status.FINISHED
         while True:
             self.serve()
             if self._stopping():
-                status = INTERRUPTED
+                status = Status.INTERRUPTED
                 break
             m = self._next_member()
             last_s = self.last_interval_s.get(m, 0.0)  # --time-limit: another interval, then the final evaluation
             if self.deadline is not None and time.monotonic() + last_s + self._final_phase_estimate(last_s) > (
                 self.deadline
             ):
-                status = TIME_LIMIT
+                status = Status.TIME_LIMIT
                 break
             if not self._claim():
                 break
             if not self.interval(m):
-                status = INTERRUPTED
+                status = Status.INTERRUPTED
                 break
         self.activity = "serving snapshots until every rank has stopped"
         t_end = time.time()
@@ -555,9 +555,12 @@ class AsyncEngine(EngineBase):
         self._drain(ends)
         self.box.close()
         statuses = {e["status"] for e in ends}
-        if INTERRUPTED not in statuses and any(e["target"] for e in ends):
-            statuses.add(TARGET_REACHED)
-        status = next((s for s in (INTERRUPTED, TARGET_REACHED, TIME_LIMIT) if s in statuses), FINISHED)
+        if Status.INTERRUPTED not in statuses and any(e["target"] for e in ends):
+            statuses.add(Status.TARGET_REACHED)
+        status = next(
+            (s for s in (Status.INTERRUPTED, Status.TARGET_REACHED, Status.TIME_LIMIT) if s in statuses),
+            Status.FINISHED,
+        )
         for e in ends:
             self.latest.update(e["latest"])
         self.last_fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
@@ -580,9 +583,9 @@ class AsyncEngine(EngineBase):
             ]
             + [{"rank": self.comm.rank, **entry} for entry in self.served]
         )
-        if status == INTERRUPTED:
+        if status == Status.INTERRUPTED:
             return status
-        if status == TIME_LIMIT:
+        if status == Status.TIME_LIMIT:
             self.echo(f"evo-mpi: --time-limit {self.cfg.time_limit}: the run ends before its budget is spent")
         for m in self.local_ids:  # final models are the states the last published fitness was measured with
             snap = self.snapshots.get(m)

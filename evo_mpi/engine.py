@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from . import algorithms, champion, checkpoint, seeding, target
-from .api import FINISHED, INTERRUPTED, STOPPED_BY_CALLBACK, TARGET_REACHED, TIME_LIMIT, GenerationSummary
 from .arch import WeightNoise, draw_kind, draw_weight_noise, mutate_activation, mutate_arch
 from .comm import Comm, ExchangeError
 from .config import Config, resolve_member
@@ -28,6 +27,7 @@ from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
 from .protocol import EvaluatesFinal, MemberFactory, PBTMember, SharesExperience
 from .selection import rank_order, select
 from .space import Value, explore, format_arch, parse_space, sample_hparams
+from .status import Callback, GenerationSummary, Status
 
 #: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
 PB2_MAX_OBSERVATIONS = MAX_OBSERVATIONS
@@ -60,7 +60,7 @@ class EngineBase:
         echo: Callable[[str], None] = print,
         should_stop: Callable[[], bool] = lambda: False,
         env_factory: Callable[..., Any] | None = None,
-        callback: Callable[[GenerationSummary], bool | None] | None = None,
+        callback: Callback | None = None,
         member_factory: MemberFactory | None = None,
         deadline: float | None = None,
     ) -> None:
@@ -339,7 +339,7 @@ class EngineBase:
         """The local members the final evaluation would take if the run ended now (by :attr:`last_fitness`)."""
         return [m for m in champion.candidates(self.last_fitness, self.cfg.final_eval_top) if m in self.members]
 
-    def run(self) -> str:
+    def run(self) -> Status:
         """Run to the end (or a stop) and return how it ended (``finished``, ``interrupted``, ...)."""
         raise NotImplementedError
 
@@ -370,7 +370,7 @@ class Engine(EngineBase):
         should_stop: Callable[[], bool] = lambda: False,
         resume_from: int | None = None,
         env_factory: Callable[..., Any] | None = None,
-        callback: Callable[[GenerationSummary], bool | None] | None = None,
+        callback: Callback | None = None,
         member_factory: MemberFactory | None = None,
         deadline: float | None = None,
     ) -> None:
@@ -745,7 +745,7 @@ class Engine(EngineBase):
         return records
 
     # -- whole run ---------------------------------------------------------------
-    def run(self) -> str:
+    def run(self) -> Status:
         """Run the remaining generations and save the final models.
 
         Returns:
@@ -759,12 +759,12 @@ class Engine(EngineBase):
         for g in range(self.start, cfg.generations):
             summary = self.generation(g)
             if summary is None:
-                return INTERRUPTED
+                return Status.INTERRUPTED
             self._report(summary, time.perf_counter() - t_start, g - self.start + 1)
             if summary["early"]:
                 self.echo(f"evo-mpi: the callback ended the run after generation {g + 1}/{cfg.generations}")
                 self.finish()
-                return STOPPED_BY_CALLBACK
+                return Status.STOPPED_BY_CALLBACK
             if summary["target"]:
                 value = target.target_value(self.last_fitness, cfg.target_metric)
                 self.echo(
@@ -772,18 +772,18 @@ class Engine(EngineBase):
                     f"{cfg.target_fitness} after generation {g + 1}/{cfg.generations}; the run ends"
                 )
                 self.finish()
-                return TARGET_REACHED
+                return Status.TARGET_REACHED
             if summary["out_of_time"]:
                 self.echo(
                     f"evo-mpi: --time-limit {cfg.time_limit}: another generation would not fit; the run ends after "
                     f"generation {g + 1}/{cfg.generations}"
                 )
                 self.finish()
-                return TIME_LIMIT
+                return Status.TIME_LIMIT
             if summary["stop"] and g < cfg.generations - 1:
-                return INTERRUPTED
+                return Status.INTERRUPTED
         self.finish()
-        return FINISHED
+        return Status.FINISHED
 
     def _report(self, summary: dict[str, Any], elapsed: float, done: int) -> None:
         g, table, plan, wall, timings = (summary[k] for k in ("generation", "table", "plan", "wall", "timings"))

@@ -33,6 +33,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from . import algorithms, netmorph, seeding
+from .algorithms._sb3 import optimizers
 from .arch import WeightNoise
 from .config import Config, resolve_env
 from .episodes import EpisodeRecorder, obs_arrays
@@ -42,13 +43,6 @@ from .torchstate import FlatTorchState, init_optimizer_state
 #: Prefixes of :meth:`Member.checkpoint_tensors` keys that hold the slot's running episodes (its envs'
 #: records and SB3's last observation): they stay with the slot, an exploit never moves them.
 EPISODE_KEYS = ("episode:", "_last_obs:", "_last_original_obs:")
-
-
-def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
-    """Every optimizer of ``model`` (policy, actor, critic, entropy coefficient), in SB3's save order."""
-    names, _ = model._get_torch_save_params()
-    found = [recursive_getattr(model, n) for n in names]
-    return [o for o in found if isinstance(o, torch.optim.Optimizer)]
 
 
 def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | None = None) -> VecEnv:

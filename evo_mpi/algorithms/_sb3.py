@@ -10,16 +10,28 @@ inside the appliers so that the registry stays cheap to import.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import Apply
+
+if TYPE_CHECKING:
+    import torch
+    from stable_baselines3.common.base_class import BaseAlgorithm
+
+
+def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
+    """Every optimizer of ``model`` (policy, actor, critic, entropy coefficient), in SB3's save order."""
+    import torch
+    from stable_baselines3.common.save_util import recursive_getattr
+
+    names, _ = model._get_torch_save_params()
+    found = [recursive_getattr(model, n) for n in names]
+    return [o for o in found if isinstance(o, torch.optim.Optimizer)]
 
 
 def set_learning_rate(model: Any, value: Any) -> None:
     """Lr goes through ``lr_schedule`` (rebuilt from ``learning_rate``) and every optimizer's param groups."""
     from stable_baselines3.common.utils import update_learning_rate
-
-    from ..member import optimizers
 
     model.learning_rate = float(value)
     model._setup_lr_schedule()

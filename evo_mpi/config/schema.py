@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import algorithms
+from ..selection import SELECTIONS
 from ..target import TARGET_METRICS
 
 #: Selection rules (see :mod:`evo_mpi.selection`) and explore rules.
-SELECTION_CHOICES = ("truncation", "wta", "tournament", "ttest", "none")
+SELECTION_CHOICES = SELECTIONS
 
 
 EXPLORE_CHOICES = ("perturb", "pb2")

@@ -1,0 +1,70 @@
+"""What the engines report to the API: how a run ended, and a generation's summary for the callback.
+
+A leaf module (standard library only), so that :mod:`evo_mpi.engine` and
+:mod:`evo_mpi.async_engine` need not import :mod:`evo_mpi.api`, which runs them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class Status(str, enum.Enum):
+    """How a run ended; each member is its string (``Status.FINISHED == "finished"``, JSON ``"finished"``)."""
+
+    #: The whole budget was spent; final models written.
+    FINISHED = "finished"
+    #: The callback ended the run early; final models written.
+    STOPPED_BY_CALLBACK = "callback"
+    #: ``time_limit`` ended the run early; final models written.
+    TIME_LIMIT = "time_limit"
+    #: ``target_fitness`` was reached; final models written.
+    TARGET_REACHED = "target"
+    #: A stop signal: resume the run.
+    INTERRUPTED = "interrupted"
+    #: The run dir held a finished run; nothing ran.
+    ALREADY_FINISHED = "already"
+
+    def __str__(self) -> str:
+        """The plain string, so that printing a status prints ``finished``."""
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        """Format as the plain string (f-strings too, on every Python version)."""
+        return format(str(self.value), spec)
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """What a per-generation callback receives (the same on every rank).
+
+    Attributes:
+        generation: 0-based generation that just finished training and evaluation.
+        generations: The run's number of generations.
+        timesteps: Env steps each member has trained so far.
+        fitness: Each member's fitness (NaN when not finite).
+        hparams: Each member's hyperparameters during this generation.
+
+    """
+
+    generation: int
+    generations: int
+    timesteps: list[int]
+    fitness: list[float]
+    hparams: list[dict[str, Any]]
+
+    @property
+    def best(self) -> float:
+        """The best finite fitness (NaN if none is finite)."""
+        finite = [f for f in self.fitness if math.isfinite(f)]
+        return max(finite) if finite else math.nan
+
+
+#: ``callback(summary)``: return True to end the run after this generation (final models are written).
+Callback = Callable[[GenerationSummary], "bool | None"]
+
+__all__ = ["Callback", "GenerationSummary", "Status"]
