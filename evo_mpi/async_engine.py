@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint, seeding, target
+from .atomic import write_text_atomic
 from .comm import Comm, Mailbox
 from .config import Config
 from .engine import EngineBase, missing_fitness_lines, missing_reason
@@ -174,11 +175,7 @@ class AsyncEngine(EngineBase):
                 interval = rec.get("generation")
                 if isinstance(member, int) and isinstance(interval, int) and interval < done.get(member, 0):
                     kept.append(line if line.endswith("\n") else line + "\n")
-            with open(path + ".tmp", "w", encoding="utf-8") as fh:
-                fh.writelines(kept)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(path + ".tmp", path)
+            write_text_atomic(path, "".join(kept))
 
     # -- serving -------------------------------------------------------------------------------------
     def serve(self) -> None:

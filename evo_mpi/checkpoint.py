@@ -20,6 +20,7 @@ after the new one is in place. Nothing is unpickled on load.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -27,6 +28,8 @@ import shutil
 import signal
 from collections.abc import Mapping
 from typing import Any
+
+from .atomic import fsync_dir, write_synced
 
 _DIR_RE = re.compile(r"^gen_(\d{6})$")
 
@@ -54,23 +57,8 @@ def _crash_point(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_bytes(path: str, write: Any) -> None:
-    with open(path, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _write_json(path: str, data: Mapping[str, Any]) -> None:
-    _write_bytes(path, lambda fh: fh.write(json.dumps(data, sort_keys=True).encode("utf-8")))
+    write_synced(path, lambda fh: fh.write(json.dumps(data, sort_keys=True).encode("utf-8")))
 
 
 def begin(run_dir: str, generation: int) -> None:
@@ -87,7 +75,7 @@ def write_member(
     tmp = _tmp_dir(run_dir, generation)
     import torch  # deferred: run.py imports this module before installing its signal handlers
 
-    _write_bytes(os.path.join(tmp, f"member_{member:02d}.pt"), lambda fh: torch.save(dict(tensors), fh))
+    write_synced(os.path.join(tmp, f"member_{member:02d}.pt"), lambda fh: torch.save(dict(tensors), fh))
     _crash_point(f"member:{generation}:{member}")
     _write_json(os.path.join(tmp, f"member_{member:02d}.json"), meta)
 
@@ -96,11 +84,11 @@ def commit(run_dir: str, generation: int, population: Mapping[str, Any], keep: i
     """Rank 0, after every rank wrote its members: publish the checkpoint, prune old ones."""
     tmp = _tmp_dir(run_dir, generation)
     _write_json(os.path.join(tmp, "population.json"), population)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     _crash_point(f"commit:{generation}")
     final = _final_dir(run_dir, generation)
     os.rename(tmp, final)
-    _fsync_dir(checkpoint_root(run_dir))
+    fsync_dir(checkpoint_root(run_dir))
     _crash_point(f"prune:{generation}")
     for old in complete(run_dir)[:-keep]:
         shutil.rmtree(_final_dir(run_dir, old), ignore_errors=True)
@@ -182,14 +170,14 @@ def write_interval(
     tmp = os.path.join(root, ".tmp-" + name)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    _write_bytes(os.path.join(tmp, "member.pt"), lambda fh: torch.save(dict(tensors), fh))
+    write_synced(os.path.join(tmp, "member.pt"), lambda fh: torch.save(dict(tensors), fh))
     for key, array in arrays.items():
-        _write_bytes(os.path.join(tmp, key + ".npy"), lambda fh, a=array: np.save(fh, a, allow_pickle=False))
+        write_synced(os.path.join(tmp, key + ".npy"), functools.partial(np.save, arr=array, allow_pickle=False))
     _write_json(os.path.join(tmp, "member.json"), meta)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     _crash_point(f"interval:{member}:{interval}")
     os.rename(tmp, os.path.join(root, name))
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in intervals(run_dir, member)[:-keep]:
         shutil.rmtree(os.path.join(root, f"interval_{old:06d}"), ignore_errors=True)
     for leftover in os.listdir(root):

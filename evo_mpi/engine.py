@@ -7,7 +7,6 @@ plan and explore draw from seeded streams, so no hyperparameters travel.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -19,6 +18,7 @@ import numpy as np
 
 from . import algorithms, champion, checkpoint, seeding, target
 from .arch import WeightNoise, draw_kind, draw_weight_noise, mutate_activation, mutate_arch
+from .atomic import save_atomic, write_json_atomic, write_text_atomic
 from .comm import Comm, ExchangeError
 from .config import Config, resolve_member
 from .member import Member
@@ -241,11 +241,10 @@ class EngineBase:
         report = self._final_pick()
         best = int(report["member"])
         self.comm.barrier()  # champion.json is on disk before best.zip
-        if best in self.members:
-            tmp = os.path.join(self.run_dir, "best.tmp.zip")
-            self.members[best].save(tmp)
+        if best in self.members:  # best.zip last: it marks the run finished
             self.members[best].save_normalization(os.path.join(self.run_dir, "best.vecnormalize.pkl"))
-            os.replace(tmp, os.path.join(self.run_dir, "best.zip"))
+            tmp = os.path.join(self.run_dir, "best.tmp.zip")
+            save_atomic(os.path.join(self.run_dir, "best.zip"), self.members[best].save, tmp)
         self.comm.barrier()
         if self.comm.rank == 0:
             final, best_zip = os.path.join(self.run_dir, "final"), os.path.join(self.run_dir, "best.zip")
@@ -305,7 +304,7 @@ class EngineBase:
             time.perf_counter() - t0,
         )
         if self.comm.rank == 0:
-            write_json(os.path.join(self.run_dir, "champion.json"), report)
+            write_json_atomic(os.path.join(self.run_dir, "champion.json"), report, allow_nan=False)
             if self.board is not None:
                 timesteps = max(int(t) for p in gathered for t in p["timesteps"].values())
                 self.board.log_champion(timesteps, report)
@@ -886,21 +885,7 @@ def torch_threads() -> int:
     return int(torch.get_num_threads())
 
 
-def write_json(path: str, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    with open(path + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(path + ".tmp", path)
-
-
 def write_config(run_dir: str, data: dict[str, Any], toml_text: str) -> None:
     """Write ``config.toml`` (feeds back with ``--config``), then ``config.json`` (marks a run dir), atomically."""
-    for name, text in (("config.toml", toml_text), ("config.json", json.dumps(data, indent=2, sort_keys=True) + "\n")):
-        path = os.path.join(run_dir, name)
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(path + ".tmp", path)
+    write_text_atomic(os.path.join(run_dir, "config.toml"), toml_text)
+    write_json_atomic(os.path.join(run_dir, "config.json"), data)
