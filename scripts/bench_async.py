@@ -151,7 +151,7 @@ def main() -> None:
     print(f"Same total env steps per case ({args.generations} x {args.steps_per_generation} per member):")
     print()
     print(bl.table(["case", "sync wall s", "async wall s", "async/sync", "sync util", "async util"], rows))
-    plain = [r for r, (_, _, _, extra) in zip(raw, cases) if not extra]
+    plain = [r for r, (_, _, _, extra) in zip(raw, cases, strict=True) if not extra]
     print()
     print(
         f"targets (cases without a straggler): async utilisation >= 0.95: "

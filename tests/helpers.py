@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -44,8 +45,26 @@ def mpiexec() -> str:
     return exe
 
 
+@functools.cache
+def mpi_flavor() -> str:
+    """``openmpi`` or ``mpich``: which MPI the suite's ``mpiexec`` belongs to (``.ci/run`` runs a subset under each)."""
+    out = subprocess.run([mpiexec(), "--version"], capture_output=True, text=True, timeout=30).stdout
+    return "openmpi" if "Open MPI" in out else "mpich"
+
+
+#: Open MPI's mpirun refuses root and more ranks than cores unless told (as ``--allow-run-as-root --oversubscribe``).
+OPENMPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
+}
+
+
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
+    if mpi_flavor() == "openmpi":
+        for key, value in OPENMPI_ENV.items():
+            env.setdefault(key, value)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONWARNINGS"] = "ignore"

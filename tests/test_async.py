@@ -82,6 +82,7 @@ def _check_budget(run_dir, population: int) -> list[dict]:
     return history
 
 
+@pytest.mark.openmpi
 @pytest.mark.parametrize("n, per_rank", [(2, 2), (4, 1)])
 def test_async_run_spends_the_population_budget_and_obeys_truncation(tmp_path, n, per_rank):
     run_dir = tmp_path / "run"
@@ -201,6 +202,7 @@ def test_single_process_async_run_is_reproducible_and_resumes_exactly(tmp_path):
     assert _timeless(read_history(run_dir)) == expected
 
 
+@pytest.mark.openmpi
 def test_kill_9_of_one_async_rank_ends_the_job_and_it_resumes(tmp_path):
     run_dir = tmp_path / "run"
     proc = launch([*LONG_ASYNC, "--run-dir", str(run_dir), "--agents-per-rank", "2"], 2)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import LONG, ROOT, TINY, child_env, launch, mpiexec, run_evo, wait_for_line
+from helpers import LONG, ROOT, TINY, child_env, launch, mpi_flavor, mpiexec, run_evo, wait_for_line
 
 WRONG_SIZE = [
     ("p2p", "short", "has 100 bytes, this rank expected 120"),
@@ -45,13 +45,18 @@ def test_members_with_different_layouts_stop_the_run_before_training(tmp_path):
     assert not (run_dir / "history.jsonl").exists() or (run_dir / "history.jsonl").read_text() == ""
 
 
+@pytest.mark.openmpi
 def test_launcher_world_larger_than_mpis_is_exit_2_with_the_fix(tmp_path):
-    """What a process sees when Open MPI's mpirun starts it but mpi4py uses MPICH: a world of 1 of 2."""
-    env = {**child_env(), "OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1"}
+    """What a process sees when the other MPI's launcher starts it: a world of 1 of 2.
+
+    Under MPICH: Open MPI's mpirun set OMPI_COMM_WORLD_SIZE; under Open MPI: MPICH's Hydra set PMI_SIZE."""
+    variable = "PMI_SIZE" if mpi_flavor() == "openmpi" else "OMPI_COMM_WORLD_SIZE"
+    rank = "PMI_RANK" if mpi_flavor() == "openmpi" else "OMPI_COMM_WORLD_RANK"
+    env = {**child_env(), variable: "2", rank: "1"}
     cmd = [sys.executable, "-m", "evo_mpi.run", *TINY, "--agents-per-rank", "2", "--run-dir", str(tmp_path / "r")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
-    assert proc.returncode == 2
-    assert "started 2 processes (OMPI_COMM_WORLD_SIZE=2)" in proc.stderr
+    assert proc.returncode == 2, proc.stderr
+    assert f"started 2 processes ({variable}=2)" in proc.stderr
     assert "mpi4py uses a different MPI" in proc.stderr and "mpi4py.get_config()" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
     same = subprocess.run(
@@ -88,6 +93,7 @@ def test_oversubscription_hint_pure():
     assert "for the same 16 members launch -n 7" not in line and "launch -n 4 --agents-per-rank 4" in line
 
 
+@pytest.mark.openmpi
 @pytest.mark.parametrize("cores, n, expect", [("0", 2, "-n 1 --agents-per-rank 4"), ("0,1", 2, None)])
 def test_more_ranks_than_cores_prints_one_line_with_the_fix(tmp_path, cores, n, expect):
     """Pinned to one core, 2 ranks get the hint; on 2 cores they do not (this machine has at least 2)."""

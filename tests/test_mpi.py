@@ -17,6 +17,7 @@ from evo_mpi.space import explore, parse_space
 from helpers import ROOT, TINY, child_env, mpiexec, read_history, run_evo
 
 
+@pytest.mark.openmpi
 @pytest.mark.parametrize("n, per_rank", [(2, 2), (4, 1)])
 def test_backends_move_state_bit_for_bit(n, per_rank):
     """One launch per layout; each backend moves the same states (mpi_exchange_check.py)."""
@@ -52,6 +53,7 @@ def _strip_rank(history):
     return [{k: v for k, v in rec.items() if k != "rank"} for rec in history]
 
 
+@pytest.mark.openmpi
 def test_history_identical_across_backends_and_layouts(runs):
     histories = {name: _strip_rank(read_history(run_dir)) for name, (run_dir, _) in runs.items()}
     reference = histories["n4-p2p"]
