@@ -32,6 +32,10 @@ if ! apt-get install -y -q --no-install-recommends slurm-wlm munge iproute2; the
     say "apt-get install slurm-wlm munge iproute2 failed; skipping (SLURM tests will be skipped)"
     exit 0
 fi
+# Slurm's mpi/pmix plugin dlopens libpmix.so (the -dev package's link): srun --mpi=pmix, tested with Open MPI.
+if ! apt-get install -y -q --no-install-recommends libpmix-dev; then
+    say "apt-get install libpmix-dev failed; the srun --mpi=pmix test will be skipped"
+fi
 if command -v slurmctld >/dev/null 2>&1 && command -v munged >/dev/null 2>&1; then
     say "installed $(slurmctld -V 2>/dev/null)"
 else

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from helpers import mpi_flavor
 from slurm_cluster import SlurmCluster
 from slurm_jobs import (
     REQUEUE_TOML,
@@ -46,7 +47,23 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_batch_script_runs_to_completion(slurm, tmp_path, case):
-    script, launcher, options, ranks, per_rank = CASES[case]
+    run_batch_script(slurm, tmp_path, *CASES[case])
+
+
+@pytest.mark.openmpi
+def test_srun_pmix_with_open_mpi(slurm, tmp_path):
+    """single_node.sbatch under ``srun --mpi=pmix`` with Open MPI (the pip MPICH speaks PMI-1/2 only)."""
+    if mpi_flavor() != "openmpi":
+        pytest.skip("needs Open MPI: .ci/run's second step (pytest -m openmpi in .venv-ompi)")
+    probe = slurm.cmd("srun", "--mpi=pmix", "-n", "1", "-t", "1", "true", timeout=60, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"Slurm's mpi/pmix cannot start (apt-get install libpmix-dev): {probe.stderr.strip()[-200:]}")
+    launcher = {"EVO_LAUNCHER": "srun", "EVO_LAUNCHER_ARGS": "--mpi=pmix", "EVO_ARGS": "--agents-per-rank 2"}
+    run_batch_script(slurm, tmp_path, "single_node.sbatch", launcher, ["--ntasks=2"], 2, 2)
+
+
+def run_batch_script(slurm, tmp_path, script, launcher, options, ranks, per_rank) -> None:
+    """sbatch ``script`` with the tiny config; it completes with the whole history, models and log lines."""
     (tmp_path / "tiny.toml").write_text(TINY_TOML)
     run_dir = tmp_path / "run"
     env = job_env(EVO_CONFIG="tiny.toml", EVO_RUN_DIR=str(run_dir), **launcher)
