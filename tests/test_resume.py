@@ -172,9 +172,8 @@ def test_time_limit_ends_the_run_cleanly_before_it_is_exceeded(tmp_path, referen
     limit by at most one generation (one longer than the one before it), then writes the final models."""
     run_dir = tmp_path / "run"
     args = [*LONG, "--generations", "40", "--agents-per-rank", "2", "--time-limit", "10", "--run-dir", str(run_dir)]
-    t0 = time.monotonic()
+    t0 = time.time()
     proc = run_evo(args, 2)
-    elapsed = time.monotonic() - t0
     assert "--time-limit 10: another generation would not fit; the run ends after generation" in proc.stdout
     history = history_without_rank(run_dir)
     generations = len(history) // POPULATION
@@ -185,7 +184,13 @@ def test_time_limit_ends_the_run_cleanly_before_it_is_exceeded(tmp_path, referen
     timings = [json.loads(line) for line in open(run_dir / "timings" / "rank_000.jsonl", encoding="utf-8")]
     walls = [t["total_wall"] for t in timings if "total_wall" in t]
     assert len(walls) == generations
-    assert elapsed < 10 + max(walls) + 3  # counted from process start; mpiexec's start-up and exit on top
+    # Counted from process start. On a loaded machine start-up alone can use the budget: then the run
+    # stops after its first generation. Either way it writes best.zip (its last file) within one more
+    # generation plus 3 s (mpiexec's and python's start-up, the final evaluation) of the later of the two.
+    first_end = timings[0]["unix"] - t0
+    if first_end > 10:
+        assert generations == 1, first_end
+    assert (run_dir / "best.zip").stat().st_mtime - t0 < max(10, first_end) + max(walls) + 3, (first_end, walls)
     assert all(r["parent"] is None for r in history if r["generation"] == generations - 1)  # no exploit at the end
     again = run_evo(["--resume", str(run_dir)], 2)
     assert "already finished" in again.stdout
