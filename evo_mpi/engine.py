@@ -378,6 +378,8 @@ class Engine(EngineBase):
         self.start_fitness = np.full(self.population, math.nan)
         #: PB2's data: (generation, hparams, fitness change) of every member interval with finite ends.
         self.observations: list[Observation] = []
+        #: The generation after which each member last copied a donor (-1: never); --ready-after counts from it.
+        self.last_exploit = np.full(self.population, -1, dtype=np.int64)
         #: First generation this process runs (> 0 after a resume).
         self.start = 0
         history_bytes = lineage_bytes = 0
@@ -394,6 +396,7 @@ class Engine(EngineBase):
             if self.start_fitness.size != self.population:
                 self.start_fitness = np.full(self.population, math.nan)
             self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
+            self.last_exploit = np.array(saved.get("last_exploit", [-1] * self.population), dtype=np.int64)
             saved_threads = saved.get("torch_threads")
             for m in self.local_ids:
                 self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
@@ -474,6 +477,8 @@ class Engine(EngineBase):
         out_of_time = self.comm.any(out_of_time) and not early and not hit
         last = g == cfg.generations - 1 or early or out_of_time or hit
         plan = {} if last else self._plan(g, table)
+        for loser in plan:
+            self.last_exploit[loser] = g
         new_hparams = self._explore(g, plan, fitness, last)
 
         timer.start("log")
@@ -572,6 +577,7 @@ class Engine(EngineBase):
                     "lineage_bytes": self.lineage.tell() if self.lineage is not None else 0,
                     "start_fitness": [float(f) if np.isfinite(f) else None for f in self.start_fitness],
                     "pb2": [{"time": o.time, "hparams": o.hparams, "delta": o.delta} for o in self.observations],
+                    "last_exploit": [int(x) for x in self.last_exploit],
                     "torch_threads": self.member_threads,
                 },
                 keep=self.cfg.keep_checkpoints,
@@ -646,7 +652,14 @@ class Engine(EngineBase):
             elitism=cfg.elitism,
             returns=returns,
             alpha=cfg.ttest_alpha,
+            ready=self._ready(g),
         )
+
+    def _ready(self, g: int) -> np.ndarray | None:
+        """--ready-after: the members that trained enough env steps since their last exploit (None: all ready)."""
+        if self.cfg.ready_after <= 0:
+            return None
+        return (g - self.last_exploit) * self.cfg.steps_per_generation >= self.cfg.ready_after
 
     def _explore(self, g: int, plan: dict[int, int], fitness: np.ndarray, last: bool) -> list[dict[str, Value]]:
         """New hyperparameters for every member: losers mutate from their winner's, the rest keep theirs.

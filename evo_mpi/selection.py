@@ -189,15 +189,36 @@ def select(
     elitism: bool = False,
     returns: Sequence[np.ndarray] | None = None,
     alpha: float = 0.05,
+    ready: np.ndarray | None = None,
 ) -> dict[int, int]:
     """Dispatch to a selection rule by name (one of :data:`SELECTIONS`).
 
     ``none`` is no exploit at all (random search): always the empty plan.
+    ``ready`` (a bool per member; None: all ready) restricts the rule to the
+    ready members, as if the others were not in the population: they neither
+    copy nor are copied (``--ready-after``). Fewer than 2 ready: no exploit.
 
     Raises:
         ValueError: for an unknown name, bad rule parameters, or ``ttest`` without ``returns``.
 
     """
+    if ready is not None and not bool(np.all(ready)):
+        ids = np.flatnonzero(np.asarray(ready, dtype=bool))
+        if name not in SELECTIONS:
+            raise ValueError(f"unknown selection {name!r} (expected one of {', '.join(SELECTIONS)})")
+        if ids.size < 2:
+            return {}
+        sub = select(
+            name,
+            np.asarray(fitness, dtype=np.float64)[ids],
+            rng,
+            fraction=fraction,
+            tournament_size=tournament_size,
+            elitism=elitism,
+            returns=None if returns is None else [returns[int(i)] for i in ids],
+            alpha=alpha,
+        )
+        return {int(ids[loser]): int(ids[winner]) for loser, winner in sub.items()}
     if name == "truncation":
         return truncation(fitness, fraction, rng)
     if name == "wta":

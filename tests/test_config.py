@@ -107,6 +107,8 @@ BAD = [
     (["--mode", "async", "--algo", "dqn", "--steps-per-generation", "256", "--copy-replay-buffer"],
      "--copy-replay-buffer is not supported with --mode async"),
     (["--mode", "async", "--checkpoint-every", "2"], "--checkpoint-every 2 with --mode async"),
+    (["--mode", "async", "--ready-after", "512"], "--ready-after 512 is not supported with --mode async"),
+    (["--ready-after", "-1"], "--ready-after must be >= 0 env steps, got -1"),
     (["--mode", "lockstep"], "argument --mode: invalid choice: 'lockstep'"),
     (["--target-fitness", "high"], "--target-fitness 'high': expected a finite number"),
     (["--target-fitness", "nan"], "--target-fitness 'nan': expected a finite number"),

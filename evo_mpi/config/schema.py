@@ -83,6 +83,11 @@ class Config:
     tournament_size: int = _f(3, "Contestants per tournament (selection tournament), >= 2.")
     elitism: bool = _f(False, "Keep the best member unchanged (selection tournament).")
     ttest_alpha: float = _f(0.05, "Significance level of the t-test (selection ttest), 0 < alpha < 1.")
+    ready_after: int = _f(
+        0,
+        "Burn-in: a member neither copies nor is copied before it has trained this many env steps since its "
+        "last exploit (since the start for the first); 0: always ready. Sync mode.",
+    )
     explore: str = _f(
         "perturb",
         "Explore rule for members that exploited: perturb (multiply or resample, PBT) or pb2 (GP-UCB bandit "

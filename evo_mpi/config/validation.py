@@ -64,6 +64,7 @@ def validate(
     need(cfg.buffer_size > 0, f"--buffer-size must be > 0, got {cfg.buffer_size}")
     need(cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}")
     need(0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}")
+    need(cfg.ready_after >= 0, f"--ready-after must be >= 0 env steps, got {cfg.ready_after}")
     algo = algorithms.get(cfg.algo) if cfg.algo in algorithms.names() else None
     if cfg.share_experience:
         off_policy = ", ".join(n for n in algorithms.names() if algorithms.get(n).off_policy)
@@ -147,6 +148,10 @@ def validate(
             not cfg.copy_replay_buffer,
             "--copy-replay-buffer is not supported with --mode async (every published snapshot would hold a copy "
             "of the replay buffer); drop one of them",
+        )
+        need(
+            cfg.ready_after == 0,
+            f"--ready-after {cfg.ready_after} is not supported with --mode async yet (sync only); drop one of them",
         )
         need(
             cfg.checkpoint_every == 1,
