@@ -36,6 +36,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 #: How a run ended (the names older code imports from here).
 FINISHED, STOPPED_BY_CALLBACK, TIME_LIMIT = Status.FINISHED, Status.STOPPED_BY_CALLBACK, Status.TIME_LIMIT
 TARGET_REACHED, INTERRUPTED, ALREADY_FINISHED = Status.TARGET_REACHED, Status.INTERRUPTED, Status.ALREADY_FINISHED
+MEMBERS_FAILED = Status.FAILED
 
 #: When this process imported evo_mpi: the command line's --time-limit counts from here.
 PROCESS_START = time.monotonic()
@@ -52,11 +53,12 @@ class Result:
         status: A :class:`~evo_mpi.status.Status`, equal to its string: ``finished``,
             ``callback`` (ended early by the callback), ``time_limit``
             (ended early by ``time_limit``), ``target`` (``target_fitness`` reached),
-            ``interrupted`` (a stop signal; resume it) or ``already`` (the run
-            dir held a finished run).
+            ``interrupted`` (a stop signal; resume it), ``failed`` (member failures
+            ended the run: final models of the healthy members, no champion) or
+            ``already`` (the run dir held a finished run).
         run_dir: Where everything was written.
         config: The run's resolved configuration.
-        best_member: The champion, the member in ``best.zip`` (None when interrupted): the best
+        best_member: The champion, the member in ``best.zip`` (None when interrupted or failed): the best
             candidate of the final evaluation, or the best last training fitness without one.
         best_fitness: Its last training fitness (its evaluation is in ``champion``).
         best_hparams: Its hyperparameters.
@@ -416,7 +418,7 @@ def _result(status: Status, cfg: Config, run_dir: str, rank: int) -> Result:
         with open(path, encoding="utf-8") as fh:
             history = [json.loads(line) for line in fh if line.strip()]
     result = Result(status=status, run_dir=run_dir, config=cfg, history=history, rank=rank)
-    if history and status != INTERRUPTED:
+    if history and status not in (INTERRUPTED, MEMBERS_FAILED):
         latest: dict[int, dict[str, Any]] = {}  # each member's last record (sync: all of the last generation)
         for r in history:
             if r["member"] not in latest or r["generation"] >= latest[r["member"]]["generation"]:

@@ -18,6 +18,7 @@ bit-reproducible; with several ranks the order of events depends on timing.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,16 +30,16 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, seeding, target
+from . import checkpoint, failures, seeding, target
 from .atomic import write_text_atomic
 from .comm import Comm, Mailbox
 from .config import Config
-from .engine import EngineBase, missing_fitness_lines, missing_reason
+from .engine import EngineBase, fitness_call, missing_fitness_lines, missing_reason
 from .lineage import read_history
 from .outputs import fmt_duration
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
 from .protocol import MemberFactory
-from .selection import select
+from .selection import repair, select
 from .space import Value, explore
 from .status import Status
 
@@ -105,6 +106,7 @@ class AsyncEngine(EngineBase):
         self.observations: list[Observation] = []
         self.stop_notice = False
         self.target_hit = False  # rank 0: --target-fitness reached
+        self.failure_stop: str | None = None  # rank 0: why member failures end the run (no more intervals)
         self.experience_sent = 0  # --share-experience: messages sent to each other rank
         self.experience_received = np.zeros(comm.size, dtype=np.int64)  # ... and received from each rank
         self.shared_bytes = 0
@@ -136,6 +138,8 @@ class AsyncEngine(EngineBase):
         if resuming and comm.rank == 0:
             self._trim_logs({m: done for m, (done, _) in everyone.items()})
         self._open_logs()
+        if resuming and comm.rank == 0:  # the failures of the intervals the checkpoints hold
+            self.failure_total = sum(1 for r in read_history(run_dir) if r.get("failure"))
         if resuming and cfg.explore == "pb2":
             self.observations = [
                 Observation(float(r["generation"]), dict(r["hparams"]), float(r["delta"]))
@@ -231,7 +235,7 @@ class AsyncEngine(EngineBase):
     # -- the budget ----------------------------------------------------------------------------------
     def _issue(self) -> int:
         """Rank 0: hand out the next interval of the budget, or -1 when it is spent."""
-        if self.tickets >= self.budget or self.target_hit:
+        if self.tickets >= self.budget or self.target_hit or self.failure_stop is not None:
             return -1
         self.tickets += 1
         return self.tickets - 1
@@ -276,6 +280,8 @@ class AsyncEngine(EngineBase):
                     "next interval end"
                 )
             self.history.write([record])
+            if record.get("failure"):
+                self._count_failure(m, record)
             for line in missing_fitness_lines(
                 f"member {m} interval {record['generation']}", {m: record.get("fitness_missing")}
             ):
@@ -300,6 +306,19 @@ class AsyncEngine(EngineBase):
             if total % self.population == 0:
                 self._report(total)
 
+    def _count_failure(self, m: int, record: dict[str, Any]) -> None:
+        """Rank 0: a published failure; stop handing out intervals once failures end the run."""
+        self.failure_total += 1
+        self.echo(failures.failure_line(f"interval {record['generation']}", m, record["failure"]))
+        if self.failure_stop is None:
+            latest = self.published_latest
+            broken = sum(1 for i in range(self.population) if (latest.get(i) or {}).get("failure"))
+            total, tolerated = self.failure_total, self.tolerated
+            why = failures.stop_reason(broken, self.population, total, tolerated, "its latest interval")
+            if why is not None:
+                self.failure_stop = why
+                self.echo(f"evo-mpi: {why}: ranks stop at their next interval end")
+
     def _publish(self, record: dict[str, Any]) -> None:
         self._take_record(record)
         for r in range(self.comm.size):
@@ -313,7 +332,7 @@ class AsyncEngine(EngineBase):
         steps = sum(int(r["timesteps"]) for r in latest.values())
         exploits = sum(1 for r in latest.values() if r.get("parent") is not None)
         assert self.board is not None
-        self.board.log(steps, fitness, exploits)
+        self.board.log(steps, fitness, exploits, {"population/failures_total": float(self.failure_total)})
         if self.wandb is not None:
             self.wandb.log(
                 total // self.population - 1,
@@ -329,6 +348,7 @@ class AsyncEngine(EngineBase):
         self.echo(
             f"async {total:>5}/{self.budget} intervals | steps {steps:>9} | best {best} mean {mean} | "
             f"{steps / elapsed if elapsed > 0 else 0:.0f} steps/s | elapsed {fmt_duration(elapsed)}"
+            + (f" | failed {self.failure_total}" if self.failure_total else "")
         )
 
     # -- one interval --------------------------------------------------------------------------------
@@ -349,14 +369,21 @@ class AsyncEngine(EngineBase):
         if cfg.share_experience:
             self._apply_experience()
             self.sharers[m].mark_experience()
-        member.train(cfg.steps_per_generation, k, self._poll)
+        train = functools.partial(member.train, cfg.steps_per_generation, k)
+        _, failure = self._attempt(m, k, "training", train, self._poll)
         train_cpu = time.process_time() - cpu0
         self.train_cpu_s += train_cpu
         if self._stopping():
             return False  # the interval is abandoned: the member resumes from its last checkpoint
         self.activity = f"computing fitness of member {m} (interval {k})"
-        fitness = float(member.fitness(k))
+        fitness = math.nan
+        if failure is None:
+            fit, failure = self._attempt(m, k, "measuring fitness", fitness_call(member, k))
+            fitness = math.nan if fit is None else float(fit)
         returns, lengths = member.episode_stats()
+        missing = failures.FAILED if failure is not None else None
+        if missing is None and not math.isfinite(fitness):
+            missing = missing_reason(fitness, len(returns), bool(getattr(member, "diverged", False)))
         used = dict(member.hparams)
         delta = fitness - self.start_fitness[m]
         record: dict[str, Any] = {
@@ -367,11 +394,8 @@ class AsyncEngine(EngineBase):
             "wall": time.time() - self.started,
             "unix": time.time(),
             "fitness": fitness if math.isfinite(fitness) else None,
-            **(
-                {"fitness_missing": missing_reason(fitness, len(returns), bool(getattr(member, "diverged", False)))}
-                if not math.isfinite(fitness)
-                else {}
-            ),
+            **({"fitness_missing": missing} if missing is not None else {}),
+            **({"failure": failure} if failure is not None else {}),
             "returns": [r if math.isfinite(r) else None for r in returns],
             "lengths": list(lengths),
             "hparams": used,
@@ -478,6 +502,10 @@ class AsyncEngine(EngineBase):
             alpha=cfg.ttest_alpha,
         )
         mine = ids.index(m)
+        if self.latest[m].get("failure"):  # a failed member always copies a donor, whatever the rule decided
+            failed = [j for j, i in enumerate(ids) if self.latest[i].get("failure")]
+            rng = seeding.stream(cfg.seed, seeding.REPAIR, m, k)
+            plan = repair(plan, fitness, failed, cfg.truncation_fraction, rng)
         return (ids[plan[mine]] if mine in plan else None), seen
 
     def _explore(self, m: int, k: int, donor_hparams: dict[str, Value], record: dict[str, Any]) -> dict[str, Value]:
@@ -547,6 +575,7 @@ class AsyncEngine(EngineBase):
                 "published": self.published,
                 "stops": self.stops_sent,
                 "latest": self._own_latest(),
+                "failed": self.failure_stop,
             }
         )
         self._drain(ends)
@@ -554,12 +583,16 @@ class AsyncEngine(EngineBase):
         statuses = {e["status"] for e in ends}
         if Status.INTERRUPTED not in statuses and any(e["target"] for e in ends):
             statuses.add(Status.TARGET_REACHED)
+        failed_why = next((e["failed"] for e in ends if e["failed"] is not None), None)
+        if failed_why is not None:
+            statuses.add(Status.FAILED)
         status = next(
-            (s for s in (Status.INTERRUPTED, Status.TARGET_REACHED, Status.TIME_LIMIT) if s in statuses),
+            (s for s in (Status.INTERRUPTED, Status.FAILED, Status.TARGET_REACHED, Status.TIME_LIMIT) if s in statuses),
             Status.FINISHED,
         )
         for e in ends:
             self.latest.update(e["latest"])
+        self.broken = {m for m, rec in self.latest.items() if rec.get("failure")}
         self.last_fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
         self.timings.write(
             [
@@ -592,6 +625,10 @@ class AsyncEngine(EngineBase):
                 if snap.aux.nbytes:
                     self.members[m].unpack_aux(snap.aux, False)
                 self.members[m].apply_hparams(snap.record["hparams"])
+        if status == Status.FAILED:
+            assert failed_why is not None
+            self._finish_failed(failed_why)
+            return status
         self.finish()
         return status
 

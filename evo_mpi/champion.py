@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,14 +32,14 @@ MAX_EPISODE_STEPS = 100_000
 PICK_EVAL, PICK_TRAINING = "final_eval", "training_fitness"
 
 
-def candidates(fitness: np.ndarray, top: int) -> list[int]:
+def candidates(fitness: np.ndarray, top: int, exclude: Collection[int] = ()) -> list[int]:
     """The top ``min(top, population)`` members by final fitness, best first (ties: lowest id).
 
     Members with non-finite fitness are left out unless none is finite (then
-    the first ``top`` by id).
+    the first ``top`` by id); members in ``exclude`` (failed last) always are.
     """
     fit = np.asarray(fitness, dtype=np.float64)
-    order = [int(m) for m in rank_order(fit)]
+    order = [int(m) for m in rank_order(fit) if int(m) not in exclude]
     finite = [m for m in order if math.isfinite(fit[m])]
     return (finite or order)[: max(0, top)]
 

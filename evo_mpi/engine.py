@@ -7,16 +7,17 @@ plan and explore draw from seeded streams, so no hyperparameters travel.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from . import algorithms, champion, checkpoint, seeding, target
+from . import algorithms, champion, checkpoint, failures, seeding, target
 from .arch import WeightNoise, draw_kind, draw_weight_noise, mutate_activation, mutate_arch
 from .atomic import save_atomic, write_json_atomic, write_text_atomic
 from .comm import Comm, ExchangeError
@@ -24,17 +25,20 @@ from .config import Config, resolve_member
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
-from .protocol import EvaluatesFinal, MemberFactory, PBTMember, SharesExperience
-from .selection import rank_order, select
+from .protocol import EvaluatesFinal, MemberFactory, PBTMember, Recovers, SharesExperience
+from .selection import rank_order, repair, select
 from .space import Value, explore, format_arch, parse_space, sample_hparams
 from .status import Callback, GenerationSummary, Status
 
 #: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
 PB2_MAX_OBSERVATIONS = MAX_OBSERVATIONS
 
-#: Columns of the gathered table before the per-episode returns and lengths (``_DIV``: 1 if diverged).
-_FIT, _STEPS, _NEP, _DIV = 0, 1, 2, 3
-_COLS = 4
+#: Columns of the gathered table before the per-episode returns and lengths (``_DIV``: 1 if diverged,
+#: ``_FAIL``: 1 if the member's training or fitness raised in this generation).
+_FIT, _STEPS, _NEP, _DIV, _FAIL = 0, 1, 2, 3, 4
+_COLS = 5
+
+T = TypeVar("T")
 
 #: Why a fitness is missing, as ``history.jsonl``'s ``fitness_missing`` and the warning say.
 NO_EPISODE, DIVERGED = "no completed episode yet", "diverged"
@@ -109,6 +113,14 @@ class EngineBase:
         #: What each member's mutation after the last generation (async: interval) decided, by member.
         self.mutations: dict[int, dict[str, Any]] = {}
         self.last_fitness = np.full(self.population, math.nan)
+        #: Member failures in this run so far (sync: all ranks'; async: rank 0's count of published ones).
+        self.failure_total = 0
+        #: Failures the run tolerates (``--max-failures``; -1: the population size).
+        self.tolerated = failures.limit(cfg.max_failures, self.population)
+        #: Local members' failures in the current generation (sync) or interval (async): ``history``'s ``failure``.
+        self.local_failures: dict[int, dict[str, Any]] = {}
+        #: Members whose latest generation (interval) failed: no final model, never the champion.
+        self.broken: set[int] = set()
         #: Wall-clock time (epoch seconds) when this process started its first training step.
         self.first_train_unix: float | None = None
         self.shared_bytes = 0  # --share-experience: transitions gathered by this rank in the last generation
@@ -181,6 +193,58 @@ class EngineBase:
         """Rank holding ``member``."""
         return member // self.cfg.agents_per_rank
 
+    def _attempt(
+        self,
+        m: int,
+        step: int,
+        phase: str,
+        call: Callable[[Callable[[], bool]], T],
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> tuple[T | None, dict[str, Any] | None]:
+        """Run local member ``m``'s ``call``; if it raises, log the traceback, rebuild its envs, return the failure.
+
+        ``call`` receives the poll to hand the member as its ``should_stop``;
+        an error raised by the poll itself (the engine's, not the member's) propagates.
+        """
+        value, exc = failures.attempt(call, should_stop)
+        if exc is None:
+            return value, None
+        failure = failures.describe(exc, phase)
+        unit = "interval" if self.cfg.mode == "async" else "generation"
+        failures.log_traceback(
+            self.run_dir,
+            f"evo-mpi: member {m} on rank {self.comm.rank} failed in {unit} {step} while {phase}: "
+            f"{failure['type']}: {failure['message']}",
+            exc,
+        )
+        member = self.members[m]
+        if isinstance(member, Recovers):
+            self.activity = f"rebuilding member {m}'s envs after its failure ({unit} {step})"
+            member.recover(step)
+        return None, failure
+
+    def _finish_failed(self, reason: str) -> None:
+        """Failures end the run: save the final models of the members not broken now, say why; no champion."""
+        self.activity = "saving the final models of the healthy members"
+        for m in self.local_ids:
+            if m not in self.broken:
+                self.members[m].save(os.path.join(self.run_dir, "final", member_tag(m) + ".zip"))
+                path = os.path.join(self.run_dir, "final", member_tag(m) + ".vecnormalize.pkl")
+                self.members[m].save_normalization(path)
+        self.comm.barrier()
+        healthy = self.population - len(self.broken)
+        resume = (
+            "every member continues from its last checkpointed interval"
+            if self.cfg.mode == "async"
+            else "it continues from the last checkpoint, before these failures"
+        )
+        models = f"final models of the {healthy} healthy member(s) in {os.path.join(self.run_dir, 'final')}"
+        self.echo(
+            f"evo-mpi: {reason}: the run stops ({models if healthy else 'no healthy member: no final model'}; "
+            f"no best.zip; tracebacks in errors.log). Fix the cause and --resume ({resume}), or resume with a "
+            "higher --max-failures"
+        )
+
     def _mutation(self, step: int, m: int, hparams: dict[str, Value]) -> tuple[str, dict[str, Value], dict[str, Any]]:
         """Which mutation member ``m`` undergoes after ``step`` (a generation or interval), from ``hparams``.
 
@@ -235,6 +299,8 @@ class EngineBase:
         """
         self.activity = "saving final models"
         for m in self.local_ids:
+            if m in self.broken:
+                continue  # its last generation (interval) failed: no model to keep
             self.members[m].save(os.path.join(self.run_dir, "final", member_tag(m) + ".zip"))
             self.members[m].save_normalization(os.path.join(self.run_dir, "final", member_tag(m) + ".vecnormalize.pkl"))
         self.comm.barrier()
@@ -248,7 +314,8 @@ class EngineBase:
         self.comm.barrier()
         if self.comm.rank == 0:
             final, best_zip = os.path.join(self.run_dir, "final"), os.path.join(self.run_dir, "best.zip")
-            self.echo(f"done: {_pick_summary(report)}; models in {final}, best in {best_zip}")
+            broken = f" (none for member(s) {sorted(self.broken)}: they failed last)" if self.broken else ""
+            self.echo(f"done: {_pick_summary(report)}; models in {final}{broken}, best in {best_zip}")
         return best
 
     # -- the final pick ------------------------------------------------------------
@@ -277,7 +344,7 @@ class EngineBase:
         if self.comm.any(not all(self._evaluable(m) for m in self.local_ids)):
             episodes = 0
         seeds = champion.seeds(cfg.seed, episodes)
-        chosen = champion.candidates(fitness, cfg.final_eval_top) if episodes else []
+        chosen = champion.candidates(fitness, cfg.final_eval_top, self.broken) if episodes else []
         local: dict[int, list[float]] = {}
         steps = 0
         for m in chosen:
@@ -293,7 +360,7 @@ class EngineBase:
         for part in gathered:
             returns.update(part["returns"])
         returns = {m: returns[m] for m in chosen}  # candidate order: best training fitness first
-        best = champion.pick(returns) if returns else int(rank_order(fitness)[0])
+        best = champion.pick(returns) if returns else next(int(m) for m in rank_order(fitness) if m not in self.broken)
         report = champion.record(
             best,
             fitness,
@@ -303,6 +370,8 @@ class EngineBase:
             sum(int(p["steps"]) for p in gathered),
             time.perf_counter() - t0,
         )
+        report["failures"] = self.failure_total
+        report["excluded"] = sorted(self.broken)
         if self.comm.rank == 0:
             write_json_atomic(os.path.join(self.run_dir, "champion.json"), report, allow_nan=False)
             if self.board is not None:
@@ -336,7 +405,8 @@ class EngineBase:
 
     def _final_candidates_here(self) -> list[int]:
         """The local members the final evaluation would take if the run ended now (by :attr:`last_fitness`)."""
-        return [m for m in champion.candidates(self.last_fitness, self.cfg.final_eval_top) if m in self.members]
+        chosen = champion.candidates(self.last_fitness, self.cfg.final_eval_top, self.broken)
+        return [m for m in chosen if m in self.members]
 
     def run(self) -> Status:
         """Run to the end (or a stop) and return how it ended (``finished``, ``interrupted``, ...)."""
@@ -397,6 +467,7 @@ class Engine(EngineBase):
                 self.start_fitness = np.full(self.population, math.nan)
             self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
             self.last_exploit = np.array(saved.get("last_exploit", [-1] * self.population), dtype=np.int64)
+            self.failure_total = int(saved.get("failures", 0))
             saved_threads = saved.get("torch_threads")
             for m in self.local_ids:
                 self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
@@ -411,8 +482,13 @@ class Engine(EngineBase):
         for i, m in enumerate(self.local_ids):
             self.activity = f"computing fitness of member {m} (generation {generation})"
             member = self.members[m]
+            if m not in self.local_failures:
+                fit, failure = self._attempt(m, generation, "measuring fitness", fitness_call(member, generation))
+                rows[i, _FIT] = math.nan if failure is not None else fit
+                if failure is not None:
+                    self.local_failures[m] = failure
             returns, lengths = member.episode_stats()
-            rows[i, _FIT] = member.fitness(generation)
+            rows[i, _FAIL] = float(m in self.local_failures)
             rows[i, _STEPS] = member.timesteps
             rows[i, _NEP] = len(returns)
             rows[i, _DIV] = float(bool(getattr(member, "diverged", False)))
@@ -426,6 +502,8 @@ class Engine(EngineBase):
         return list(table[member, _COLS : _COLS + n]), list(table[member, _COLS + width : _COLS + width + n])
 
     def _missing(self, table: np.ndarray, member: int) -> str | None:
+        if table[member, _FAIL]:
+            return failures.FAILED
         return missing_reason(float(table[member, _FIT]), int(table[member, _NEP]), bool(table[member, _DIV]))
 
     def generation(self, g: int) -> dict[str, Any] | None:
@@ -434,6 +512,7 @@ class Engine(EngineBase):
         t0 = time.perf_counter()
         if self.first_train_unix is None:
             self.first_train_unix = time.time()
+        self.local_failures = {}
         for m in self.local_ids:
             timer.start("train")
             self.activity = f"training member {m} (generation {g})"
@@ -441,7 +520,12 @@ class Engine(EngineBase):
                 break
             if cfg.share_experience:
                 self.sharers[m].mark_experience()
-            self.members[m].train(cfg.steps_per_generation, g, self.should_stop)
+            member = self.members[m]
+            _, failure = self._attempt(
+                m, g, "training", functools.partial(member.train, cfg.steps_per_generation, g), self.should_stop
+            )
+            if failure is not None:
+                self.local_failures[m] = failure
         rows = None
         if not self.should_stop():
             timer.start("fitness")
@@ -462,6 +546,9 @@ class Engine(EngineBase):
         table = self.comm.allgather(rows)
         fitness = table[:, _FIT]
         self.last_fitness = fitness
+        failed, why = self._gather_failures(g, table)
+        if why is not None:
+            return self._failed_generation(g, table, failed, why, t0)
 
         timer.start("explore")
         early = self._ask_callback(g, table)
@@ -477,6 +564,9 @@ class Engine(EngineBase):
         out_of_time = self.comm.any(out_of_time) and not early and not hit
         last = g == cfg.generations - 1 or early or out_of_time or hit
         plan = {} if last else self._plan(g, table)
+        if failed and not last:  # a failed member always copies a donor, whatever the rule decided
+            rng = seeding.stream(cfg.seed, seeding.REPAIR, g)
+            plan = repair(plan, fitness, list(failed), cfg.truncation_fraction, rng)
         for loser in plan:
             self.last_exploit[loser] = g
         new_hparams = self._explore(g, plan, fitness, last)
@@ -486,18 +576,14 @@ class Engine(EngineBase):
         for m in self.local_ids:
             self.members[m].log(float(fitness[m]), self.hparams[m], plan.get(m))
         if self.history is not None:
-            records = self._history_records(g, table, plan)
+            records = self._history_records(g, table, plan, failed)
             if hit:
                 for rec in records:
                     rec["target_reached"] = True
             self.history.write(records)
         if self.lineage is not None and plan:
             self.lineage.write(self._lineage_records(g, table, plan, new_hparams))
-        if self.comm.rank == 0:
-            for line in missing_fitness_lines(
-                f"generation {g}", {m: self._missing(table, m) for m in range(self.population)}
-            ):
-                self.echo(line)
+        self._echo_missing(g, table, failed)
 
         timer.start("exchange")
         self.activity = f"exchanging weights (generation {g}, backend {cfg.backend})"
@@ -522,6 +608,53 @@ class Engine(EngineBase):
             "target": hit and g < cfg.generations - 1,
             "out_of_time": out_of_time and g < cfg.generations - 1,
             "hparams": used_hparams,
+            "failed": None,
+        }
+
+    def _gather_failures(self, g: int, table: np.ndarray) -> tuple[dict[int, dict[str, Any]], str | None]:
+        """Every member's failure in generation ``g`` (all ranks see all), and why they end the run (None: not)."""
+        ids = [int(m) for m in np.flatnonzero(table[:, _FAIL])]
+        self.broken = set(ids)
+        if not ids:
+            return {}, None
+        failed: dict[int, dict[str, Any]] = {}
+        for part in self.comm.allgather_obj(self.local_failures):
+            failed.update(part)
+        self.failure_total += len(ids)
+        why = failures.stop_reason(len(ids), self.population, self.failure_total, self.tolerated, f"generation {g}")
+        return failed, why
+
+    def _echo_missing(self, g: int, table: np.ndarray, failed: dict[int, dict[str, Any]]) -> None:
+        """Rank 0: one warning per failed member, and which members have no fitness and why."""
+        if self.comm.rank != 0:
+            return
+        for m in sorted(failed):
+            self.echo(failures.failure_line(f"generation {g}", m, failed[m]))
+        for line in missing_fitness_lines(
+            f"generation {g}", {m: self._missing(table, m) for m in range(self.population)}
+        ):
+            self.echo(line)
+
+    def _failed_generation(
+        self, g: int, table: np.ndarray, failed: dict[int, dict[str, Any]], why: str, t0: float
+    ) -> dict[str, Any]:
+        """Failures end the run after generation ``g``: its records; no exploit, no checkpoint."""
+        self.mutations = {}
+        if self.history is not None:
+            self.history.write(self._history_records(g, table, {}, failed))
+        self._echo_missing(g, table, failed)
+        return {
+            "generation": g,
+            "table": table,
+            "plan": {},
+            "wall": time.perf_counter() - t0,
+            "timings": self.timer.stop(),
+            "stop": True,
+            "early": False,
+            "target": False,
+            "out_of_time": False,
+            "hparams": self.hparams,
+            "failed": why,
         }
 
     def _share_experience(self) -> int:
@@ -578,6 +711,7 @@ class Engine(EngineBase):
                     "start_fitness": [float(f) if np.isfinite(f) else None for f in self.start_fitness],
                     "pb2": [{"time": o.time, "hparams": o.hparams, "delta": o.delta} for o in self.observations],
                     "last_exploit": [int(x) for x in self.last_exploit],
+                    "failures": self.failure_total,
                     "torch_threads": self.member_threads,
                 },
                 keep=self.cfg.keep_checkpoints,
@@ -736,7 +870,9 @@ class Engine(EngineBase):
             for loser, winner in sorted(plan.items())
         ]
 
-    def _history_records(self, g: int, table: np.ndarray, plan: dict[int, int]) -> list[dict[str, Any]]:
+    def _history_records(
+        self, g: int, table: np.ndarray, plan: dict[int, int], failed: dict[int, dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         records = []
         for m in range(self.population):
             fit = float(table[m, _FIT])
@@ -752,6 +888,7 @@ class Engine(EngineBase):
                     "parent": plan.get(m),
                     "returns": [r if math.isfinite(r) else None for r in self._episode_stats(table, m)[0]],
                     **({"mutation": self.mutations[m]} if m in self.mutations else {}),
+                    **({"failure": failed[m]} if m in failed else {}),
                 }
             )
         return records
@@ -773,6 +910,9 @@ class Engine(EngineBase):
             if summary is None:
                 return Status.INTERRUPTED
             self._report(summary, time.perf_counter() - t_start, g - self.start + 1)
+            if summary["failed"] is not None:
+                self._finish_failed(summary["failed"])
+                return Status.FAILED
             if summary["early"]:
                 self.echo(f"evo-mpi: the callback ended the run after generation {g + 1}/{cfg.generations}")
                 self.finish()
@@ -820,7 +960,11 @@ class Engine(EngineBase):
             int(table[:, _STEPS].max()),
             fitness,
             len(plan),
-            {"timing/overhead_fraction": overhead_s / wall if wall > 0 else 0.0},
+            {
+                "timing/overhead_fraction": overhead_s / wall if wall > 0 else 0.0,
+                "population/failures": float(table[:, _FAIL].sum()),
+                "population/failures_total": float(self.failure_total),
+            },
         )
         if self.wandb is not None:
             self.wandb.log(
@@ -837,8 +981,14 @@ class Engine(EngineBase):
                 elapsed,
                 elapsed / done * remaining,
                 overhead_s / wall if wall > 0 else None,
+                failures=(int(table[:, _FAIL].sum()), self.failure_total),
             )
         )
+
+
+def fitness_call(member: PBTMember, step: int) -> Callable[[Callable[[], bool]], float]:
+    """``member.fitness(step)`` as a call for :meth:`EngineBase._attempt` (fitness takes no poll)."""
+    return lambda _poll: member.fitness(step)
 
 
 def _pick_summary(report: dict[str, Any]) -> str:

@@ -87,6 +87,7 @@ class Member(FlatTorchState):
     ) -> None:
         self.id = member_id
         self.cfg = cfg
+        self.env_factory = env_factory
         seed = seeding.derive_seed(cfg.seed, seeding.INIT, member_id)
         set_random_seed(seed)
         env = make_env(cfg, cfg.n_envs, seed, env_factory)
@@ -267,6 +268,39 @@ class Member(FlatTorchState):
             for hook in hooks:
                 hook.remove()
         self.diverged = not self.weights_finite()
+
+    def recover(self, step: int) -> None:
+        """After a failure in ``step`` (generation or interval): fresh envs, so a broken env state goes.
+
+        The training envs (and the eval env) are closed and built anew from a
+        seed of (seed, member, step), then reset at once, so the new episodes
+        are checkpointed like any other; VecNormalize statistics stay the
+        member's. The weights are left as they are: the engine has the member
+        copy a donor at the next decision.
+        """
+        for old in (self.env, self.eval_env):
+            if old is not None:
+                try:
+                    old.close()
+                except Exception:  # noqa: BLE001, S110 - a broken env may fail to close too; it is dropped anyway
+                    pass
+        seed = seeding.derive_seed(self.cfg.seed, seeding.RECOVER, self.id, step)
+        env: VecEnv = make_env(self.cfg, self.cfg.n_envs, seed, self.env_factory)
+        if self.normalize is not None:
+            stats = self.normalize
+            env = self.normalize = VecNormalize(env, gamma=float(stats.gamma))
+            env.obs_rms, env.ret_rms = stats.obs_rms, stats.ret_rms
+        self.env = env
+        if self.eval_env is not None:
+            self.eval_env = make_env(self.cfg, 1, seed, self.env_factory)
+            if self.cfg.normalize:
+                self.eval_env = VecNormalize(self.eval_env, training=False, norm_reward=False)
+        model = self.model
+        model.set_env(env)
+        model._last_obs = env.reset()  # type: ignore[assignment]
+        model._last_episode_starts = np.ones((env.num_envs,), dtype=bool)
+        if self.normalize is not None:
+            model._last_original_obs = self.normalize.get_original_obs()  # type: ignore[assignment]
 
     def weights_finite(self) -> bool:
         """Whether every policy parameter is finite."""

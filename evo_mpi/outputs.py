@@ -100,8 +100,9 @@ def progress_line(
     elapsed: float,
     eta: float,
     overhead: float | None = None,
+    failures: tuple[int, int] = (0, 0),
 ) -> str:
-    """The one line rank 0 prints per generation."""
+    """The one line rank 0 prints per generation; ``failures`` (this generation's, the run's) once there are any."""
     finite = fitness[np.isfinite(fitness)]
     best = f"{finite.max():.1f}" if finite.size else "nan"
     mean = f"{finite.mean():.1f}" if finite.size else "nan"
@@ -112,6 +113,8 @@ def progress_line(
     )
     if overhead is not None:
         line += f" | overhead {100 * overhead:.1f}%"
+    if failures[1]:
+        line += f" | failed {failures[0]} (run {failures[1]})"
     return line
 
 

@@ -29,6 +29,11 @@ The engine relies on these promises:
 * ``checkpoint_tensors()`` / ``checkpoint_meta()`` hold everything
   ``restore()`` needs to continue exactly (tensors for ``torch.save``, the rest
   plain JSON).
+* Optionally ``recover(step)`` (:class:`Recovers`): called after ``train``
+  or ``fitness`` raised in generation (or interval) ``step``, to rebuild
+  what the error may have broken (the SB3 adapter builds fresh envs). The
+  engine then has the member copy a donor at the next decision; without
+  ``recover`` nothing is rebuilt.
 * Optionally ``evaluate_final(seeds)`` (:class:`EvaluatesFinal`): one score
   per seed for the final pick of ``best.zip``; without it a custom member's
   run picks by the last training fitness.
@@ -157,6 +162,15 @@ class SharesExperience(Protocol):
 
     def add_experience(self, buf: np.ndarray) -> None:
         """Add another member's :meth:`new_experience` buffer to this member's replay memory."""
+        ...
+
+
+@runtime_checkable
+class Recovers(Protocol):
+    """What a member offers to start afresh after its ``train`` or ``fitness`` raised; optional."""
+
+    def recover(self, step: int) -> None:
+        """Rebuild what the failure in generation (or interval) ``step`` may have broken (envs, loaders)."""
         ...
 
 

@@ -3,8 +3,10 @@
 A thin layer over :func:`evo_mpi.api.execute`: parse the command line, run,
 map the outcome to an exit code. Exit codes: 0 finished (or already
 finished), 1 failure (every rank is aborted), 2 invalid configuration
-(nothing created), 75 interrupted by SIGTERM/SIGINT/SIGUSR1 with a complete
-checkpoint on disk (resumable).
+(nothing created), 3 member failures ended the run (all members at once, or
+more than ``--max-failures``; final models of the healthy members written),
+75 interrupted by SIGTERM/SIGINT/SIGUSR1 with a complete checkpoint on disk
+(resumable).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from . import config as config_mod
 from .api import (
     INTERRUPTED,
+    MEMBERS_FAILED,
     PROCESS_START,
     STOP_SIGNALS,
     auto_threads,
@@ -29,6 +32,7 @@ from .config import EXIT_CONFIG_ERROR, ConfigError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+EXIT_MEMBERS_FAILED = 3
 EXIT_INTERRUPTED = 75  # sysexits EX_TEMPFAIL: try again later (resume)
 
 __all__ = ["auto_threads", "cli", "main", "oversubscription_hint", "plan_run"]
@@ -80,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
     except BaseException:  # noqa: BLE001 - reported (and every rank aborted under MPI) by execute
         return EXIT_FAILURE
+    if result is not None and result.status == MEMBERS_FAILED:
+        return EXIT_MEMBERS_FAILED
     if result is None or result.status != INTERRUPTED:
         return EXIT_OK
     if comm.rank == 0:

@@ -19,6 +19,8 @@ ACTION = 7
 MORPH = 8
 MUTATE = 9
 CHAMPION = 10  # the final evaluation's episodes (champion.json): never used for training or fitness
+REPAIR = 11  # the donor a failed member copies
+RECOVER = 12  # the fresh envs of a member after a failure
 
 
 def derive_seed(seed: int, purpose: int, *keys: int) -> int:

@@ -179,6 +179,30 @@ def ttest(returns: Sequence[np.ndarray], fitness: np.ndarray, alpha: float, rng:
     return plan
 
 
+def repair(
+    plan: dict[int, int], fitness: np.ndarray, failed: Sequence[int], fraction: float, rng: np.random.Generator
+) -> dict[int, int]:
+    """``plan`` plus a donor for every failed member the rule left out: a failed member always copies.
+
+    Donors are the top ``ceil(fraction * H)`` of the ``H`` healthy members by
+    :func:`rank_order` (a healthy member without finite fitness still beats a
+    failed one); each failed member not already in ``plan``, in id order,
+    draws one uniformly with one ``rng.integers`` call. With no healthy member
+    the plan is unchanged. A failed member is never a donor: its fitness is
+    NaN, so no rule picks it either.
+    """
+    broken = set(int(m) for m in failed)
+    out = dict(plan)
+    healthy = [int(m) for m in rank_order(fitness) if int(m) not in broken]
+    if not healthy:
+        return out
+    donors = healthy[: quantile_size(len(healthy), min(max(fraction, 0.0), 1.0))]
+    for m in sorted(broken):
+        if m not in out:
+            out[m] = donors[int(rng.integers(len(donors)))]
+    return out
+
+
 def select(
     name: str,
     fitness: np.ndarray,

@@ -26,6 +26,9 @@ class Status(str, enum.Enum):
     TARGET_REACHED = "target"
     #: A stop signal: resume the run.
     INTERRUPTED = "interrupted"
+    #: Member failures ended the run (all at once, or more than ``max_failures``): final models of the
+    #: healthy members written, no ``best.zip``; the last checkpoint precedes the failures (resumable).
+    FAILED = "failed"
     #: The run dir held a finished run; nothing ran.
     ALREADY_FINISHED = "already"
 

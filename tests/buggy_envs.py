@@ -17,9 +17,18 @@ def _bad_rank() -> bool:
 
 
 class CrashingCartPole(CartPoleEnv):
-    """Raises after 300 steps (an env bug) in the bad rank."""
+    """Raises after 300 steps (an env bug) in the bad rank, and cannot be built again there after that.
+
+    The step's error is a member failure (isolated); the failed rebuild is
+    not (the member cannot go on), so it ends the whole job.
+    """
 
     steps = 0
+
+    def __init__(self, **kwargs):
+        if _bad_rank() and CrashingCartPole.steps > 300:
+            raise RuntimeError("simulated env bug: cannot build the env again")
+        super().__init__(**kwargs)
 
     def step(self, action):
         CrashingCartPole.steps += 1
@@ -68,3 +77,34 @@ class RankShapedCartPole(CartPoleEnv):
 
 
 gymnasium.register("RankShapedCartPole-v0", entry_point=RankShapedCartPole, max_episode_steps=500)
+
+
+class FlakyCartPole(CartPoleEnv):
+    """CartPole that raises at its ``fail_step``-th step (counted from construction), in a chosen member.
+
+    ``fail_seeds``: the first reset seeds of the envs that fail (a member's env
+    ``i`` is first reset with ``derive_seed(seed, INIT, member) + i``); None: every
+    env fails. ``fail_step`` < 0, or ``EVO_TEST_FIXED=1`` in the environment (the user fixed the bug): never.
+    A rebuilt env has another seed, so it does not fail again.
+    """
+
+    def __init__(self, fail_step=-1, fail_seeds=None, **kwargs):
+        super().__init__(**kwargs)
+        self.fail_step, self.fail_seeds = int(fail_step), fail_seeds
+        self.count, self.first_seed = 0, None
+
+    def reset(self, *, seed=None, options=None):
+        if self.first_seed is None:
+            self.first_seed = seed
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self.count += 1
+        chosen = self.fail_seeds is None or self.first_seed in self.fail_seeds
+        chosen = chosen and os.environ.get("EVO_TEST_FIXED") != "1"
+        if chosen and self.count == self.fail_step:
+            raise RuntimeError(f"simulated env bug at step {self.count} (seed {self.first_seed})")
+        return super().step(action)
+
+
+gymnasium.register("FlakyCartPole-v0", entry_point=FlakyCartPole, max_episode_steps=500)

@@ -109,6 +109,7 @@ BAD = [
     (["--mode", "async", "--checkpoint-every", "2"], "--checkpoint-every 2 with --mode async"),
     (["--mode", "async", "--ready-after", "512"], "--ready-after 512 is not supported with --mode async"),
     (["--ready-after", "-1"], "--ready-after must be >= 0 env steps, got -1"),
+    (["--max-failures", "-2"], "--max-failures must be >= 0 (or -1: the population size), got -2"),
     (["--mode", "lockstep"], "argument --mode: invalid choice: 'lockstep'"),
     (["--target-fitness", "high"], "--target-fitness 'high': expected a finite number"),
     (["--target-fitness", "nan"], "--target-fitness 'nan': expected a finite number"),

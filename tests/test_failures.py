@@ -5,7 +5,8 @@ import time
 from helpers import TINY, history_without_rank, launch, read_history
 
 
-def test_exception_on_one_rank_ends_every_rank_with_a_report(tmp_path):
+def test_error_outside_a_members_training_ends_every_rank_with_a_report(tmp_path):
+    """The env raises while member 1 trains (isolated), then cannot be rebuilt (not isolated: the job ends)."""
     run_dir = tmp_path / "run"
     args = [*TINY, "--env-id", "tests.buggy_envs:CrashingCartPole-v0", "--run-dir", str(run_dir)]
     t0 = time.monotonic()
@@ -13,9 +14,12 @@ def test_exception_on_one_rank_ends_every_rank_with_a_report(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert time.monotonic() - t0 < 60  # start-up included; no rank is left waiting in a collective
-    assert "evo-mpi: rank 1 failed while training member 1 (generation 1): RuntimeError: simulated env bug" in err
+    report = "evo-mpi: rank 1 failed while rebuilding member 1's envs after its failure (generation 1): RuntimeError"
+    assert report in err and "cannot build the env again" in err
     assert err.count("failed while") == 1  # one report, from the failing rank
-    assert "rank 1 failed while training member 1" in (run_dir / "errors.log").read_text()
+    log = (run_dir / "errors.log").read_text()
+    assert "rank 1 failed while rebuilding member 1's envs" in log
+    assert "member 1 on rank 1 failed in generation 1 while training: RuntimeError: simulated env bug" in log
     # the generation finished before the crash is on disk and intact
     assert [r["generation"] for r in read_history(run_dir)] == [0, 0]
 

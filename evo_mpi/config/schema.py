@@ -154,6 +154,12 @@ class Config:
     )
     wandb_entity: str = _f("", "Weights & Biases entity (user or team); empty: your default.")
     run_dir: str = _f("", "Output directory (default runs/<env>-<timestamp>); an existing run there is resumed.")
+    max_failures: int = _f(
+        -1,
+        "Member failures (an exception while a member trains or measures fitness: it copies a donor and goes on) "
+        "the run tolerates; one more ends it (exit 3), as does every member failing at once. -1: the population "
+        "size. May change on resume.",
+    )
     checkpoint_every: int = _f(1, "Write a checkpoint every N generations (and always at the end or on a stop).")
     keep_checkpoints: int = _f(2, "Complete checkpoints kept on disk (older ones are pruned).")
     time_limit: str = _f(
@@ -226,6 +232,7 @@ RESUME_OVERRIDABLE = (
     "torch_threads",
     "checkpoint_every",
     "keep_checkpoints",
+    "max_failures",
     "run_dir",
     "time_limit",
     "final_eval_episodes",

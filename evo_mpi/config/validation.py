@@ -65,6 +65,7 @@ def validate(
     need(cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}")
     need(0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}")
     need(cfg.ready_after >= 0, f"--ready-after must be >= 0 env steps, got {cfg.ready_after}")
+    need(cfg.max_failures >= -1, f"--max-failures must be >= 0 (or -1: the population size), got {cfg.max_failures}")
     algo = algorithms.get(cfg.algo) if cfg.algo in algorithms.names() else None
     if cfg.share_experience:
         off_policy = ", ".join(n for n in algorithms.names() if algorithms.get(n).off_policy)
