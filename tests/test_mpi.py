@@ -14,7 +14,7 @@ from evo_mpi import seeding
 from evo_mpi.config import Config
 from evo_mpi.selection import quantile_size, rank_order
 from evo_mpi.space import explore, parse_space
-from helpers import ROOT, TINY, child_env, mpiexec, read_history, run_evo
+from helpers import OPENMPI_ENV, ROOT, TINY, child_env, mpi_flavor, mpiexec, read_history, run_evo
 
 
 @pytest.mark.openmpi
@@ -199,3 +199,37 @@ def test_torch_threads_default_one_and_automatic(runs, tmp_path):
     for rank in range(2):
         record = json.loads((auto / "timings" / f"rank_{rank:03d}.jsonl").read_text())
         assert record["torch_threads"] == max(1, cores // 2)
+
+
+def _other_mpi_venv() -> str | None:
+    """The venv with the other MPI: $EVO_TEST_OTHER_MPI_VENV, else .venv-ompi beside MPICH's .venv or vice versa."""
+    flavor = mpi_flavor()
+    path = os.environ.get("EVO_TEST_OTHER_MPI_VENV") or str(ROOT / (".venv-ompi" if flavor == "mpich" else ".venv"))
+    launcher = os.path.join(path, "bin", "mpiexec")
+    if not os.path.exists(launcher):
+        return None
+    out = subprocess.run([launcher, "--version"], capture_output=True, text=True, timeout=30).stdout
+    return path if ("Open MPI" in out) != (flavor == "openmpi") else None
+
+
+@pytest.mark.openmpi
+def test_history_is_the_same_under_open_mpi_and_mpich(tmp_path):
+    """The same sync command under both MPIs (.ci/run's second step has both venvs) writes the same history."""
+    other = _other_mpi_venv()
+    if other is None:
+        pytest.skip("no venv with the other MPI here (.ci/run's Open MPI step has both)")
+    args = [*TINY, "--agents-per-rank", "2"]
+    here = tmp_path / "here"
+    run_evo([*args, "--run-dir", str(here)], 2)
+    there = tmp_path / "there"
+    cmd = [os.path.join(other, "bin", "mpiexec"), "-n", "2", os.path.join(other, "bin", "python"), "-m", "evo_mpi.run"]
+    env = {**child_env(), **OPENMPI_ENV}  # harmless under MPICH
+    proc = subprocess.run(
+        [*cmd, *args, "--run-dir", str(there)], capture_output=True, text=True, timeout=240, env=env, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_history(there) == read_history(here)
+    picks = [json.loads((d / "champion.json").read_text()) for d in (there, here)]
+    assert [{k: v for k, v in p.items() if k != "wall_s"} for p in picks] == [
+        {k: v for k, v in picks[1].items() if k != "wall_s"}
+    ] * 2
