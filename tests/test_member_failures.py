@@ -165,3 +165,20 @@ def test_async_failure_costs_one_member_which_copies_a_donor(tmp_path, n):
         healthy, _ = run(tmp_path, "healthy", [*base("async", 4), *layout(n), *fail(FAILING, -1)], n)
         index = history.index(record)
         assert index > 0 and strip(history[:index]) == strip(read_history(healthy)[:index])
+
+
+def test_a_custom_members_failure_is_isolated_and_it_recovers(tmp_path):
+    args = ["--member", "tests.buggy_members:make_member", "--agents-per-rank", "4", "--generations", "3"]
+    args += ["--steps-per-generation", "1024", "--search-space", "learning_rate=loguniform:1e-3:1e-2"]
+    args += ["--search-space", "batch_size=choice:32,64", "--search-space", "weight_decay=const:0.0"]
+    run_dir, proc = run(tmp_path, "custom", args)
+    (record,) = failure_records(read_history(run_dir))
+    assert (record["member"], record["generation"]) == (1, 1)
+    assert record["failure"] == {
+        "type": "ValueError",
+        "message": "simulated validation bug in member 1",
+        "phase": "measuring fitness",
+    }
+    assert record["parent"] not in (None, 1)
+    assert "test: member 1 recovered after step 1" in proc.stdout
+    assert (run_dir / "best.zip").exists()
