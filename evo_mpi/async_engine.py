@@ -99,6 +99,8 @@ class AsyncEngine(EngineBase):
         #: Intervals each local member has completed (its next interval's index).
         self.done: dict[int, int] = {m: 0 for m in self.local_ids}
         self.start_fitness: dict[int, float] = {m: math.nan for m in self.local_ids}
+        #: Each local member's step count when it last copied a donor (0: never); --ready-after counts from it.
+        self.exploit_steps: dict[int, int] = {m: 0 for m in self.local_ids}
         self.snapshots: dict[int, Snapshot] = {}
         #: Records of each member received or made in this launch (to drain every one at the end).
         self.seen_count = np.zeros(self.population, dtype=np.int64)
@@ -157,6 +159,7 @@ class AsyncEngine(EngineBase):
         self.members[m].restore(tensors, meta["member"])
         self.done[m] = int(meta["done"])
         self.start_fitness[m] = math.nan if meta["start_fitness"] is None else float(meta["start_fitness"])
+        self.exploit_steps[m] = int(meta.get("exploit_steps", 0))
         record = meta["record"]
         self.latest[m] = record
         self.snapshots[m] = Snapshot(record, arrays["snapshot"], arrays["snapshot_aux"])
@@ -400,6 +403,7 @@ class AsyncEngine(EngineBase):
             "lengths": list(lengths),
             "hparams": used,
             "delta": delta if math.isfinite(delta) else None,
+            "since_exploit": int(member.timesteps) - self.exploit_steps[m],
         }
         if cfg.share_experience:
             self._share_experience(m)
@@ -428,6 +432,7 @@ class AsyncEngine(EngineBase):
                 )
                 donor_fit = snap.record["fitness"]
                 self.start_fitness[m] = math.nan if donor_fit is None else float(donor_fit)
+                self.exploit_steps[m] = int(member.timesteps)
                 record.update(
                     parent=donor,
                     parent_generation=snap.record["generation"],
@@ -455,6 +460,7 @@ class AsyncEngine(EngineBase):
                 "member": member.checkpoint_meta(),
                 "done": k + 1,
                 "start_fitness": self.start_fitness[m] if math.isfinite(self.start_fitness[m]) else None,
+                "exploit_steps": self.exploit_steps[m],
                 "record": snap_m.record | {k2: record[k2] for k2 in ("parent", "parent_generation", "seen")},
             },
             {"snapshot": snap_m.state, "snapshot_aux": snap_m.aux},
@@ -500,6 +506,7 @@ class AsyncEngine(EngineBase):
             elitism=cfg.elitism,
             returns=returns,
             alpha=cfg.ttest_alpha,
+            ready=self._ready(ids),
         )
         mine = ids.index(m)
         if self.latest[m].get("failure"):  # a failed member always copies a donor, whatever the rule decided
@@ -507,6 +514,16 @@ class AsyncEngine(EngineBase):
             rng = seeding.stream(cfg.seed, seeding.REPAIR, m, k)
             plan = repair(plan, fitness, failed, cfg.truncation_fraction, rng)
         return (ids[plan[mine]] if mine in plan else None), seen
+
+    def _ready(self, ids: list[int]) -> np.ndarray | None:
+        """--ready-after: which of ``ids`` trained enough env steps since their last exploit, by their latest record.
+
+        A record without ``since_exploit`` (written before async supported it) counts as ready.
+        """
+        need = self.cfg.ready_after
+        if need <= 0:
+            return None
+        return np.array([int(self.latest[i].get("since_exploit", need)) >= need for i in ids], dtype=bool)
 
     def _explore(self, m: int, k: int, donor_hparams: dict[str, Value], record: dict[str, Any]) -> dict[str, Value]:
         """Member ``m``'s hyperparameters after interval ``k``, mutated from ``donor_hparams``; notes the mutation."""

@@ -107,7 +107,6 @@ BAD = [
     (["--mode", "async", "--algo", "dqn", "--steps-per-generation", "256", "--copy-replay-buffer"],
      "--copy-replay-buffer is not supported with --mode async"),
     (["--mode", "async", "--checkpoint-every", "2"], "--checkpoint-every 2 with --mode async"),
-    (["--mode", "async", "--ready-after", "512"], "--ready-after 512 is not supported with --mode async"),
     (["--ready-after", "-1"], "--ready-after must be >= 0 env steps, got -1"),
     (["--max-failures", "-2"], "--max-failures must be >= 0 (or -1: the population size), got -2"),
     (["--mode", "lockstep"], "argument --mode: invalid choice: 'lockstep'"),

@@ -70,3 +70,44 @@ def test_ready_after_holds_in_the_history_and_resumes_exactly(tmp_path):
 def _run(args: list[str], run_dir):
     run_evo([*args, "--run-dir", str(run_dir)], None)
     return run_dir
+
+
+def _since(history: list[dict]) -> list[tuple[dict, int]]:
+    """Each async record with its member's steps since its last exploit, rebuilt from the history."""
+    out, copied_at = [], {}
+    for r in sorted(history, key=lambda r: (r["member"], r["generation"])):
+        out.append((r, r["timesteps"] - copied_at.get(r["member"], 0)))
+        if r["parent"] is not None:
+            copied_at[r["member"]] = r["timesteps"]
+    return out
+
+
+def _async_ready_violations(history: list[dict], ready_after: int) -> list[tuple[int, int, int]]:
+    """(interval, loser, donor) of every async exploit where either had trained < ready_after steps since its copy.
+
+    Rebuilt from the history alone: a member's steps since its last exploit are its ``timesteps`` now
+    minus its ``timesteps`` at its last record with a ``parent``; the donor's are read at the record the
+    decision saw (``seen``).
+    """
+    since = {(r["member"], r["generation"]): steps for r, steps in _since(history)}
+    bad = []
+    for r in history:
+        if r["parent"] is None:
+            continue
+        donor_seen = (r["parent"], r["seen"][r["parent"]])
+        if since[(r["member"], r["generation"])] < ready_after or since[donor_seen] < ready_after:
+            bad.append((r["generation"], r["member"], r["parent"]))
+    return bad
+
+
+def test_ready_after_holds_in_async_mode(tmp_path):
+    base = [*cartpole_args(seed=3, generations=8, steps=STEPS), "--mode", "async", "--truncation-fraction", "0.5"]
+    free = read_history(_run([*base, "--agents-per-rank", "4"], tmp_path / "free"))
+    assert _async_ready_violations(free, 3 * STEPS), "without --ready-after some exploit comes too early (else no test)"
+    for n, per_rank in ((None, "4"), (2, "2")):  # on 2 ranks the order of events varies; the rule must hold anyway
+        run_dir = tmp_path / f"gated{n}"
+        run_evo([*base, "--agents-per-rank", per_rank, "--ready-after", str(3 * STEPS), "--run-dir", str(run_dir)], n)
+        gated = read_history(run_dir)
+        assert _async_ready_violations(gated, 3 * STEPS) == []
+        assert any(r["parent"] is not None for r in gated)  # exploits still happen once members are ready
+        assert all(r["since_exploit"] == since for r, since in _since(gated))  # the record says the same

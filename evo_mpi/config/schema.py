@@ -86,7 +86,7 @@ class Config:
     ready_after: int = _f(
         0,
         "Burn-in: a member neither copies nor is copied before it has trained this many env steps since its "
-        "last exploit (since the start for the first); 0: always ready. Sync mode.",
+        "last exploit (since the start for the first); 0: always ready.",
     )
     explore: str = _f(
         "perturb",

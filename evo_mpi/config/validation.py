@@ -151,10 +151,6 @@ def validate(
             "of the replay buffer); drop one of them",
         )
         need(
-            cfg.ready_after == 0,
-            f"--ready-after {cfg.ready_after} is not supported with --mode async yet (sync only); drop one of them",
-        )
-        need(
             cfg.checkpoint_every == 1,
             f"--checkpoint-every {cfg.checkpoint_every} with --mode async: async members checkpoint after every "
             "interval (so a stop loses at most one); drop --checkpoint-every",
