@@ -61,16 +61,15 @@ def failure_records(history: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def sync_runs(tmp_path_factory):
-    """The same sync run without a failure, and with member 1 failing, alone and on 2 ranks."""
+    """The same sync run (one process) without a failure, and with member 1 failing."""
     tmp = tmp_path_factory.mktemp("sync_failures")
     healthy, _ = run(tmp, "healthy", [*base(), *layout(None), *fail(FAILING, -1)])
     alone, out = run(tmp, "alone", [*base(), *layout(None), *fail(FAILING)])
-    two, _ = run(tmp, "two", [*base(), *layout(2), *fail(FAILING)], 2)
-    return healthy, alone, two, out.stdout
+    return healthy, alone, out.stdout
 
 
 def test_sync_failure_costs_one_member_which_copies_a_donor(sync_runs):
-    healthy, alone, two, stdout = sync_runs
+    healthy, alone, stdout = sync_runs
     history = read_history(alone)
     (record,) = failure_records(history)  # the rebuilt env does not fail again
     assert (record["member"], record["generation"]) == (FAILING, FAIL_GENERATION)
@@ -96,26 +95,25 @@ def test_sync_failure_costs_one_member_which_copies_a_donor(sync_runs):
     assert (alone / "best.zip").exists() and len(list((alone / "final").glob("member_*.zip"))) == 4
     champion = json.loads((alone / "champion.json").read_text())
     assert champion["failures"] == 1 and champion["excluded"] == []
-    # the same on two ranks: failure handling does not depend on the layout
-    assert strip(read_history(two)) == strip(history)
-    assert "member 1 on rank 0 failed" in (two / "errors.log").read_text()  # agents 0, 1 live on rank 0
 
 
 def test_sigterm_after_a_failure_then_resume_gives_the_uninterrupted_history(sync_runs, tmp_path):
-    _, alone, _, _ = sync_runs
+    """On 2 ranks: the same failure, repair and history as in one process, also across a stop and resume."""
+    _, alone, _ = sync_runs
     run_dir = tmp_path / "stopped"
-    proc = launch([*base(), *layout(None), *fail(FAILING), "--run-dir", str(run_dir)], None)
+    proc = launch([*base(), *layout(2), *fail(FAILING), "--run-dir", str(run_dir)], 2)
     wait_for_line(proc, f"gen   {FAIL_GENERATION + 2}/")  # the failure and its repair are behind
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 75
     assert len(failure_records(read_history(run_dir))) == 1
-    run_evo(["--resume", str(run_dir)], None)
-    assert read_history(run_dir) == read_history(alone)
+    assert "member 1 on rank 0 failed" in (run_dir / "errors.log").read_text()  # members 0, 1 live on rank 0
+    run_evo(["--resume", str(run_dir)], 2)
+    assert strip(read_history(run_dir)) == strip(read_history(alone))
 
 
 def test_more_failures_than_max_failures_stop_with_healthy_models_then_a_fixed_resume(sync_runs, tmp_path):
-    healthy, _, _, _ = sync_runs
+    healthy, _, _ = sync_runs
     run_dir, proc = run(
         tmp_path, "strict", [*base(), *layout(None), *fail(FAILING), "--max-failures", "0"], None, False
     )
