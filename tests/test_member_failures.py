@@ -95,6 +95,12 @@ def test_sync_failure_costs_one_member_which_copies_a_donor(sync_runs):
     assert (alone / "best.zip").exists() and len(list((alone / "final").glob("member_*.zip"))) == 4
     champion = json.loads((alone / "champion.json").read_text())
     assert champion["failures"] == 1 and champion["excluded"] == []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(alone / "tb" / "population"))
+    board.Reload()
+    assert [e.value for e in board.Scalars("population/failures")] == [0, 1, 0, 0, 0]  # per generation
+    assert [e.value for e in board.Scalars("population/failures_total")] == [0, 1, 1, 1, 1]
 
 
 def test_sigterm_after_a_failure_then_resume_gives_the_uninterrupted_history(sync_runs, tmp_path):
