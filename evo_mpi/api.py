@@ -27,7 +27,7 @@ import numpy as np
 from . import checkpoint
 from . import config as config_mod
 from .comm import Comm, launcher_mismatch
-from .config import Config, ConfigError
+from .config import Config, ConfigError, zoo
 from .status import Callback, GenerationSummary, Status
 
 #: Signals that stop a run at the next env step with a resumable checkpoint.
@@ -171,6 +171,9 @@ def plan_run(
             run_dir = parsed.resume
         else:
             cfg = config_mod.merge(parsed.file_values, parsed.cli_values)
+            if cfg.zoo:
+                named = {k.replace("-", "_") for k in (*parsed.file_values, *parsed.cli_values)}
+                cfg = zoo.resolve(cfg, named)
             run_dir = cfg.run_dir or _default_run_dir(cfg.env_id)
             saved = _read_saved(run_dir)
             if saved is not None:
@@ -509,8 +512,9 @@ def train(
     if unknown:
         raise ConfigError([f"unknown option {name!r} (see evo_mpi.Config)" for name in unknown])
     values: dict[str, Any] = {}
-    if config is not None:
-        values.update(dataclasses.asdict(config))
+    if config is not None:  # its fields at their defaults count as not given (--zoo fills those)
+        default = Config()
+        values.update({k: v for k, v in dataclasses.asdict(config).items() if v != getattr(default, k)})
     values.update(options)
     env_factory = None
     if callable(env):

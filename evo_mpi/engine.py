@@ -84,6 +84,7 @@ class EngineBase:
         if "net_arch" in self.space and self.space["net_arch"].kind == "arch":
             for h in self.hparams:  # every member starts from --net-arch; mutation grows and shrinks it
                 h["net_arch"] = format_arch(cfg.net_arch)
+        self.hparams[0].update(cfg.start_hparams)  # --start-hparams (--zoo: the zoo's values); the draws stay
         self.local_ids = list(range(comm.rank * cfg.agents_per_rank, (comm.rank + 1) * cfg.agents_per_rank))
         #: The user's env factory (None: ``cfg.env_id``); the final evaluation builds its env with it.
         self.env_factory = env_factory

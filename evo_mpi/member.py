@@ -33,7 +33,7 @@ from stable_baselines3.common.utils import set_random_seed
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 
 from . import algorithms, netmorph, seeding
-from .algorithms._sb3 import optimizers
+from .algorithms._sb3 import Linear, optimizers
 from .arch import WeightNoise
 from .config import Config, resolve_env
 from .episodes import EpisodeRecorder, obs_arrays
@@ -105,10 +105,10 @@ class Member(FlatTorchState):
         #: Hidden layer sizes and activation of the member's networks now (``net_arch`` / ``activation_fn``).
         self.arch: tuple[int, ...] = parse_arch(hparams["net_arch"]) if "net_arch" in hparams else cfg.net_arch
         self.activation = str(hparams.get("activation_fn", self.algorithm.activation))
-        policy_kwargs: dict[str, Any] = {"net_arch": list(self.arch)}
+        policy_kwargs: dict[str, Any] = {**cfg.policy_kwargs, "net_arch": list(self.arch)}
         if "activation_fn" in hparams:
             policy_kwargs["activation_fn"] = netmorph.ACTIVATION_CLASSES[self.activation]
-        kwargs: dict[str, Any] = {"policy_kwargs": policy_kwargs, "seed": seed, "device": "cpu"}
+        kwargs: dict[str, Any] = {**cfg.model_kwargs, "policy_kwargs": policy_kwargs, "seed": seed, "device": "cpu"}
         self.off_policy = self.algorithm.off_policy
         if self.off_policy:
             kwargs["buffer_size"] = cfg.buffer_size
@@ -152,7 +152,7 @@ class Member(FlatTorchState):
                 continue
             if name not in table:
                 raise KeyError(f"unknown {self.cfg.algo} hyperparameter {name!r}")
-            table[name](self.model, value)
+            table[name](self.model, Linear(float(value)) if name in self.cfg.schedules else value)
         if self.normalize is not None and "gamma" in hparams:
             # VecNormalize discounts the return it normalises rewards by with its own copy of gamma
             self.normalize.gamma = float(hparams["gamma"])

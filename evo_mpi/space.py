@@ -85,6 +85,22 @@ class Prior:
             return format_arch(int(n) * grain for n in sizes)
         return self.choices[0]
 
+    def holds(self, value: object) -> bool:
+        """Whether ``value`` is one this prior can produce (within the bounds, an integer for ``int``)."""
+        if self.kind in ("choice", "const"):
+            return value in self.choices
+        if self.kind == "arch":
+            try:
+                sizes = parse_arch(value)  # type: ignore[arg-type]
+            except ValueError:
+                return False
+            return self.layers[0] <= len(sizes) <= self.layers[1] and all(self.low <= n <= self.high for n in sizes)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind == "int" and not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high
+
     def clip(self, value: float) -> Value:
         """Clip a numeric value to the bounds (integers rounded first)."""
         if self.kind == "int":

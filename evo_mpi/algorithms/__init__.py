@@ -31,6 +31,7 @@ class Algorithm:
         default_space: Its default search space, ``{name: prior}``.
         appliers: For every searchable hyperparameter, how a value takes effect.
         activation: SB3's default ``activation_fn`` of its MLP policy (see :mod:`evo_mpi.netmorph`).
+        schedulable: Hyperparameters SB3 reads through a schedule, which ``--schedules`` may make one.
 
     """
 
@@ -41,6 +42,7 @@ class Algorithm:
     default_space: Mapping[str, str]
     appliers: Mapping[str, Apply] = field(repr=False)
     activation: str = "relu"
+    schedulable: tuple[str, ...] = ("learning_rate",)
 
     @property
     def hparams(self) -> tuple[str, ...]:

@@ -29,21 +29,42 @@ def optimizers(model: BaseAlgorithm) -> list[torch.optim.Optimizer]:
     return [o for o in found if isinstance(o, torch.optim.Optimizer)]
 
 
+class Linear:
+    """``--schedules NAME=linear``: ``start`` at the first step, decaying linearly to 0 at the end of the budget.
+
+    SB3 calls a schedule with the progress remaining (1 at the start, 0 at
+    the end; evo_mpi measures it against the run's steps per member). A class,
+    not a closure, so that saved models can be loaded.
+    """
+
+    def __init__(self, start: float) -> None:
+        self.start = float(start)
+
+    def __call__(self, progress_remaining: float) -> float:
+        return self.start * float(progress_remaining)
+
+    def __repr__(self) -> str:
+        return f"Linear({self.start})"
+
+
 def set_learning_rate(model: Any, value: Any) -> None:
-    """Lr goes through ``lr_schedule`` (rebuilt from ``learning_rate``) and every optimizer's param groups."""
+    """Lr goes through ``lr_schedule`` (rebuilt from ``learning_rate``) and every optimizer's param groups.
+
+    ``value`` is a number or a schedule (:class:`Linear`).
+    """
     from stable_baselines3.common.utils import update_learning_rate
 
-    model.learning_rate = float(value)
+    model.learning_rate = value if callable(value) else float(value)
     model._setup_lr_schedule()
     for opt in optimizers(model):
-        update_learning_rate(opt, float(value))
+        update_learning_rate(opt, float(model.lr_schedule(model._current_progress_remaining)))
 
 
 def set_clip_range(model: Any, value: Any) -> None:
-    """PPO calls ``self.clip_range(progress)`` in ``train()``: it must stay a schedule."""
+    """PPO calls ``self.clip_range(progress)`` in ``train()``: it must stay a schedule (``value`` may be one)."""
     from stable_baselines3.common.utils import FloatSchedule
 
-    model.clip_range = FloatSchedule(float(value))
+    model.clip_range = value if callable(value) else FloatSchedule(float(value))
 
 
 def set_buffer_float(name: str) -> Apply:

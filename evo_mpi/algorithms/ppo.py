@@ -19,6 +19,7 @@ PPO = register(
             "batch_size": "choice:64,128,256,512",
         },
         activation="tanh",
+        schedulable=("learning_rate", "clip_range"),
         appliers={
             **ON_POLICY,
             "clip_range": set_clip_range,

@@ -13,13 +13,14 @@ from typing import Any
 
 from .fileformat import load_toml
 from .schema import (
+    DICT_FIELDS,
     FIELDS,
     RESUME_OVERRIDABLE,
     TUPLE_FIELDS,
     Config,
     ConfigError,
     choices_of,
-    parse_env_kwargs,
+    parse_json_object,
     parse_tuple,
 )
 
@@ -50,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name == "search_space":
             kwargs.update(type=_parse_hparam, action="append", metavar="NAME=PRIOR")
             kwargs["help"] = f.metadata["help"]
-        elif f.name == "env_kwargs":
-            kwargs.update(type=parse_env_kwargs, metavar="JSON")
+        elif f.name in DICT_FIELDS:
+            kwargs.update(type=parse_json_object(f.name), metavar="JSON")
         elif isinstance(default, bool):
             kwargs["action"] = argparse.BooleanOptionalAction
         else:

@@ -10,7 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from .schema import FIELDS, TUPLE_FIELDS, Config, ConfigError, parse_env_kwargs, parse_tuple
+from .schema import DICT_FIELDS, FIELDS, TUPLE_FIELDS, Config, ConfigError, parse_json_object, parse_tuple
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,16 +45,16 @@ def _coerce(name: str, value: Any, problems: list[str]) -> Any:
             return tuple(cast(v) for v in value)
         problems.append(f"{name} = {value!r}: expected a list of {cast.__name__} values")
         return default
-    if name == "env_kwargs":
+    if name in DICT_FIELDS:
         if isinstance(value, dict):
             return dict(value)
-        if isinstance(value, str):  # how to_toml writes kwargs TOML cannot hold (null)
+        if isinstance(value, str):  # how to_toml writes a table TOML cannot hold (null)
             try:
-                return parse_env_kwargs(value)
+                return parse_json_object(name)(value)
             except argparse.ArgumentTypeError as exc:
                 problems.append(str(exc))
                 return default
-        problems.append(f"env_kwargs = {value!r}: expected a table of keyword arguments")
+        problems.append(f"{name} = {value!r}: expected a table")
         return default
     if "choices" in FIELDS[name].metadata and isinstance(value, str):
         value = value.lower()
@@ -108,9 +108,10 @@ def to_toml(cfg: Config) -> str:
     """
     data = cfg.to_dict()
     space = data.pop("search_space")
-    try:
-        tomli_w.dumps({"env_kwargs": data["env_kwargs"]})
-    except TypeError:
-        data["env_kwargs"] = json.dumps(data["env_kwargs"])
+    for name in DICT_FIELDS:
+        try:
+            tomli_w.dumps({name: data[name]})
+        except TypeError:
+            data[name] = json.dumps(data[name])
     data["search_space"] = {key: space[key] for key in sorted(space)}
     return tomli_w.dumps(data)

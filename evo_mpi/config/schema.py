@@ -137,6 +137,33 @@ class Config:
         "to every other member's replay buffer (each keeps its own buffer of --buffer-size, oldest out first).",
     )
     policy: str = _f("MlpPolicy", "SB3 policy class name.")
+    policy_kwargs: dict[str, Any] = _f(
+        {},
+        'Further keyword arguments of the SB3 policy, as a JSON object, e.g. {"log_std_init": -2, "ortho_init": '
+        "false} (net_arch and activation_fn have their own options).",
+    )
+    model_kwargs: dict[str, Any] = _f(
+        {},
+        'Further keyword arguments of the SB3 algorithm, as a JSON object, e.g. {"use_sde": true}; searched '
+        "hyperparameters, --n-steps and --buffer-size have their own options.",
+    )
+    zoo: bool = _f(
+        False,
+        "Start from RL Zoo's tuned hyperparameters for --algo on --env-id (the installed rl_zoo3 package; "
+        "evo-mpi[zoo]): its env layout, normalisation, network and fixed settings, member 0 at its values and "
+        "every searched prior narrowed around them (see the README). Options you give win.",
+    )
+    start_hparams: dict[str, Any] = _f(
+        {},
+        "Values member 0 starts from instead of drawing them from the priors, as a JSON object, e.g. "
+        '{"learning_rate": 0.0003}; every other member draws. Each must lie in its prior.',
+    )
+    schedules: dict[str, str] = _f(
+        {},
+        'Hyperparameters applied as a schedule, as a JSON object: {"learning_rate": "linear"} decays the value '
+        "linearly to 0 over the run's steps per member (explore changes the starting value). SB3 adapter: "
+        "learning_rate, and clip_range for PPO.",
+    )
     member: str = _f(
         "",
         "Member factory module:function for training code that is not SB3 (see evo_mpi.protocol); empty: the "
@@ -242,6 +269,9 @@ RESUME_OVERRIDABLE = (
 )
 
 
+#: Options given as a JSON object (``--env-kwargs '{"g": 9.81}'``, a table in TOML).
+DICT_FIELDS = ("env_kwargs", "policy_kwargs", "model_kwargs", "start_hparams", "schedules")
+
 #: Comma-separated options and their element types.
 TUPLE_FIELDS: dict[str, type] = {"perturb_factors": float, "net_arch": int}
 
@@ -261,15 +291,20 @@ def parse_tuple(name: str, cast: type) -> Any:
     return parse
 
 
-def parse_env_kwargs(text: str) -> dict[str, Any]:
-    """Parse ``--env-kwargs`` JSON text into a dict (argparse type)."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"invalid --env-kwargs {text!r}: not JSON ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f'invalid --env-kwargs {text!r}: expected a JSON object like {{"g": 9.81}}')
-    return value
+def parse_json_object(name: str) -> Any:
+    """An argparse type reading a JSON object for the option ``name`` (one of :data:`DICT_FIELDS`)."""
+    flag = "--" + name.replace("_", "-")
+
+    def parse(text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"invalid {flag} {text!r}: not JSON ({exc.msg})") from None
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f'invalid {flag} {text!r}: expected a JSON object like {{"g": 9.81}}')
+        return value
+
+    return parse
 
 
 def parse_duration(text: str) -> float:

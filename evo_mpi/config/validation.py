@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import math
 import os
@@ -132,6 +133,8 @@ def validate(
             if name in allowed:
                 problems.extend(check_prior(name, prior))
     problems.extend(_check_mutations(cfg, space))
+    problems.extend(_check_start(cfg, space))
+    problems.extend(_check_sb3_extras(cfg, algo))
     try:
         json.dumps(cfg.env_kwargs, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -325,4 +328,51 @@ def _check_mutations(cfg: Config, space: dict[str, Prior]) -> list[str]:
             f"--mutation-probs activation={weights['activation']} needs a choice of two or more activations "
             f"(e.g. --search-space activation_fn=choice:relu,tanh), the search space has {shown}"
         )
+    return problems
+
+
+def _check_start(cfg: Config, space: Mapping[str, Prior]) -> list[str]:
+    """--start-hparams: every value names a searched hyperparameter and lies in its prior."""
+    problems = []
+    for name, value in sorted(cfg.start_hparams.items()):
+        prior = space.get(name)
+        if prior is None:
+            problems.append(
+                f"--start-hparams {name}={value!r}: {name} is not in the search space "
+                f"(it has {', '.join(sorted(space)) or 'nothing'})"
+            )
+        elif not prior.holds(value):
+            problems.append(f"--start-hparams {name}={value!r} lies outside its prior {name}={prior.spec()}")
+    return problems
+
+
+def _check_sb3_extras(cfg: Config, algo: algorithms.Algorithm | None) -> list[str]:
+    """--schedules, --policy-kwargs and --model-kwargs: SB3 adapter options, checked against SB3's signatures."""
+    given = [f"--{n.replace('_', '-')}" for n in ("schedules", "policy_kwargs", "model_kwargs") if getattr(cfg, n)]
+    if cfg.member and given:
+        return [f"{' and '.join(given)} configure the SB3 adapter; --member {cfg.member} builds its own model"]
+    if algo is None or not given:
+        return []
+    problems = []
+    for name, kind in sorted(cfg.schedules.items()):
+        if name not in algo.schedulable:
+            problems.append(f"--schedules {name}={kind!r}: {cfg.algo} can schedule {', '.join(algo.schedulable)} only")
+        elif kind != "linear":
+            problems.append(f"--schedules {name}={kind!r}: unknown schedule (known: linear)")
+    own = {"net_arch": "--net-arch or net_arch in --search-space", "activation_fn": "activation_fn in --search-space"}
+    for name in sorted(set(cfg.policy_kwargs) & set(own)):
+        problems.append(f"--policy-kwargs {name}: set it with {own[name]}")
+    try:
+        json.dumps([cfg.policy_kwargs, cfg.model_kwargs], allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"--policy-kwargs / --model-kwargs: not JSON-serialisable ({exc})")
+    if cfg.model_kwargs:
+        managed = {"policy", "env", "seed", "device", "verbose", "policy_kwargs", "n_steps", "buffer_size"}
+        managed.add("tensorboard_log")  # evo_mpi writes each member's TensorBoard log itself
+        params = {p for p in inspect.signature(algo.model_class()).parameters if not p.startswith("_")}
+        accepted = params - managed - set(algo.hparams)
+        for name in sorted(set(cfg.model_kwargs) - accepted):
+            why = "has its own option" if name in managed or name in algo.hparams else "is not one it takes"
+            takes = ", ".join(sorted(accepted))
+            problems.append(f"--model-kwargs {name}: {cfg.algo}'s {name} {why} (it takes {takes})")
     return problems
