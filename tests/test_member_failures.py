@@ -139,9 +139,16 @@ def test_more_failures_than_max_failures_stop_with_healthy_models_then_a_fixed_r
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_every_member_failing_at_once_stops_the_run(tmp_path, mode):
+    """Every env raises at its 200th step, rebuilt ones too. Sync: all 4 fail in generation 1.
+
+    Async: a repaired member's fresh envs last one healthy interval, so whether all 4 latest records
+    are failures at once before the 5th failure passes --max-failures (4) depends on timing; either
+    reason must stop the run the same way."""
     run_dir, proc = run(tmp_path, mode, [*base(mode), *layout(2), *fail(None)], 2, check=False)
     assert proc.returncode == 3, proc.stderr
-    assert "every member failed in" in proc.stdout and "the run stops" in proc.stdout
+    reasons = ["every member failed in generation 1"] if mode == "sync" else ["every member failed in", "more than"]
+    assert any(reason in proc.stdout for reason in reasons), proc.stdout
+    assert "the run stops" in proc.stdout
     assert "Traceback" not in proc.stderr  # a clear message, not a crash
     assert not (run_dir / "best.zip").exists()
     assert no_rank_left(run_dir)

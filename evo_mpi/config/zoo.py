@@ -104,8 +104,8 @@ def narrow(name: str, prior: Prior, value: Value) -> str:
         return f"uniform:{max(v - half, low_ok):.6g}:{min(v + half, high_ok):.6g}"
     if prior.kind == "int":
         n = int(round(v))
-        low, high = max(min(n // 2, n - 1), int(low_ok) if low_ok > -math.inf else n - 1), max(2 * n, n + 1)
-        return f"int:{low}:{high}"
+        low = min(n // 2, n - 1) if bounds is None else max(min(n // 2, n - 1), int(bounds.low))
+        return f"int:{low}:{max(2 * n, n + 1)}"
     raise ConfigError([f"--zoo: cannot narrow {name}={prior.spec()} around {value!r}"])
 
 
