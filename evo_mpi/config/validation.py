@@ -26,112 +26,20 @@ def validate(
     member_factory: Callable[..., Any] | None = None,
 ) -> list[str]:
     """Every problem with ``cfg`` for a run on ``world_size`` ranks, with offending values."""
-    problems: list[str] = []
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            problems.append(msg)
-
-    for name in (
-        "generations",
-        "steps_per_generation",
-        "agents_per_rank",
-        "n_envs",
-        "n_steps",
-        "fitness_window",
-        "checkpoint_every",
-        "keep_checkpoints",
-    ):
-        value = getattr(cfg, name)
-        need(value > 0, f"--{name.replace('_', '-')} must be > 0, got {value}")
-    need(cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {cfg.eval_episodes}")
-    need(cfg.final_eval_episodes >= 0, f"--final-eval-episodes must be >= 0, got {cfg.final_eval_episodes}")
-    need(cfg.final_eval_top >= 1, f"--final-eval-top must be >= 1, got {cfg.final_eval_top}")
-    need(cfg.torch_threads >= 0, f"--torch-threads must be >= 0 (0 = automatic), got {cfg.torch_threads}")
-    need(
-        0 < cfg.truncation_fraction <= 0.5, f"--truncation-fraction must be in (0, 0.5], got {cfg.truncation_fraction}"
-    )
-    need(
-        0 <= cfg.resample_probability <= 1,
-        f"--resample-probability must be in [0, 1], got {cfg.resample_probability}",
-    )
-    need(len(cfg.perturb_factors) > 0, "--perturb-factors is empty")
-    need(
-        len(cfg.net_arch) > 0 and all(n > 0 for n in cfg.net_arch),
-        f"--net-arch needs positive layer sizes, got {','.join(map(str, cfg.net_arch)) or 'nothing'}",
-    )
-    for factor in cfg.perturb_factors:
-        need(math.isfinite(factor) and factor > 0, f"--perturb-factors must be finite and > 0, got {factor}")
-    need(cfg.buffer_size > 0, f"--buffer-size must be > 0, got {cfg.buffer_size}")
-    need(cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}")
-    need(0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}")
-    need(cfg.ready_after >= 0, f"--ready-after must be >= 0 env steps, got {cfg.ready_after}")
-    need(cfg.max_failures >= -1, f"--max-failures must be >= 0 (or -1: the population size), got {cfg.max_failures}")
     algo = algorithms.get(cfg.algo) if cfg.algo in algorithms.names() else None
-    if cfg.share_experience:
-        off_policy = ", ".join(n for n in algorithms.names() if algorithms.get(n).off_policy)
-        need(
-            not cfg.member,
-            f"--share-experience with --member {cfg.member}: only the SB3 adapter's off-policy algorithms "
-            f"({off_policy}) share experience; drop one of them",
-        )
-        need(
-            cfg.member != "" or algo is None or algo.off_policy,
-            f"--share-experience needs an off-policy algorithm with a replay buffer ({off_policy}); --algo {cfg.algo} "
-            "learns from its own fresh rollouts only",
-        )
-    if cfg.member:
-        pass  # a custom member counts its own steps
-    elif algo is not None and algo.off_policy and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
-        need(
-            cfg.steps_per_generation % cfg.n_envs == 0,
-            f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of n_envs = {cfg.n_envs}",
-        )
-    elif cfg.n_steps > 0 and cfg.n_envs > 0 and cfg.steps_per_generation > 0:
-        rollout = cfg.n_steps * cfg.n_envs
-        need(
-            cfg.steps_per_generation % rollout == 0,
-            f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of "
-            f"n_steps * n_envs = {cfg.n_steps} * {cfg.n_envs} = {rollout}",
-        )
-    for f in dataclasses.fields(Config):
-        choices = choices_of(f.name) if "choices" in f.metadata else None
-        value = getattr(cfg, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        need(
-            choices is None or value in choices, f"{flag} {value!r} is unknown (choose from {', '.join(choices or ())})"
-        )
+    problems = [*_check_numbers(cfg), *_check_sharing(cfg, algo), *_check_rollout(cfg, algo), *_check_choices(cfg)]
     population = world_size * cfg.agents_per_rank
-    if cfg.agents_per_rank > 0:
-        need(
-            population >= 2,
+    if cfg.agents_per_rank > 0 and population < 2:
+        problems.append(
             f"population of {population} ({world_size} rank(s) x {cfg.agents_per_rank} agent(s)) is too small "
-            "for selection: run under 'mpiexec -n N' or pass --agents-per-rank N with N >= 2",
+            "for selection: run under 'mpiexec -n N' or pass --agents-per-rank N with N >= 2"
         )
     try:
         space = parse_space(cfg.space_specs)
     except SpaceError as exc:
         problems.extend(f"search space: {line}" for line in str(exc).splitlines())
         space = {}
-    if cfg.member:  # a custom member searches its own hyperparameters; the SB3 bounds apply to names it shares
-        if member_factory is None:
-            try:
-                resolve_member(cfg.member)
-            except Exception as exc:  # importlib raises several error types
-                problems.append(f"--member {cfg.member!r}: cannot import it ({type(exc).__name__}: {exc})")
-        need(bool(space), "--member needs a --search-space: a custom member has no default one")
-        for name, prior in space.items():
-            problems.extend(check_prior(name, prior))
-    else:
-        allowed = (*algo.hparams, *MUTATED_APART) if algo is not None else ()
-        for name in sorted(cfg.space_specs):
-            need(
-                name in allowed,
-                f"search space: unknown {cfg.algo} hyperparameter {name!r} (known: {', '.join(allowed)})",
-            )
-        for name, prior in space.items():
-            if name in allowed:
-                problems.extend(check_prior(name, prior))
+    problems.extend(_check_space(cfg, algo, space, member_factory))
     problems.extend(_check_mutations(cfg, space))
     problems.extend(_check_start(cfg, space))
     problems.extend(_check_sb3_extras(cfg, algo))
@@ -142,28 +50,176 @@ def validate(
     else:
         if not cfg.member:  # the SB3 adapter's env; a custom member makes (or does without) its own
             problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo, env_factory))
-    if cfg.mode == "async":
-        need(
+    problems.extend(_check_async(cfg))
+    problems.extend(_check_text_options(cfg))
+    if cfg.run_dir:
+        problems.extend(_check_writable(cfg.run_dir))
+    return problems
+
+
+#: Options that count something and must be positive.
+POSITIVE = (
+    "generations",
+    "steps_per_generation",
+    "agents_per_rank",
+    "n_envs",
+    "n_steps",
+    "fitness_window",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "buffer_size",
+)
+
+
+def _check_numbers(cfg: Config) -> list[str]:
+    """Counts, rates and sizes in their ranges."""
+    rules: list[tuple[bool, str]] = [
+        (getattr(cfg, name) > 0, f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+        for name in POSITIVE
+    ]
+    rules += [
+        (cfg.eval_episodes >= 0, f"--eval-episodes must be >= 0, got {cfg.eval_episodes}"),
+        (cfg.final_eval_episodes >= 0, f"--final-eval-episodes must be >= 0, got {cfg.final_eval_episodes}"),
+        (cfg.final_eval_top >= 1, f"--final-eval-top must be >= 1, got {cfg.final_eval_top}"),
+        (cfg.torch_threads >= 0, f"--torch-threads must be >= 0 (0 = automatic), got {cfg.torch_threads}"),
+        (
+            0 < cfg.truncation_fraction <= 0.5,
+            f"--truncation-fraction must be in (0, 0.5], got {cfg.truncation_fraction}",
+        ),
+        (
+            0 <= cfg.resample_probability <= 1,
+            f"--resample-probability must be in [0, 1], got {cfg.resample_probability}",
+        ),
+        (len(cfg.perturb_factors) > 0, "--perturb-factors is empty"),
+        (
+            len(cfg.net_arch) > 0 and all(n > 0 for n in cfg.net_arch),
+            f"--net-arch needs positive layer sizes, got {','.join(map(str, cfg.net_arch)) or 'nothing'}",
+        ),
+    ]
+    rules += [
+        (math.isfinite(f) and f > 0, f"--perturb-factors must be finite and > 0, got {f}") for f in cfg.perturb_factors
+    ]
+    rules += [
+        (cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}"),
+        (0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}"),
+        (cfg.ready_after >= 0, f"--ready-after must be >= 0 env steps, got {cfg.ready_after}"),
+        (
+            cfg.max_failures >= -1,
+            f"--max-failures must be >= 0 (or -1: the population size), got {cfg.max_failures}",
+        ),
+    ]
+    return [message for ok, message in rules if not ok]
+
+
+def _check_sharing(cfg: Config, algo: algorithms.Algorithm | None) -> list[str]:
+    """--share-experience needs the SB3 adapter with an off-policy algorithm."""
+    if not cfg.share_experience:
+        return []
+    off_policy = ", ".join(n for n in algorithms.names() if algorithms.get(n).off_policy)
+    if cfg.member:
+        return [
+            f"--share-experience with --member {cfg.member}: only the SB3 adapter's off-policy algorithms "
+            f"({off_policy}) share experience; drop one of them"
+        ]
+    if algo is not None and not algo.off_policy:
+        return [
+            f"--share-experience needs an off-policy algorithm with a replay buffer ({off_policy}); --algo {cfg.algo} "
+            "learns from its own fresh rollouts only"
+        ]
+    return []
+
+
+def _check_rollout(cfg: Config, algo: algorithms.Algorithm | None) -> list[str]:
+    """A generation is a whole number of rollouts (on-policy) or of env steps across the envs (off-policy)."""
+    if cfg.member or min(cfg.n_envs, cfg.n_steps, cfg.steps_per_generation) <= 0:
+        return []  # a custom member counts its own steps; non-positive values have their own message
+    if algo is not None and algo.off_policy:
+        if cfg.steps_per_generation % cfg.n_envs:
+            return [f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of n_envs = {cfg.n_envs}"]
+        return []
+    rollout = cfg.n_steps * cfg.n_envs
+    if cfg.steps_per_generation % rollout:
+        return [
+            f"--steps-per-generation {cfg.steps_per_generation} is not a multiple of "
+            f"n_steps * n_envs = {cfg.n_steps} * {cfg.n_envs} = {rollout}"
+        ]
+    return []
+
+
+def _check_choices(cfg: Config) -> list[str]:
+    """Every option with a fixed set of values holds one of them."""
+    problems = []
+    for f in dataclasses.fields(Config):
+        if "choices" in f.metadata and getattr(cfg, f.name) not in choices_of(f.name):
+            flag = "--" + f.name.replace("_", "-")
+            choices = ", ".join(choices_of(f.name))
+            problems.append(f"{flag} {getattr(cfg, f.name)!r} is unknown (choose from {choices})")
+    return problems
+
+
+def _check_space(
+    cfg: Config,
+    algo: algorithms.Algorithm | None,
+    space: Mapping[str, Prior],
+    member_factory: Callable[..., Any] | None,
+) -> list[str]:
+    """Every searched name is one the member applies, every prior gives valid values only."""
+    problems = []
+    if cfg.member:  # a custom member searches its own hyperparameters; the SB3 bounds apply to names it shares
+        if member_factory is None:
+            try:
+                resolve_member(cfg.member)
+            except Exception as exc:  # importlib raises several error types
+                problems.append(f"--member {cfg.member!r}: cannot import it ({type(exc).__name__}: {exc})")
+        if not space:
+            problems.append("--member needs a --search-space: a custom member has no default one")
+        for name, prior in space.items():
+            problems.extend(check_prior(name, prior))
+        return problems
+    allowed = (*algo.hparams, *MUTATED_APART) if algo is not None else ()
+    for name in sorted(cfg.space_specs):
+        if name not in allowed:
+            problems.append(f"search space: unknown {cfg.algo} hyperparameter {name!r} (known: {', '.join(allowed)})")
+    for name, prior in space.items():
+        if name in allowed:
+            problems.extend(check_prior(name, prior))
+    return problems
+
+
+def _check_async(cfg: Config) -> list[str]:
+    """Options that need every rank at once, which --mode async never has."""
+    if cfg.mode != "async":
+        return []
+    rules = [
+        (
             cfg.backend == "p2p",
             f"--backend {cfg.backend} needs every rank at once, which --mode async never has; in async mode a "
             "snapshot is fetched point to point from its owner (--backend p2p, the default)",
-        )
-        need(
+        ),
+        (
             not cfg.copy_replay_buffer,
             "--copy-replay-buffer is not supported with --mode async (every published snapshot would hold a copy "
             "of the replay buffer); drop one of them",
-        )
-        need(
+        ),
+        (
             cfg.checkpoint_every == 1,
             f"--checkpoint-every {cfg.checkpoint_every} with --mode async: async members checkpoint after every "
             "interval (so a stop loses at most one); drop --checkpoint-every",
-        )
+        ),
+    ]
+    return [message for ok, message in rules if not ok]
+
+
+def _check_text_options(cfg: Config) -> list[str]:
+    """--target-fitness, --time-limit and --wandb-project: text that must parse, or a package that must exist."""
+    problems = []
     if cfg.target_fitness.strip():
         try:
             value = float(cfg.target_fitness)
         except ValueError:
             value = math.nan
-        need(math.isfinite(value), f"--target-fitness {cfg.target_fitness!r}: expected a finite number, e.g. 195")
+        if not math.isfinite(value):
+            problems.append(f"--target-fitness {cfg.target_fitness!r}: expected a finite number, e.g. 195")
     if cfg.time_limit:
         try:
             parse_duration(cfg.time_limit)
@@ -176,8 +232,6 @@ def validate(
             problems.append(
                 f"--wandb-project {cfg.wandb_project!r}: wandb is not installed (pip install 'evo-mpi[wandb]')"
             )
-    if cfg.run_dir:
-        problems.extend(_check_writable(cfg.run_dir))
     return problems
 
 
