@@ -41,6 +41,9 @@ MEMBERS_FAILED = Status.FAILED
 #: When this process imported evo_mpi: the command line's --time-limit counts from here.
 PROCESS_START = time.monotonic()
 
+#: Every rank's (host, ranks on its node, cores its ranks may use there, torch threads).
+Placement = list[tuple[str, int, int, int]]
+
 #: Seconds a failing rank waits before MPI_Abort, so the launcher forwards its report first.
 REPORT_GRACE_S = 1.0
 
@@ -150,70 +153,93 @@ def plan_run(
     plan = Plan()
     try:
         if parsed.resume:
-            saved = _read_saved(parsed.resume)
-            if saved is None:
-                plan.problems.append(f"--resume {parsed.resume!r}: no config.json there (not an evo-mpi run dir)")
-                return plan
-            given = {**parsed.file_values, **parsed.cli_values}
-            overrides = {k: v for k, v in given.items() if k in config_mod.RESUME_OVERRIDABLE and k != "run_dir"}
-            if "agents_per_rank" not in overrides:
-                population = int(saved["population"])
-                if population % world_size:
-                    plan.problems.append(
-                        f"--resume: the run has {population} members, which {world_size} rank(s) cannot share "
-                        "evenly; launch a divisor of that many ranks or pass --agents-per-rank"
-                    )
-                    return plan
-                overrides["agents_per_rank"] = population // world_size
-            cfg = config_mod.merge(config_mod.from_saved(saved), {**overrides, "run_dir": parsed.resume})
-            merged_given = config_mod.merge(config_mod.from_saved(saved), given)
-            plan.problems += [f"--resume: {d}" for d in config_mod.differences(merged_given, saved)]
+            cfg, saved = _resumed_config(parsed, world_size, plan.problems)
             run_dir = parsed.resume
         else:
-            cfg = config_mod.merge(parsed.file_values, parsed.cli_values)
-            if cfg.zoo:
-                named = {k.replace("-", "_") for k in (*parsed.file_values, *parsed.cli_values)}
-                cfg = zoo.resolve(cfg, named)
-            run_dir = cfg.run_dir or _default_run_dir(cfg.env_id)
-            saved = _read_saved(run_dir)
-            if saved is not None:
-                plan.problems += [
-                    f"--run-dir {run_dir!r} holds a run with other options ({d}); use another --run-dir, "
-                    f"or --resume {run_dir} to continue it"
-                    for d in config_mod.differences(cfg, saved)
-                ]
-            elif os.path.isdir(run_dir) and os.listdir(run_dir):
-                plan.problems.append(f"--run-dir {run_dir!r} exists, is not empty and holds no evo-mpi run")
+            cfg, saved = _fresh_config(parsed, plan.problems)
+            run_dir = cfg.run_dir
+        if cfg is None:
+            return plan
         plan.problems += config_mod.validate(cfg, world_size, env_factory=env_factory, member_factory=member_factory)
     except ConfigError as exc:
         plan.problems += exc.problems
         return plan
     if saved is not None:
-        population = world_size * cfg.agents_per_rank
-        if int(saved["population"]) != population:
-            plan.problems.append(
-                f"the run in {run_dir!r} has {saved['population']} members, this launch makes {population} "
-                f"({world_size} rank(s) x {cfg.agents_per_rank}); change -n or --agents-per-rank"
-            )
-        plan.resuming = True
-        done = checkpoint.complete(run_dir)
-        if cfg.mode == "async":  # members checkpoint on their own; best.zip is written last
-            plan.finished = os.path.isfile(os.path.join(run_dir, "best.zip"))
-        elif done:
-            plan.resume_from = done[-1]
-            # finished = last generation checkpointed *and* the final models written (best.zip comes last)
-            try:
-                last = checkpoint.load_population(run_dir, done[-1])
-            except (OSError, ValueError) as exc:  # unreadable or not JSON
-                plan.problems.append(
-                    f"{run_dir}: cannot read the checkpoint of generation {done[-1]} ({exc}); move that checkpoint "
-                    "directory away to resume from the one before it"
-                )
-                return plan
-            plan.finished = bool(last.get("finished")) and os.path.isfile(os.path.join(run_dir, "best.zip"))
+        _plan_resume(plan, cfg, run_dir, saved, world_size)
     plan.cfg = dataclasses.replace(cfg, run_dir=run_dir)
     plan.run_dir = run_dir
     return plan
+
+
+def _resumed_config(
+    parsed: config_mod.Parsed, world_size: int, problems: list[str]
+) -> tuple[Config | None, dict[str, Any] | None]:
+    """``--resume``: the saved options with the ones a resume may change; problems for any other change."""
+    assert parsed.resume is not None
+    saved = _read_saved(parsed.resume)
+    if saved is None:
+        problems.append(f"--resume {parsed.resume!r}: no config.json there (not an evo-mpi run dir)")
+        return None, None
+    given = {**parsed.file_values, **parsed.cli_values}
+    overrides = {k: v for k, v in given.items() if k in config_mod.RESUME_OVERRIDABLE and k != "run_dir"}
+    if "agents_per_rank" not in overrides:
+        population = int(saved["population"])
+        if population % world_size:
+            problems.append(
+                f"--resume: the run has {population} members, which {world_size} rank(s) cannot share "
+                "evenly; launch a divisor of that many ranks or pass --agents-per-rank"
+            )
+            return None, None
+        overrides["agents_per_rank"] = population // world_size
+    cfg = config_mod.merge(config_mod.from_saved(saved), {**overrides, "run_dir": parsed.resume})
+    merged_given = config_mod.merge(config_mod.from_saved(saved), given)
+    problems += [f"--resume: {d}" for d in config_mod.differences(merged_given, saved)]
+    return cfg, saved
+
+
+def _fresh_config(parsed: config_mod.Parsed, problems: list[str]) -> tuple[Config, dict[str, Any] | None]:
+    """The given options (``--zoo`` resolved) and run dir; a run already there must have the same options."""
+    cfg = config_mod.merge(parsed.file_values, parsed.cli_values)
+    if cfg.zoo:
+        named = {k.replace("-", "_") for k in (*parsed.file_values, *parsed.cli_values)}
+        cfg = zoo.resolve(cfg, named)
+    run_dir = cfg.run_dir or _default_run_dir(cfg.env_id)
+    saved = _read_saved(run_dir)
+    if saved is not None:
+        problems += [
+            f"--run-dir {run_dir!r} holds a run with other options ({d}); use another --run-dir, "
+            f"or --resume {run_dir} to continue it"
+            for d in config_mod.differences(cfg, saved)
+        ]
+    elif os.path.isdir(run_dir) and os.listdir(run_dir):
+        problems.append(f"--run-dir {run_dir!r} exists, is not empty and holds no evo-mpi run")
+    return dataclasses.replace(cfg, run_dir=run_dir), saved
+
+
+def _plan_resume(plan: Plan, cfg: Config, run_dir: str, saved: Mapping[str, Any], world_size: int) -> None:
+    """A run dir with a run: same population, where to resume from, and whether it already finished."""
+    population = world_size * cfg.agents_per_rank
+    if int(saved["population"]) != population:
+        plan.problems.append(
+            f"the run in {run_dir!r} has {saved['population']} members, this launch makes {population} "
+            f"({world_size} rank(s) x {cfg.agents_per_rank}); change -n or --agents-per-rank"
+        )
+    plan.resuming = True
+    done = checkpoint.complete(run_dir)
+    if cfg.mode == "async":  # members checkpoint on their own; best.zip is written last
+        plan.finished = os.path.isfile(os.path.join(run_dir, "best.zip"))
+    elif done:
+        plan.resume_from = done[-1]
+        # finished = last generation checkpointed *and* the final models written (best.zip comes last)
+        try:
+            last = checkpoint.load_population(run_dir, done[-1])
+        except (OSError, ValueError) as exc:  # unreadable or not JSON
+            plan.problems.append(
+                f"{run_dir}: cannot read the checkpoint of generation {done[-1]} ({exc}); move that checkpoint "
+                "directory away to resume from the one before it"
+            )
+            return
+        plan.finished = bool(last.get("finished")) and os.path.isfile(os.path.join(run_dir, "best.zip"))
 
 
 # -- running (every rank) --------------------------------------------------------------------------
@@ -258,9 +284,7 @@ def oversubscription_hint(nodes: Mapping[str, tuple[int, int]], agents_per_rank:
     )
 
 
-def write_placement(
-    run_dir: str, mode: str, placement: list[tuple[str, int, int, int]], say: Callable[[str], None]
-) -> None:
+def write_placement(run_dir: str, mode: str, placement: Placement, say: Callable[[str], None]) -> None:
     """Append this launch's rank placement to RUN_DIR/placement.jsonl (one line per launch or resume).
 
     Each rank's host, ranks on its node (MPI's shared-memory split), usable
@@ -307,20 +331,7 @@ def execute(
     """
     launched = time.monotonic() if started is None else started
     say = echo if (echo is not None and comm.rank == 0) else (lambda _line: None)
-    plan = Plan()
-    if comm.rank == 0:
-        try:
-            plan = plan_run(parsed, comm.size, env_factory, member_factory)
-            if parsed.print_config and not plan.problems and plan.cfg is not None:
-                say(config_mod.to_toml(plan.cfg).rstrip("\n"))
-                plan.print_only = True
-        except ConfigError as exc:
-            plan.problems = exc.problems
-        except Exception as exc:  # noqa: BLE001 - any error here must reach every rank, not leave them waiting
-            plan.problems = [f"cannot check the configuration: {type(exc).__name__}: {exc}"]
-    plan = comm.bcast_obj(plan)
-    if plan.problems:
-        raise ConfigError(plan.problems)
+    plan = _shared_plan(comm, parsed, say, env_factory, member_factory)
     if plan.print_only:
         return None
     assert plan.cfg is not None
@@ -335,44 +346,16 @@ def execute(
     if plan.finished:
         say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
         return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
-
-    import torch
-
-    host, ranks_here, cores_here = comm.node_usage()
-    threads = cfg.torch_threads or auto_threads(ranks_here, cores_here)
-    torch.set_num_threads(threads)
-    placement = comm.allgather_obj((host, ranks_here, cores_here, threads))
-    nodes = {h: (r, c) for h, r, c, _ in placement}
-    hint = oversubscription_hint(nodes, cfg.agents_per_rank)
-    if hint is not None:
-        say(hint)
+    placement = _set_threads(comm, cfg, say)
     # imported here, not at the top: the engines import torch and SB3, which `import evo_mpi`,
     # --print-config and configuration errors must not wait for
     from .async_engine import AsyncEngine
-    from .engine import Engine, EngineBase, LayoutMismatch, write_config
+    from .engine import Engine, EngineBase, LayoutMismatch
 
     engine: EngineBase | None = None
     try:
         if comm.rank == 0:
-            population = comm.size * cfg.agents_per_rank
-            if plan.resuming:
-                if cfg.mode == "async":
-                    where = "(async: every member from its last checkpointed interval)"
-                elif plan.resume_from is not None:
-                    where = f"from generation {plan.resume_from + 1} (checkpoint of generation {plan.resume_from})"
-                else:
-                    where = "from generation 0 (no complete checkpoint yet)"
-                say(f"evo-mpi: resuming the run in {run_dir} {where} with {comm.size} rank(s)")
-            else:
-                os.makedirs(run_dir, exist_ok=True)
-                data = cfg.to_dict()
-                data.update(world_size=comm.size, population=population)
-                write_config(run_dir, data, config_mod.to_toml(cfg))
-            say(
-                f"evo-mpi: {population} members on {comm.size} rank(s), {cfg.member or cfg.env_id}, "
-                f"{cfg.generations} generations x {cfg.steps_per_generation} steps; output in {run_dir}"
-            )
-            write_placement(run_dir, cfg.mode, placement, say)
+            _open_run_dir(comm.size, plan, placement, say)
         comm.barrier()
         deadline = None if cfg.time_limit_s is None else launched + cfg.time_limit_s
         shared: dict[str, Any] = {
@@ -388,25 +371,102 @@ def execute(
             engine = Engine(cfg, comm, run_dir, resume_from=plan.resume_from, callback=callback, **shared)
         status = engine.run()
         engine.close()
-        if status == INTERRUPTED and cfg.mode == "async":
-            say("evo-mpi: interrupted by a stop signal; every member resumes from its last completed interval.")
-        elif status == INTERRUPTED:
-            done = checkpoint.complete(run_dir)
-            last = f"generation {done[-1]}" if done else "none yet (the resumed run starts at generation 0)"
-            say(f"evo-mpi: interrupted by a stop signal; last complete checkpoint: {last}.")
+        if status == INTERRUPTED:
+            say(_interrupted_line(cfg, run_dir))
         return _result(status, cfg, run_dir, comm.rank)
     except LayoutMismatch as exc:  # raised alike on every rank before any training: a setup error
         raise ConfigError([str(exc)]) from None
     except BaseException as exc:
-        activity = engine.activity if engine is not None else "starting"
-        report = f"evo-mpi: rank {comm.rank} failed while {activity}: {type(exc).__name__}: {exc}\n"
-        _keep_report(run_dir, report + traceback.format_exc())
-        if report_failures or comm.uses_mpi:
-            print(report + traceback.format_exc(), file=sys.stderr, flush=True)
-        if comm.uses_mpi:  # one failing rank must not leave the others waiting in a collective
-            time.sleep(REPORT_GRACE_S)  # MPI_Abort tears the job down at once; let the launcher forward stderr
-            comm.abort(1)
+        _report_crash(comm, run_dir, engine.activity if engine is not None else "starting", exc, report_failures)
         raise
+
+
+def _shared_plan(
+    comm: Comm,
+    parsed: config_mod.Parsed,
+    say: Callable[[str], None],
+    env_factory: Callable[..., Any] | None,
+    member_factory: Callable[..., Any] | None,
+) -> Plan:
+    """Rank 0 plans (and prints the config for ``--print-config``), every rank gets the plan; ConfigError alike."""
+    plan = Plan()
+    if comm.rank == 0:
+        try:
+            plan = plan_run(parsed, comm.size, env_factory, member_factory)
+            if parsed.print_config and not plan.problems and plan.cfg is not None:
+                say(config_mod.to_toml(plan.cfg).rstrip("\n"))
+                plan.print_only = True
+        except ConfigError as exc:
+            plan.problems = exc.problems
+        except Exception as exc:  # noqa: BLE001 - any error here must reach every rank, not leave them waiting
+            plan.problems = [f"cannot check the configuration: {type(exc).__name__}: {exc}"]
+    plan = comm.bcast_obj(plan)
+    if plan.problems:
+        raise ConfigError(plan.problems)
+    return plan
+
+
+def _set_threads(comm: Comm, cfg: Config, say: Callable[[str], None]) -> Placement:
+    """Torch threads for this rank; every rank's (host, ranks on its node, cores there, threads)."""
+    import torch
+
+    host, ranks_here, cores_here = comm.node_usage()
+    threads = cfg.torch_threads or auto_threads(ranks_here, cores_here)
+    torch.set_num_threads(threads)
+    placement: Placement = comm.allgather_obj((host, ranks_here, cores_here, threads))
+    hint = oversubscription_hint({h: (r, c) for h, r, c, _ in placement}, cfg.agents_per_rank)
+    if hint is not None:
+        say(hint)
+    return placement
+
+
+def _open_run_dir(
+    size: int, plan: Plan, placement: list[tuple[str, int, int, int]], say: Callable[[str], None]
+) -> None:
+    """Rank 0: the run's config (a fresh run) or the resume line, the banner and this launch's placement."""
+    from .engine import write_config
+
+    assert plan.cfg is not None
+    cfg, run_dir = plan.cfg, plan.run_dir
+    population = size * cfg.agents_per_rank
+    if plan.resuming:
+        if cfg.mode == "async":
+            where = "(async: every member from its last checkpointed interval)"
+        elif plan.resume_from is not None:
+            where = f"from generation {plan.resume_from + 1} (checkpoint of generation {plan.resume_from})"
+        else:
+            where = "from generation 0 (no complete checkpoint yet)"
+        say(f"evo-mpi: resuming the run in {run_dir} {where} with {size} rank(s)")
+    else:
+        os.makedirs(run_dir, exist_ok=True)
+        data = cfg.to_dict()
+        data.update(world_size=size, population=population)
+        write_config(run_dir, data, config_mod.to_toml(cfg))
+    say(
+        f"evo-mpi: {population} members on {size} rank(s), {cfg.member or cfg.env_id}, "
+        f"{cfg.generations} generations x {cfg.steps_per_generation} steps; output in {run_dir}"
+    )
+    write_placement(run_dir, cfg.mode, placement, say)
+
+
+def _interrupted_line(cfg: Config, run_dir: str) -> str:
+    """What a stop signal left to resume from."""
+    if cfg.mode == "async":
+        return "evo-mpi: interrupted by a stop signal; every member resumes from its last completed interval."
+    done = checkpoint.complete(run_dir)
+    last = f"generation {done[-1]}" if done else "none yet (the resumed run starts at generation 0)"
+    return f"evo-mpi: interrupted by a stop signal; last complete checkpoint: {last}."
+
+
+def _report_crash(comm: Comm, run_dir: str, activity: str, exc: BaseException, report_failures: bool) -> None:
+    """One rank's unexpected error: kept in errors.log, printed, and (under MPI) the job aborted, not left waiting."""
+    report = f"evo-mpi: rank {comm.rank} failed while {activity}: {type(exc).__name__}: {exc}\n"
+    _keep_report(run_dir, report + traceback.format_exc())
+    if report_failures or comm.uses_mpi:
+        print(report + traceback.format_exc(), file=sys.stderr, flush=True)
+    if comm.uses_mpi:  # one failing rank must not leave the others waiting in a collective
+        time.sleep(REPORT_GRACE_S)  # MPI_Abort tears the job down at once; let the launcher forward stderr
+        comm.abort(1)
 
 
 def _result(status: Status, cfg: Config, run_dir: str, rank: int) -> Result:
