@@ -34,13 +34,13 @@ from . import checkpoint, failures, seeding, target
 from .atomic import write_text_atomic
 from .comm import Comm, Mailbox
 from .config import Config
+from .decision import View, donors, observe
 from .engine import EngineBase, fitness_call, missing_fitness_lines, missing_reason
 from .lineage import read_history
 from .outputs import fmt_duration
-from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
+from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import MemberFactory
-from .selection import repair, select
-from .space import Value, explore
+from .space import Value
 from .status import Status
 
 # Message tags (on the mailbox's own communicator).
@@ -264,9 +264,8 @@ class AsyncEngine(EngineBase):
         shown = self.published_latest.get(m)
         if shown is None or record["generation"] >= shown["generation"]:
             self.published_latest[m] = record
-        if self.cfg.explore == "pb2" and record.get("delta") is not None:
-            self.observations.append(Observation(float(record["generation"]), dict(record["hparams"]), record["delta"]))
-            del self.observations[:-MAX_OBSERVATIONS]
+        if self.cfg.explore == "pb2":
+            observe(self.observations, record["generation"], record["hparams"], record.get("delta"))
         if self.history is not None:
             fitness = (
                 [_fit(self.published_latest.get(i)) for i in range(self.population)]
@@ -497,23 +496,14 @@ class AsyncEngine(EngineBase):
                 np.array([math.nan if r is None else r for r in self.latest[i]["returns"]], dtype=np.float64)
                 for i in ids
             ]
-        plan = select(
-            cfg.selection,
-            fitness,
-            seeding.stream(cfg.seed, seeding.SELECT, m, k),
-            fraction=cfg.truncation_fraction,
-            tournament_size=cfg.tournament_size,
-            elitism=cfg.elitism,
-            returns=returns,
-            alpha=cfg.ttest_alpha,
-            ready=self._ready(ids),
-        )
-        mine = ids.index(m)
+        failed: list[int] = []
         if self.latest[m].get("failure"):  # a failed member always copies a donor, whatever the rule decided
-            failed = [j for j, i in enumerate(ids) if self.latest[i].get("failure")]
-            rng = seeding.stream(cfg.seed, seeding.REPAIR, m, k)
-            plan = repair(plan, fitness, failed, cfg.truncation_fraction, rng)
-        return (ids[plan[mine]] if mine in plan else None), seen
+            failed = [i for i in ids if self.latest[i].get("failure")]
+        view = View(ids, fitness, returns, self._ready(ids), failed)
+        plan = donors(
+            cfg, view, seeding.stream(cfg.seed, seeding.SELECT, m, k), seeding.stream(cfg.seed, seeding.REPAIR, m, k)
+        )
+        return plan.get(m), seen
 
     def _ready(self, ids: list[int]) -> np.ndarray | None:
         """--ready-after: which of ``ids`` trained enough env steps since their last exploit, by their latest record.
@@ -527,25 +517,13 @@ class AsyncEngine(EngineBase):
 
     def _explore(self, m: int, k: int, donor_hparams: dict[str, Value], record: dict[str, Any]) -> dict[str, Value]:
         """Member ``m``'s hyperparameters after interval ``k``, mutated from ``donor_hparams``; notes the mutation."""
-        cfg = self.cfg
-        kind, mutated, mutation = self._mutation(k, m, donor_hparams)
+        kind, mutated, mutation = self.explorer.mutation(k, m, donor_hparams)
         if mutation:
             record["mutation"] = mutation
         if kind != "hparams":
             return mutated
-        rng = seeding.stream(cfg.seed, seeding.EXPLORE, k, m)
-        if cfg.explore == "pb2":
-            return pb2_explore(
-                donor_hparams,
-                self.space,
-                self.observations,
-                float(k + 1),
-                rng,
-                factors=cfg.perturb_factors,
-                resample_probability=cfg.resample_probability,
-                params=fit_observations(self.observations, self.space),
-            )
-        return explore(donor_hparams, self.space, cfg.perturb_factors, cfg.resample_probability, rng)
+        kernel = fit_observations(self.observations, self.space) if self.cfg.explore == "pb2" else None
+        return self.explorer.explore(k, m, donor_hparams, self.observations, kernel)
 
     def _fetch(self, donor: int) -> Snapshot:
         """The donor's latest snapshot from the rank that owns it, which serves it while it trains."""

@@ -18,16 +18,17 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import algorithms, champion, checkpoint, failures, seeding, target
-from .arch import WeightNoise, draw_kind, draw_weight_noise, mutate_activation, mutate_arch
+from .arch import WeightNoise
 from .atomic import save_atomic, write_json_atomic, write_text_atomic
 from .comm import Comm, ExchangeError
 from .config import Config, resolve_member
+from .decision import Explorer, View, donors, observe
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
-from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations, pb2_explore
+from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import EvaluatesFinal, MemberFactory, PBTMember, Recovers, SharesExperience
-from .selection import rank_order, repair, select
-from .space import Value, explore, format_arch, parse_space, sample_hparams
+from .selection import rank_order
+from .space import Value, format_arch, parse_space, sample_hparams
 from .status import Callback, GenerationSummary, Status
 
 #: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
@@ -108,9 +109,8 @@ class EngineBase:
                 if not isinstance(member, SharesExperience):
                     raise TypeError(f"member {m} ({type(member).__name__}) cannot share experience")
                 self.sharers[m] = member
-        #: Relative weights of the mutation kinds (``{"hparams": 1.0}``: PBT's explore only, no draw).
-        self.mutation_weights = cfg.mutation_weights
-        self.default_activation = "relu" if cfg.member else algorithms.get(cfg.algo).activation
+        #: The mutation and explore rules (:mod:`evo_mpi.decision`), shared by both modes.
+        self.explorer = Explorer(cfg, self.space, "relu" if cfg.member else algorithms.get(cfg.algo).activation)
         #: What each member's mutation after the last generation (async: interval) decided, by member.
         self.mutations: dict[int, dict[str, Any]] = {}
         self.last_fitness = np.full(self.population, math.nan)
@@ -245,33 +245,6 @@ class EngineBase:
             f"no best.zip; tracebacks in errors.log). Fix the cause and --resume ({resume}), or resume with a "
             "higher --max-failures"
         )
-
-    def _mutation(self, step: int, m: int, hparams: dict[str, Value]) -> tuple[str, dict[str, Value], dict[str, Any]]:
-        """Which mutation member ``m`` undergoes after ``step`` (a generation or interval), from ``hparams``.
-
-        Returns ``(kind, new hyperparameters, record)``: for ``hparams`` the
-        caller runs the explore rule (the hyperparameters come back unchanged);
-        the record says what changed (the lineage and history keep it). The
-        draws come from their own stream, so the explore rule's draws are the
-        same with or without other kinds.
-        """
-        if self.mutation_weights == {"hparams": 1.0}:
-            return "hparams", hparams, {}
-        cfg = self.cfg
-        rng = seeding.stream(cfg.seed, seeding.MUTATE, step, m)
-        kind = draw_kind(self.mutation_weights, rng)
-        new = dict(hparams)
-        record: dict[str, Any] = {"kind": kind}
-        if kind == "arch":
-            activation = str(hparams.get("activation_fn", self.default_activation))
-            arch = self.space["net_arch"]
-            new["net_arch"], record["arch_op"] = mutate_arch(hparams["net_arch"], arch, activation, rng)
-        elif kind == "activation":
-            new["activation_fn"] = mutate_activation(hparams["activation_fn"], self.space["activation_fn"], rng)
-        elif kind == "weights":
-            noise = draw_weight_noise(cfg.weight_mutation_fraction, cfg.weight_mutation_sd, rng)
-            record["weight_noise"] = noise.to_dict()
-        return kind, new, record
 
     def _mutate_weights(self, m: int, record: dict[str, Any]) -> None:
         """Apply a decided weight mutation to local member ``m`` (SB3 adapter)."""
@@ -564,10 +537,7 @@ class Engine(EngineBase):
         )
         out_of_time = self.comm.any(out_of_time) and not early and not hit
         last = g == cfg.generations - 1 or early or out_of_time or hit
-        plan = {} if last else self._plan(g, table)
-        if failed and not last:  # a failed member always copies a donor, whatever the rule decided
-            rng = seeding.stream(cfg.seed, seeding.REPAIR, g)
-            plan = repair(plan, fitness, list(failed), cfg.truncation_fraction, rng)
+        plan = {} if last else self._plan(g, table, list(failed))
         for loser in plan:
             self.last_exploit[loser] = g
         new_hparams = self._explore(g, plan, fitness, last)
@@ -772,22 +742,15 @@ class Engine(EngineBase):
             self.members[m].apply_hparams(new_hparams[m])
             self._mutate_weights(m, self.mutations.get(m, {}))
 
-    def _plan(self, g: int, table: np.ndarray) -> dict[int, int]:
-        """Who copies whom after generation ``g`` (the same on every rank)."""
+    def _plan(self, g: int, table: np.ndarray, failed: list[int]) -> dict[int, int]:
+        """Who copies whom after generation ``g`` (the same on every rank); a failed member always copies."""
         cfg = self.cfg
         returns = None
         if cfg.selection == "ttest":  # the t-test's samples: each member's recent training returns
             returns = [np.array(self._episode_stats(table, m)[0]) for m in range(self.population)]
-        return select(
-            cfg.selection,
-            table[:, _FIT],
-            seeding.stream(cfg.seed, seeding.SELECT, g),
-            fraction=cfg.truncation_fraction,
-            tournament_size=cfg.tournament_size,
-            elitism=cfg.elitism,
-            returns=returns,
-            alpha=cfg.ttest_alpha,
-            ready=self._ready(g),
+        view = View(range(self.population), table[:, _FIT], returns, self._ready(g), failed)
+        return donors(
+            cfg, view, seeding.stream(cfg.seed, seeding.SELECT, g), seeding.stream(cfg.seed, seeding.REPAIR, g)
         )
 
     def _ready(self, g: int) -> np.ndarray | None:
@@ -805,10 +768,7 @@ class Engine(EngineBase):
         cfg = self.cfg
         if cfg.explore == "pb2":
             for m in range(self.population):
-                delta = float(fitness[m] - self.start_fitness[m])
-                if math.isfinite(delta):
-                    self.observations.append(Observation(float(g), dict(self.hparams[m]), delta))
-            del self.observations[:-PB2_MAX_OBSERVATIONS]
+                observe(self.observations, g, self.hparams[m], float(fitness[m] - self.start_fitness[m]))
         new_hparams = [dict(h) for h in self.hparams]
         self.mutations = {}
         chosen: list[dict[str, Value]] = []
@@ -818,30 +778,15 @@ class Engine(EngineBase):
         mutating = sorted(plan) if cfg.mutate == "exploited" or last else range(self.population)
         for loser in mutating:
             winner = self.hparams[plan.get(loser, loser)]
-            kind, mutated, record = self._mutation(g, loser, winner)
+            kind, mutated, record = self.explorer.mutation(g, loser, winner)
             if record:
                 self.mutations[loser] = record
             if kind != "hparams":
                 new_hparams[loser] = mutated
-                continue
-            rng = seeding.stream(cfg.seed, seeding.EXPLORE, g, loser)
-            if cfg.explore == "pb2":
-                if self.comm.rank != 0:
-                    continue  # rank 0 decides and broadcasts: GP linear algebra may round differently elsewhere
-                new_hparams[loser] = pb2_explore(
-                    winner,
-                    self.space,
-                    self.observations,
-                    float(g + 1),
-                    rng,
-                    pending=chosen,
-                    factors=cfg.perturb_factors,
-                    resample_probability=cfg.resample_probability,
-                    params=kernel,
-                )
+            elif cfg.explore != "pb2" or self.comm.rank == 0:
+                # PB2: rank 0 decides and broadcasts, GP linear algebra may round differently elsewhere
+                new_hparams[loser] = self.explorer.explore(g, loser, winner, self.observations, kernel, chosen)
                 chosen.append(new_hparams[loser])
-            else:
-                new_hparams[loser] = explore(winner, self.space, cfg.perturb_factors, cfg.resample_probability, rng)
         if cfg.explore == "pb2" and plan:
             new_hparams = self.comm.bcast_obj(new_hparams)
         self.start_fitness = np.array(fitness, dtype=np.float64)

@@ -1,0 +1,150 @@
+"""The PBT decision, written once for both engines: who copies whom, and what a member tries next.
+
+Pure numpy: no MPI, torch or SB3 import. The sync engine asks after every
+generation with the gathered table, the async engine after every interval with
+the latest published records; both describe what they see as a :class:`View`.
+The engines keep only timing, communication, moving state and logging.
+
+Every draw comes from a stream named by ``(seed, purpose, step, member)``
+(:mod:`evo_mpi.seeding`), so any rank can repeat any decision: sync decides
+with ``step`` = the generation, async with the member's interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import seeding
+from .arch import draw_kind, draw_weight_noise, mutate_activation, mutate_arch
+from .config import Config
+from .pb2 import MAX_OBSERVATIONS, KernelParams, Observation, pb2_explore
+from .selection import repair, select
+from .space import Prior, Value, explore
+
+
+@dataclass(frozen=True)
+class View:
+    """The population as one decision sees it.
+
+    Attributes:
+        ids: The members it sees (sync: all; async: those with a published record).
+        fitness: Their fitness, by position in ``ids`` (NaN: none).
+        returns: Their recent episode returns, the t-test's samples (None: not needed).
+        ready: Which of them may copy or be copied (``--ready-after``; None: all).
+        failed: Members (ids) whose last generation or interval failed: they copy a healthy donor.
+
+    """
+
+    ids: Sequence[int]
+    fitness: np.ndarray
+    returns: list[np.ndarray] | None = None
+    ready: np.ndarray | None = None
+    failed: Sequence[int] = field(default_factory=tuple)
+
+
+def donors(cfg: Config, view: View, select_rng: np.random.Generator, repair_rng: np.random.Generator) -> dict[int, int]:
+    """Loser -> donor (member ids): the selection rule, then every failed member to a healthy donor.
+
+    ``repair_rng`` draws only when a member failed, so the rule's draws are the
+    same with or without failures.
+    """
+    plan = select(
+        cfg.selection,
+        view.fitness,
+        select_rng,
+        fraction=cfg.truncation_fraction,
+        tournament_size=cfg.tournament_size,
+        elitism=cfg.elitism,
+        returns=view.returns,
+        alpha=cfg.ttest_alpha,
+        ready=view.ready,
+    )
+    if view.failed:
+        positions = [list(view.ids).index(m) for m in view.failed]
+        plan = repair(plan, view.fitness, positions, cfg.truncation_fraction, repair_rng)
+    return {view.ids[loser]: view.ids[winner] for loser, winner in plan.items()}
+
+
+def observe(observations: list[Observation], step: int, hparams: Mapping[str, Value], delta: float | None) -> None:
+    """PB2: remember that ``hparams`` changed fitness by ``delta`` over ``step`` (non-finite deltas are skipped)."""
+    if delta is not None and math.isfinite(delta):
+        observations.append(Observation(float(step), dict(hparams), float(delta)))
+        del observations[:-MAX_OBSERVATIONS]
+
+
+class Explorer:
+    """What a member tries after copying a donor (or, with ``--mutate all``, its own): a mutation, then explore."""
+
+    def __init__(self, cfg: Config, space: Mapping[str, Prior], default_activation: str) -> None:
+        self.cfg = cfg
+        self.space = space
+        #: Relative weights of the mutation kinds (``{"hparams": 1.0}``: PBT's explore only, no draw).
+        self.weights = cfg.mutation_weights
+        self.default_activation = default_activation
+
+    def mutation(self, step: int, m: int, hparams: dict[str, Value]) -> tuple[str, dict[str, Value], dict[str, Any]]:
+        """Which mutation member ``m`` undergoes after ``step``, from ``hparams``.
+
+        Returns ``(kind, new hyperparameters, record)``: for ``hparams`` the
+        caller runs :meth:`explore` (the hyperparameters come back unchanged);
+        the record says what changed (the lineage and history keep it). The
+        draws come from their own stream, so the explore rule's draws are the
+        same with or without other kinds.
+        """
+        if self.weights == {"hparams": 1.0}:
+            return "hparams", hparams, {}
+        cfg = self.cfg
+        rng = seeding.stream(cfg.seed, seeding.MUTATE, step, m)
+        kind = draw_kind(self.weights, rng)
+        new = dict(hparams)
+        record: dict[str, Any] = {"kind": kind}
+        if kind == "arch":
+            activation = str(hparams.get("activation_fn", self.default_activation))
+            new["net_arch"], record["arch_op"] = mutate_arch(
+                hparams["net_arch"], self.space["net_arch"], activation, rng
+            )
+        elif kind == "activation":
+            new["activation_fn"] = mutate_activation(hparams["activation_fn"], self.space["activation_fn"], rng)
+        elif kind == "weights":
+            noise = draw_weight_noise(cfg.weight_mutation_fraction, cfg.weight_mutation_sd, rng)
+            record["weight_noise"] = noise.to_dict()
+        return kind, new, record
+
+    def explore(
+        self,
+        step: int,
+        m: int,
+        hparams: Mapping[str, Value],
+        observations: Sequence[Observation],
+        kernel: KernelParams | None = None,
+        pending: Sequence[Mapping[str, Value]] = (),
+    ) -> dict[str, Value]:
+        """Member ``m``'s hyperparameters after ``step``, explored from ``hparams`` by the explore rule.
+
+        PB2 chooses with the observations so far (``kernel``: their fitted GP,
+        shared by the losers of one generation; ``pending``: the choices already
+        made for them); perturb multiplies or resamples.
+        """
+        cfg = self.cfg
+        rng = seeding.stream(cfg.seed, seeding.EXPLORE, step, m)
+        if cfg.explore == "pb2":
+            return pb2_explore(
+                hparams,
+                self.space,
+                observations,
+                float(step + 1),
+                rng,
+                pending=pending,
+                factors=cfg.perturb_factors,
+                resample_probability=cfg.resample_probability,
+                params=kernel,
+            )
+        return explore(hparams, self.space, cfg.perturb_factors, cfg.resample_probability, rng)
+
+
+__all__ = ["Explorer", "View", "donors", "observe"]
