@@ -420,15 +420,10 @@ class AsyncEngine(EngineBase):
             fetch_s = time.perf_counter() - t1
             if snap.record:  # a member with no record yet has no snapshot (cannot happen once it was seen)
                 member.match_layout(snap.record["hparams"])  # the donor's architecture, to load its state
-                member.unpack(snap.state)
-                if snap.aux.nbytes:
-                    member.unpack_aux(snap.aux, replay)
+                returns = [math.nan if r is None else r for r in snap.record["returns"]]
+                self._adopt(m, snap.state, snap.aux, returns, snap.record["lengths"])
                 new = self._explore(m, k, snap.record["hparams"], record)
-                member.apply_hparams(new)
-                self._mutate_weights(m, record.get("mutation", {}))
-                member.set_episode_stats(
-                    [math.nan if r is None else r for r in snap.record["returns"]], snap.record["lengths"]
-                )
+                self._take_hparams(m, new, record.get("mutation", {}))
                 donor_fit = snap.record["fitness"]
                 self.start_fitness[m] = math.nan if donor_fit is None else float(donor_fit)
                 self.exploit_steps[m] = int(member.timesteps)
@@ -441,8 +436,7 @@ class AsyncEngine(EngineBase):
                 )
         elif cfg.mutate == "all":
             new = self._explore(m, k, used, record)
-            member.apply_hparams(new)
-            self._mutate_weights(m, record.get("mutation", {}))
+            self._take_hparams(m, new, record.get("mutation", {}))
             record["new_hparams"] = new
         member.log(fitness, used, record["parent"])
         self.done[m] = k + 1

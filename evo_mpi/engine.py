@@ -33,6 +33,8 @@ from .status import Callback, GenerationSummary, Status
 
 #: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
 PB2_MAX_OBSERVATIONS = MAX_OBSERVATIONS
+#: The auxiliary state of a member that has none to move.
+_NO_AUX = np.zeros(0, dtype=np.uint8)
 
 #: Columns of the gathered table before the per-episode returns and lengths (``_DIV``: 1 if diverged,
 #: ``_FAIL``: 1 if the member's training or fitness raised in this generation).
@@ -245,6 +247,22 @@ class EngineBase:
             f"no best.zip; tracebacks in errors.log). Fix the cause and --resume ({resume}), or resume with a "
             "higher --max-failures"
         )
+
+    def _adopt(self, m: int, state: np.ndarray, aux: np.ndarray, returns: list[float], lengths: list[float]) -> None:
+        """Local member ``m`` takes a donor's state, its auxiliary state (VecNormalize, replay) and recent episodes.
+
+        ``m`` already has the donor's architecture (:meth:`match_layout`).
+        """
+        member = self.members[m]
+        member.unpack(state)
+        if aux.nbytes:
+            member.unpack_aux(aux, self.cfg.copy_replay_buffer)
+        member.set_episode_stats(returns, lengths)
+
+    def _take_hparams(self, m: int, hparams: dict[str, Value], mutation: dict[str, Any]) -> None:
+        """Local member ``m`` takes its new hyperparameters, then any weight noise its mutation decided."""
+        self.members[m].apply_hparams(hparams)
+        self._mutate_weights(m, mutation)
 
     def _mutate_weights(self, m: int, record: dict[str, Any]) -> None:
         """Apply a decided weight mutation to local member ``m`` (SB3 adapter)."""
@@ -733,14 +751,9 @@ class Engine(EngineBase):
                 )
             for loser in losers:
                 winner = plan[loser]
-                member = self.members[loser]
-                member.unpack(buffers[winner])
-                if aux_nbytes:
-                    member.unpack_aux(aux[winner], replay)
-                member.set_episode_stats(*self._episode_stats(table, winner))
+                self._adopt(loser, buffers[winner], aux.get(winner, _NO_AUX), *self._episode_stats(table, winner))
         for m in changed:
-            self.members[m].apply_hparams(new_hparams[m])
-            self._mutate_weights(m, self.mutations.get(m, {}))
+            self._take_hparams(m, new_hparams[m], self.mutations.get(m, {}))
 
     def _plan(self, g: int, table: np.ndarray, failed: list[int]) -> dict[int, int]:
         """Who copies whom after generation ``g`` (the same on every rank); a failed member always copies."""
