@@ -1,4 +1,4 @@
-"""Atomic, layout-independent checkpoints of a whole population.
+"""Atomic, layout-independent checkpoints: the whole population per generation (sync), one member per interval (async).
 
 Layout of ``RUN_DIR/checkpoints``::
 

@@ -1,8 +1,12 @@
-"""The generation loop: orchestration only.
+"""What both modes share (:class:`EngineBase`) and the synchronous scheduler (:class:`Engine`).
 
-train -> fitness -> gather -> plan (pure) -> move state (comm) -> explore (pure) -> log.
-Every rank holds the whole population's hyperparameters and computes every
-plan and explore draw from seeded streams, so no hyperparameters travel.
+A generation: train every local member -> measure fitness -> gather the
+table (every rank) -> decide (:mod:`evo_mpi.decision`: donors, mutation,
+explore) -> log -> move states (:mod:`evo_mpi.comm`) -> checkpoint. Every rank
+holds the whole population's hyperparameters and repeats every decision from
+seeded streams, so no hyperparameters travel (PB2's choices, computed on rank
+0, are broadcast). :class:`EngineBase` holds the members, the start-up layout
+check, adopting a donor's state, failures and the final pick.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from . import algorithms, champion, checkpoint, failures, seeding, target
 from .arch import WeightNoise
 from .atomic import save_atomic, write_json_atomic, write_text_atomic
 from .comm import Comm, ExchangeError
-from .config import Config, resolve_member
+from .config import Config
 from .decision import Explorer, View, donors, observe
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import EvaluatesFinal, MemberFactory, PBTMember, Recovers, SharesExperience
+from .resolvers import resolve_member
 from .selection import rank_order
 from .space import Value, format_arch, parse_space, sample_hparams
 from .status import Callback, GenerationSummary, Status

@@ -1,4 +1,4 @@
-"""The SB3 adapter: the only code that touches stable-baselines3 internals.
+"""The SB3 adapter: one member as a stable-baselines3 model and its envs (per-algorithm parts: evo_mpi.algorithms).
 
 A :class:`Member` owns one SB3 model and its envs. Its envs keep running
 across generations and exploits (an episode in flight continues under new
@@ -35,8 +35,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
 from . import algorithms, netmorph, seeding
 from .algorithms._sb3 import Linear, optimizers
 from .arch import WeightNoise
-from .config import Config, resolve_env
+from .config import Config
 from .episodes import EpisodeRecorder, obs_arrays
+from .resolvers import resolve_env
 from .space import MUTATED_APART, Value, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
 

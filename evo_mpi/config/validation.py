@@ -15,6 +15,7 @@ from typing import Any
 from .. import algorithms
 from ..arch import MutationSpecError, default_mutation_probs, parse_mutation_probs
 from ..hparams import check_prior
+from ..resolvers import resolve_env, resolve_member
 from ..space import MUTATED_APART, Prior, SpaceError, parse_space
 from .schema import Config, choices_of, parse_duration
 
@@ -233,35 +234,6 @@ def _check_text_options(cfg: Config) -> list[str]:
                 f"--wandb-project {cfg.wandb_project!r}: wandb is not installed (pip install 'evo-mpi[wandb]')"
             )
     return problems
-
-
-def resolve_env(env_id: str) -> Any:
-    """What to build for ``env_id``: a gymnasium id, or a user's class/factory.
-
-    ``module:Name`` imports ``module``; if ``Name`` is a callable attribute of it
-    (an ``Env`` subclass or a function returning an env) that is used, otherwise
-    ``Name`` is a gymnasium id the module registered on import.
-    """
-    import importlib
-
-    if ":" in env_id:
-        module_name, name = env_id.split(":", 1)
-        target = getattr(importlib.import_module(module_name), name, None)
-        return target if callable(target) else name
-    return env_id
-
-
-def resolve_member(spec: str) -> Callable[..., Any]:
-    """The member factory named ``module:function``."""
-    import importlib
-
-    module_name, sep, name = spec.partition(":")
-    if not sep:
-        raise ValueError("expected module:function")
-    target = getattr(importlib.import_module(module_name), name)
-    if not callable(target):
-        raise TypeError(f"{name} is not callable")
-    return target  # type: ignore[no-any-return]
 
 
 def _check_env(
