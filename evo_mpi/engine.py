@@ -17,6 +17,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -424,6 +425,38 @@ class EngineBase:
             self.wandb.close()
 
 
+@dataclass(frozen=True)
+class Generation:
+    """What one sync generation did, for the run loop and its report (rank 0 reports, every rank decides alike).
+
+    Attributes:
+        generation: Its index (0-based).
+        table: The gathered fitness table (one row per member).
+        plan: Loser -> donor after it.
+        wall: Its wall seconds on this rank.
+        timings: This rank's seconds per phase.
+        hparams: Each member's hyperparameters during it.
+        stop: A stop signal arrived (or failures end the run).
+        early: The callback ended the run.
+        target: ``--target-fitness`` was reached before the last generation.
+        out_of_time: ``--time-limit`` ends the run before the last generation.
+        failed: Why member failures end the run (None: they do not).
+
+    """
+
+    generation: int
+    table: np.ndarray
+    plan: dict[int, int]
+    wall: float
+    timings: dict[str, Any]
+    hparams: list[dict[str, Value]]
+    stop: bool = False
+    early: bool = False
+    target: bool = False
+    out_of_time: bool = False
+    failed: str | None = None
+
+
 class Engine(EngineBase):
     """Runs PBT for one rank's members, in lockstep with the other ranks (``--mode sync``)."""
 
@@ -503,31 +536,13 @@ class Engine(EngineBase):
             return failures.FAILED
         return missing_reason(float(table[member, _FIT]), int(table[member, _NEP]), bool(table[member, _DIV]))
 
-    def generation(self, g: int) -> dict[str, Any] | None:
-        """Run generation ``g`` (0-based) and return its summary, or None if a stop was requested."""
+    def generation(self, g: int) -> Generation | None:
+        """Run generation ``g`` (0-based) and return what happened, or None if a stop was requested."""
         cfg, timer = self.cfg, self.timer
         t0 = time.perf_counter()
         if self.first_train_unix is None:
             self.first_train_unix = time.time()
-        self.local_failures = {}
-        for m in self.local_ids:
-            timer.start("train")
-            self.activity = f"training member {m} (generation {g})"
-            if self.should_stop():
-                break
-            if cfg.share_experience:
-                self.sharers[m].mark_experience()
-            member = self.members[m]
-            _, failure = self._attempt(
-                m, g, "training", functools.partial(member.train, cfg.steps_per_generation, g), self.should_stop
-            )
-            if failure is not None:
-                self.local_failures[m] = failure
-        rows = None
-        if not self.should_stop():
-            timer.start("fitness")
-            rows = self._local_rows(g)
-
+        rows = self._train_and_measure(g)
         timer.start("wait")
         self.activity = f"waiting for other ranks (generation {g})"
         if self.comm.any(rows is None):
@@ -548,17 +563,7 @@ class Engine(EngineBase):
             return self._failed_generation(g, table, failed, why, t0)
 
         timer.start("explore")
-        early = self._ask_callback(g, table)
-        hit = target.reached(fitness, cfg.target, cfg.target_metric) and not early  # same table on every rank
-        # --time-limit: end now if another generation as long as this one, then the final evaluation, would not fit
-        out_of_time = (
-            self.deadline is not None
-            and time.monotonic()
-            + (time.perf_counter() - t0)
-            + self._final_phase_estimate(time.perf_counter() - t0, len(self.local_ids))
-            > self.deadline
-        )
-        out_of_time = self.comm.any(out_of_time) and not early and not hit
+        early, hit, out_of_time = self._ending(g, table, t0)
         last = g == cfg.generations - 1 or early or out_of_time or hit
         plan = {} if last else self._plan(g, table, list(failed))
         for loser in plan:
@@ -567,17 +572,7 @@ class Engine(EngineBase):
 
         timer.start("log")
         self.activity = f"logging (generation {g})"
-        for m in self.local_ids:
-            self.members[m].log(float(fitness[m]), self.hparams[m], plan.get(m))
-        if self.history is not None:
-            records = self._history_records(g, table, plan, failed)
-            if hit:
-                for rec in records:
-                    rec["target_reached"] = True
-            self.history.write(records)
-        if self.lineage is not None and plan:
-            self.lineage.write(self._lineage_records(g, table, plan, new_hparams))
-        self._echo_missing(g, table, failed)
+        self._log_generation(g, table, plan, failed, hit, new_hparams)
 
         timer.start("exchange")
         self.activity = f"exchanging weights (generation {g}, backend {cfg.backend})"
@@ -589,21 +584,68 @@ class Engine(EngineBase):
             timer.start("checkpoint")
             self.activity = f"writing the checkpoint of generation {g}"
             self.save_checkpoint(g, finished=last)
-        timings = timer.stop()
-        wall = time.perf_counter() - t0
-        return {
-            "generation": g,
-            "table": table,
-            "plan": plan,
-            "wall": wall,
-            "timings": timings,
-            "stop": stop,
-            "early": early,
-            "target": hit and g < cfg.generations - 1,
-            "out_of_time": out_of_time and g < cfg.generations - 1,
-            "hparams": used_hparams,
-            "failed": None,
-        }
+        more = g < cfg.generations - 1
+        return Generation(
+            g, table, plan, time.perf_counter() - t0, timer.stop(), used_hparams, stop, early, hit and more,
+            out_of_time and more,
+        )  # fmt: skip
+
+    def _train_and_measure(self, g: int) -> np.ndarray | None:
+        """Train every local member, then measure their fitness: this rank's rows (None: a stop came first)."""
+        cfg, timer = self.cfg, self.timer
+        self.local_failures = {}
+        for m in self.local_ids:
+            timer.start("train")
+            self.activity = f"training member {m} (generation {g})"
+            if self.should_stop():
+                break
+            if cfg.share_experience:
+                self.sharers[m].mark_experience()
+            member = self.members[m]
+            _, failure = self._attempt(
+                m, g, "training", functools.partial(member.train, cfg.steps_per_generation, g), self.should_stop
+            )
+            if failure is not None:
+                self.local_failures[m] = failure
+        if self.should_stop():
+            return None
+        timer.start("fitness")
+        return self._local_rows(g)
+
+    def _ending(self, g: int, table: np.ndarray, t0: float) -> tuple[bool, bool, bool]:
+        """Whether the run ends after generation ``g``: (the callback, the target, the time limit); every rank alike."""
+        cfg = self.cfg
+        early = self._ask_callback(g, table)
+        hit = target.reached(table[:, _FIT], cfg.target, cfg.target_metric) and not early  # same table everywhere
+        # --time-limit: end now if another generation as long as this one, then the final evaluation, would not fit
+        spent = time.perf_counter() - t0
+        out_of_time = (
+            self.deadline is not None
+            and time.monotonic() + spent + self._final_phase_estimate(spent, len(self.local_ids)) > self.deadline
+        )
+        return early, hit, self.comm.any(out_of_time) and not early and not hit
+
+    def _log_generation(
+        self,
+        g: int,
+        table: np.ndarray,
+        plan: dict[int, int],
+        failed: dict[int, dict[str, Any]],
+        hit: bool,
+        new_hparams: list[dict[str, Value]],
+    ) -> None:
+        """Each member's TensorBoard log; on rank 0 the history and lineage records; missing-fitness warnings."""
+        for m in self.local_ids:
+            self.members[m].log(float(table[m, _FIT]), self.hparams[m], plan.get(m))
+        if self.history is not None:
+            records = self._history_records(g, table, plan, failed)
+            if hit:
+                for rec in records:
+                    rec["target_reached"] = True
+            self.history.write(records)
+        if self.lineage is not None and plan:
+            self.lineage.write(self._lineage_records(g, table, plan, new_hparams))
+        self._echo_missing(g, table, failed)
 
     def _gather_failures(self, g: int, table: np.ndarray) -> tuple[dict[int, dict[str, Any]], str | None]:
         """Every member's failure in generation ``g`` (all ranks see all), and why they end the run (None: not)."""
@@ -631,25 +673,14 @@ class Engine(EngineBase):
 
     def _failed_generation(
         self, g: int, table: np.ndarray, failed: dict[int, dict[str, Any]], why: str, t0: float
-    ) -> dict[str, Any]:
+    ) -> Generation:
         """Failures end the run after generation ``g``: its records; no exploit, no checkpoint."""
         self.mutations = {}
         if self.history is not None:
             self.history.write(self._history_records(g, table, {}, failed))
         self._echo_missing(g, table, failed)
-        return {
-            "generation": g,
-            "table": table,
-            "plan": {},
-            "wall": time.perf_counter() - t0,
-            "timings": self.timer.stop(),
-            "stop": True,
-            "early": False,
-            "target": False,
-            "out_of_time": False,
-            "hparams": self.hparams,
-            "failed": why,
-        }
+        wall = time.perf_counter() - t0
+        return Generation(g, table, {}, wall, self.timer.stop(), self.hparams, stop=True, failed=why)
 
     def _share_experience(self) -> int:
         """Every member's new transitions into every other member's replay buffer; returns the bytes gathered.
@@ -874,14 +905,14 @@ class Engine(EngineBase):
             if summary is None:
                 return Status.INTERRUPTED
             self._report(summary, time.perf_counter() - t_start, g - self.start + 1)
-            if summary["failed"] is not None:
-                self._finish_failed(summary["failed"])
+            if summary.failed is not None:
+                self._finish_failed(summary.failed)
                 return Status.FAILED
-            if summary["early"]:
+            if summary.early:
                 self.echo(f"evo-mpi: the callback ended the run after generation {g + 1}/{cfg.generations}")
                 self.finish()
                 return Status.STOPPED_BY_CALLBACK
-            if summary["target"]:
+            if summary.target:
                 value = target.target_value(self.last_fitness, cfg.target_metric)
                 self.echo(
                     f"evo-mpi: target reached: {cfg.target_metric} fitness {value:.2f} >= --target-fitness "
@@ -889,20 +920,20 @@ class Engine(EngineBase):
                 )
                 self.finish()
                 return Status.TARGET_REACHED
-            if summary["out_of_time"]:
+            if summary.out_of_time:
                 self.echo(
                     f"evo-mpi: --time-limit {cfg.time_limit}: another generation would not fit; the run ends after "
                     f"generation {g + 1}/{cfg.generations}"
                 )
                 self.finish()
                 return Status.TIME_LIMIT
-            if summary["stop"] and g < cfg.generations - 1:
+            if summary.stop and g < cfg.generations - 1:
                 return Status.INTERRUPTED
         self.finish()
         return Status.FINISHED
 
-    def _report(self, summary: dict[str, Any], elapsed: float, done: int) -> None:
-        g, table, plan, wall, timings = (summary[k] for k in ("generation", "table", "plan", "wall", "timings"))
+    def _report(self, summary: Generation, elapsed: float, done: int) -> None:
+        g, table, plan, wall, timings = summary.generation, summary.table, summary.plan, summary.wall, summary.timings
         overhead_s = sum(v for k, v in timings["wall"].items() if k not in ("train", "wait"))
         record = {"generation": g, "rank": self.comm.rank, "total_wall": wall, **timings}
         record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -932,7 +963,7 @@ class Engine(EngineBase):
         )
         if self.wandb is not None:
             self.wandb.log(
-                g, [int(t) for t in table[:, _STEPS]], [float(f) for f in fitness], summary["hparams"], len(plan)
+                g, [int(t) for t in table[:, _STEPS]], [float(f) for f in fitness], summary.hparams, len(plan)
             )
         self.echo(
             progress_line(
