@@ -37,7 +37,7 @@ from .config import Config
 from .decision import View, donors, observe
 from .engine import EngineBase, fitness_call, missing_fitness_lines, missing_reason
 from .lineage import read_history
-from .outputs import fmt_duration
+from .outputs import async_progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import MemberFactory
 from .space import Value
@@ -275,12 +275,8 @@ class AsyncEngine(EngineBase):
             if not self.target_hit and target.reached(fitness, self.cfg.target, self.cfg.target_metric):
                 self.target_hit = True  # rank 0 hands out no more intervals: every rank stops at its next claim
                 record = {**record, "target_reached": True}
-                value = target.target_value(fitness, self.cfg.target_metric)
-                self.echo(
-                    f"evo-mpi: target reached: {self.cfg.target_metric} fitness {value:.2f} >= --target-fitness "
-                    f"{self.cfg.target_fitness} (member {m}, interval {record['generation']}); ranks stop at their "
-                    "next interval end"
-                )
+                where = f"(member {m}, interval {record['generation']}); ranks stop at their next interval end"
+                self.echo(target.reached_line(fitness, self.cfg.target_metric, self.cfg.target_fitness, where))
             self.history.write([record])
             if record.get("failure"):
                 self._count_failure(m, record)
@@ -333,25 +329,12 @@ class AsyncEngine(EngineBase):
         fitness = np.array([_fit(latest.get(m)) for m in range(self.population)])
         steps = sum(int(r["timesteps"]) for r in latest.values())
         exploits = sum(1 for r in latest.values() if r.get("parent") is not None)
-        assert self.board is not None
-        self.board.log(steps, fitness, exploits, {"population/failures_total": float(self.failure_total)})
-        if self.wandb is not None:
-            self.wandb.log(
-                total // self.population - 1,
-                [int(latest[m]["timesteps"]) if m in latest else 0 for m in range(self.population)],
-                [float(f) for f in fitness],
-                [dict(latest[m]["hparams"]) if m in latest else {} for m in range(self.population)],
-                exploits,
-            )
-        finite = fitness[np.isfinite(fitness)]
-        best = f"{finite.max():.2f}" if finite.size else "nan"
-        mean = f"{finite.mean():.2f}" if finite.size else "nan"
-        elapsed = time.time() - self.started
-        self.echo(
-            f"async {total:>5}/{self.budget} intervals | steps {steps:>9} | best {best} mean {mean} | "
-            f"{steps / elapsed if elapsed > 0 else 0:.0f} steps/s | elapsed {fmt_duration(elapsed)}"
-            + (f" | failed {self.failure_total}" if self.failure_total else "")
-        )
+        line = async_progress_line(total, self.budget, steps, fitness, time.time() - self.started, self.failure_total)
+        timesteps = [int(latest[m]["timesteps"]) if m in latest else 0 for m in range(self.population)]
+        hparams = [dict(latest[m]["hparams"]) if m in latest else {} for m in range(self.population)]
+        extra = {"population/failures_total": float(self.failure_total)}
+        assert self.reporter is not None
+        self.reporter.report(total // self.population - 1, steps, timesteps, fitness, hparams, exploits, extra, line)
 
     # -- one interval --------------------------------------------------------------------------------
     def _next_member(self) -> int:

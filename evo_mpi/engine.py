@@ -29,7 +29,7 @@ from .comm import Comm, ExchangeError
 from .config import Config
 from .decision import Explorer, View, donors, observe
 from .member import Member
-from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, member_tag, progress_line
+from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, Reporter, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import EvaluatesFinal, MemberFactory, PBTMember, Recovers, SharesExperience
 from .resolvers import resolve_member
@@ -139,6 +139,7 @@ class EngineBase:
         self.history: JsonlWriter | None = None
         self.lineage: JsonlWriter | None = None
         self.board: PopulationBoard | None = None
+        self.reporter: Reporter | None = None  # rank 0's population reports
         self.wandb: Any = None
 
     def _log_rebuilds(self) -> None:
@@ -197,6 +198,7 @@ class EngineBase:
             from .wandb_log import WandbLogger
 
             self.wandb = WandbLogger(self.cfg.wandb_project, self.cfg.wandb_entity, self.run_dir, self.cfg.to_dict())
+        self.reporter = Reporter(self.board, self.wandb, self.echo)
 
     def owner(self, member: int) -> int:
         """Rank holding ``member``."""
@@ -913,11 +915,8 @@ class Engine(EngineBase):
                 self.finish()
                 return Status.STOPPED_BY_CALLBACK
             if summary.target:
-                value = target.target_value(self.last_fitness, cfg.target_metric)
-                self.echo(
-                    f"evo-mpi: target reached: {cfg.target_metric} fitness {value:.2f} >= --target-fitness "
-                    f"{cfg.target_fitness} after generation {g + 1}/{cfg.generations}; the run ends"
-                )
+                where = f"after generation {g + 1}/{cfg.generations}; the run ends"
+                self.echo(target.reached_line(self.last_fitness, cfg.target_metric, cfg.target_fitness, where))
                 self.finish()
                 return Status.TARGET_REACHED
             if summary.out_of_time:
@@ -950,35 +949,27 @@ class Engine(EngineBase):
         fitness = table[:, _FIT]
         steps = self.population * self.cfg.steps_per_generation
         remaining = self.cfg.generations - g - 1
-        assert self.board is not None
-        self.board.log(
+        failed_now = int(table[:, _FAIL].sum())
+        line = progress_line(
+            g,
+            self.cfg.generations,
             int(table[:, _STEPS].max()),
             fitness,
+            steps / wall if wall > 0 else 0.0,
             len(plan),
-            {
-                "timing/overhead_fraction": overhead_s / wall if wall > 0 else 0.0,
-                "population/failures": float(table[:, _FAIL].sum()),
-                "population/failures_total": float(self.failure_total),
-            },
+            elapsed,
+            elapsed / done * remaining,
+            overhead_s / wall if wall > 0 else None,
+            failures=(failed_now, self.failure_total),
         )
-        if self.wandb is not None:
-            self.wandb.log(
-                g, [int(t) for t in table[:, _STEPS]], [float(f) for f in fitness], summary.hparams, len(plan)
-            )
-        self.echo(
-            progress_line(
-                g,
-                self.cfg.generations,
-                int(table[:, _STEPS].max()),
-                fitness,
-                steps / wall if wall > 0 else 0.0,
-                len(plan),
-                elapsed,
-                elapsed / done * remaining,
-                overhead_s / wall if wall > 0 else None,
-                failures=(int(table[:, _FAIL].sum()), self.failure_total),
-            )
-        )
+        extra = {
+            "timing/overhead_fraction": overhead_s / wall if wall > 0 else 0.0,
+            "population/failures": float(failed_now),
+            "population/failures_total": float(self.failure_total),
+        }
+        assert self.reporter is not None
+        timesteps = [int(t) for t in table[:, _STEPS]]
+        self.reporter.report(g, max(timesteps), timesteps, fitness, summary.hparams, len(plan), extra, line)
 
 
 def fitness_call(member: PBTMember, step: int) -> Callable[[Callable[[], bool]], float]:

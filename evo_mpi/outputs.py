@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
 import numpy as np
@@ -116,6 +116,46 @@ def progress_line(
     if failures[1]:
         line += f" | failed {failures[0]} (run {failures[1]})"
     return line
+
+
+def async_progress_line(
+    intervals: int, budget: int, timesteps: int, fitness: np.ndarray, elapsed: float, failures: int
+) -> str:
+    """The line rank 0 prints in async mode after every population-many published records."""
+    finite = fitness[np.isfinite(fitness)]
+    best = f"{finite.max():.2f}" if finite.size else "nan"
+    mean = f"{finite.mean():.2f}" if finite.size else "nan"
+    return (
+        f"async {intervals:>5}/{budget} intervals | steps {timesteps:>9} | best {best} mean {mean} | "
+        f"{timesteps / elapsed if elapsed > 0 else 0:.0f} steps/s | elapsed {fmt_duration(elapsed)}"
+        + (f" | failed {failures}" if failures else "")
+    )
+
+
+class Reporter:
+    """Rank 0's population reports in both modes: TensorBoard's population board, W&B and the progress line."""
+
+    def __init__(self, board: PopulationBoard, wandb: Any, echo: Callable[[str], None]) -> None:
+        self.board = board
+        self.wandb = wandb
+        self.echo = echo
+
+    def report(
+        self,
+        index: int,
+        board_step: int,
+        timesteps: list[int],
+        fitness: np.ndarray,
+        hparams: list[dict[str, Any]],
+        exploits: int,
+        extra: dict[str, float],
+        line: str,
+    ) -> None:
+        """One report: ``index`` counts reports (W&B's step), ``board_step`` is TensorBoard's env-step axis."""
+        self.board.log(board_step, fitness, exploits, extra)
+        if self.wandb is not None:
+            self.wandb.log(index, timesteps, [float(f) for f in fitness], hparams, exploits)
+        self.echo(line)
 
 
 class PhaseTimer:

@@ -32,3 +32,9 @@ def reached(fitness: Sequence[float] | np.ndarray, target: float | None, metric:
         return False
     value = target_value(fitness, metric)
     return bool(np.isfinite(value) and value >= target)
+
+
+def reached_line(fitness: Sequence[float] | np.ndarray, metric: str, given: str, where: str) -> str:
+    """The line rank 0 prints when the target is reached (``where``: after what, and what happens now)."""
+    value = target_value(fitness, metric)
+    return f"evo-mpi: target reached: {metric} fitness {value:.2f} >= --target-fitness {given} {where}"
