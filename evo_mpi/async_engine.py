@@ -360,63 +360,19 @@ class AsyncEngine(EngineBase):
         self.train_cpu_s += train_cpu
         if self._stopping():
             return False  # the interval is abandoned: the member resumes from its last checkpoint
-        self.activity = f"computing fitness of member {m} (interval {k})"
-        fitness = math.nan
-        if failure is None:
-            fit, failure = self._attempt(m, k, "measuring fitness", fitness_call(member, k))
-            fitness = math.nan if fit is None else float(fit)
-        returns, lengths = member.episode_stats()
-        missing = failures.FAILED if failure is not None else None
-        if missing is None and not math.isfinite(fitness):
-            missing = missing_reason(fitness, len(returns), bool(getattr(member, "diverged", False)))
-        used = dict(member.hparams)
-        delta = fitness - self.start_fitness[m]
-        record: dict[str, Any] = {
-            "generation": k,
-            "member": m,
-            "rank": self.comm.rank,
-            "timesteps": int(member.timesteps),
-            "wall": time.time() - self.started,
-            "unix": time.time(),
-            "fitness": fitness if math.isfinite(fitness) else None,
-            **({"fitness_missing": missing} if missing is not None else {}),
-            **({"failure": failure} if failure is not None else {}),
-            "returns": [r if math.isfinite(r) else None for r in returns],
-            "lengths": list(lengths),
-            "hparams": used,
-            "delta": delta if math.isfinite(delta) else None,
-            "since_exploit": int(member.timesteps) - self.exploit_steps[m],
-        }
+        record, fitness = self._measure(m, k, failure)
         if cfg.share_experience:
             self._share_experience(m)
-        replay = False
-        self.snapshots[m] = Snapshot(dict(record), member.pack().copy(), member.pack_aux(replay).copy())
+        self.snapshots[m] = Snapshot(dict(record), member.pack().copy(), member.pack_aux(False).copy())
         self.latest[m] = record
         self.activity = f"deciding for member {m} (interval {k})"
         donor, seen = self._decide(m, k)
         record["seen"] = seen
+        used = record["hparams"]
         record.update(parent=None, parent_generation=None, parent_fitness=None, fetch_s=None, new_hparams=used)
         self.start_fitness[m] = fitness
         if donor is not None:
-            t1 = time.perf_counter()
-            snap = self.snapshots[donor] if donor in self.members else self._fetch(donor)
-            fetch_s = time.perf_counter() - t1
-            if snap.record:  # a member with no record yet has no snapshot (cannot happen once it was seen)
-                member.match_layout(snap.record["hparams"])  # the donor's architecture, to load its state
-                returns = [math.nan if r is None else r for r in snap.record["returns"]]
-                self._adopt(m, snap.state, snap.aux, returns, snap.record["lengths"])
-                new = self._explore(m, k, snap.record["hparams"], record)
-                self._take_hparams(m, new, record.get("mutation", {}))
-                donor_fit = snap.record["fitness"]
-                self.start_fitness[m] = math.nan if donor_fit is None else float(donor_fit)
-                self.exploit_steps[m] = int(member.timesteps)
-                record.update(
-                    parent=donor,
-                    parent_generation=snap.record["generation"],
-                    parent_fitness=donor_fit,
-                    fetch_s=fetch_s if donor not in self.members else 0.0,
-                    new_hparams=new,
-                )
+            self._exploit(m, k, donor, record)
         elif cfg.mutate == "all":
             new = self._explore(m, k, used, record)
             self._take_hparams(m, new, record.get("mutation", {}))
@@ -425,23 +381,7 @@ class AsyncEngine(EngineBase):
         self.done[m] = k + 1
         self.published[m] += 1
         self._publish(record)
-        self.activity = f"writing member {m}'s checkpoint (interval {k})"
-        snap_m = self.snapshots[m]
-        checkpoint.write_interval(
-            self.run_dir,
-            m,
-            k,
-            member.checkpoint_tensors(),
-            {
-                "member": member.checkpoint_meta(),
-                "done": k + 1,
-                "start_fitness": self.start_fitness[m] if math.isfinite(self.start_fitness[m]) else None,
-                "exploit_steps": self.exploit_steps[m],
-                "record": snap_m.record | {k2: record[k2] for k2 in ("parent", "parent_generation", "seen")},
-            },
-            {"snapshot": snap_m.state, "snapshot_aux": snap_m.aux},
-            keep=cfg.keep_checkpoints,
-        )
+        self._checkpoint(m, k, record)
         wall = time.perf_counter() - t0
         self.last_interval_s[m] = wall
         self.timings.write(
@@ -458,6 +398,81 @@ class AsyncEngine(EngineBase):
             ]
         )
         return True
+
+    def _measure(self, m: int, k: int, failure: dict[str, Any] | None) -> tuple[dict[str, Any], float]:
+        """Member ``m``'s record after interval ``k`` so far, and its fitness (NaN when training failed)."""
+        member = self.members[m]
+        self.activity = f"computing fitness of member {m} (interval {k})"
+        fitness = math.nan
+        if failure is None:
+            fit, failure = self._attempt(m, k, "measuring fitness", fitness_call(member, k))
+            fitness = math.nan if fit is None else float(fit)
+        returns, lengths = member.episode_stats()
+        missing = failures.FAILED if failure is not None else None
+        if missing is None and not math.isfinite(fitness):
+            missing = missing_reason(fitness, len(returns), bool(getattr(member, "diverged", False)))
+        delta = fitness - self.start_fitness[m]
+        record = {
+            "generation": k,
+            "member": m,
+            "rank": self.comm.rank,
+            "timesteps": int(member.timesteps),
+            "wall": time.time() - self.started,
+            "unix": time.time(),
+            "fitness": fitness if math.isfinite(fitness) else None,
+            **({"fitness_missing": missing} if missing is not None else {}),
+            **({"failure": failure} if failure is not None else {}),
+            "returns": [r if math.isfinite(r) else None for r in returns],
+            "lengths": list(lengths),
+            "hparams": dict(member.hparams),
+            "delta": delta if math.isfinite(delta) else None,
+            "since_exploit": int(member.timesteps) - self.exploit_steps[m],
+        }
+        return record, fitness
+
+    def _exploit(self, m: int, k: int, donor: int, record: dict[str, Any]) -> None:
+        """Member ``m`` takes ``donor``'s latest snapshot (from its owner), then explores; noted in ``record``."""
+        member = self.members[m]
+        t1 = time.perf_counter()
+        snap = self.snapshots[donor] if donor in self.members else self._fetch(donor)
+        fetch_s = time.perf_counter() - t1
+        if not snap.record:  # a member with no record yet has no snapshot (cannot happen once it was seen)
+            return
+        member.match_layout(snap.record["hparams"])  # the donor's architecture, to load its state
+        returns = [math.nan if r is None else r for r in snap.record["returns"]]
+        self._adopt(m, snap.state, snap.aux, returns, snap.record["lengths"])
+        new = self._explore(m, k, snap.record["hparams"], record)
+        self._take_hparams(m, new, record.get("mutation", {}))
+        donor_fit = snap.record["fitness"]
+        self.start_fitness[m] = math.nan if donor_fit is None else float(donor_fit)
+        self.exploit_steps[m] = int(member.timesteps)
+        record.update(
+            parent=donor,
+            parent_generation=snap.record["generation"],
+            parent_fitness=donor_fit,
+            fetch_s=fetch_s if donor not in self.members else 0.0,
+            new_hparams=new,
+        )
+
+    def _checkpoint(self, m: int, k: int, record: dict[str, Any]) -> None:
+        """Member ``m`` after interval ``k``, with the snapshot its published record was measured with."""
+        self.activity = f"writing member {m}'s checkpoint (interval {k})"
+        member, snap = self.members[m], self.snapshots[m]
+        checkpoint.write_interval(
+            self.run_dir,
+            m,
+            k,
+            member.checkpoint_tensors(),
+            {
+                "member": member.checkpoint_meta(),
+                "done": k + 1,
+                "start_fitness": self.start_fitness[m] if math.isfinite(self.start_fitness[m]) else None,
+                "exploit_steps": self.exploit_steps[m],
+                "record": snap.record | {key: record[key] for key in ("parent", "parent_generation", "seen")},
+            },
+            {"snapshot": snap.state, "snapshot_aux": snap.aux},
+            keep=self.cfg.keep_checkpoints,
+        )
 
     def _decide(self, m: int, k: int) -> tuple[int | None, list[int]]:
         """The donor ``m`` copies after interval ``k`` (None: keep going), and the intervals of the records seen."""
