@@ -548,6 +548,28 @@ class AsyncEngine(EngineBase):
             if not self.interval(m):
                 status = Status.INTERRUPTED
                 break
+        status, failed_why = self._stop_together(status)
+        if status == Status.INTERRUPTED:
+            return status
+        if status == Status.TIME_LIMIT:
+            self.echo(f"evo-mpi: --time-limit {self.cfg.time_limit}: the run ends before its budget is spent")
+        for m in self.local_ids:  # final models are the states the last published fitness was measured with
+            snap = self.snapshots.get(m)
+            if snap is not None and snap.record:
+                self.members[m].match_layout(snap.record["hparams"])
+                self.members[m].unpack(snap.state)
+                if snap.aux.nbytes:
+                    self.members[m].unpack_aux(snap.aux, False)
+                self.members[m].apply_hparams(snap.record["hparams"])
+        if status == Status.FAILED:
+            assert failed_why is not None
+            self._finish_failed(failed_why)
+            return status
+        self.finish()
+        return status
+
+    def _stop_together(self, status: Status) -> tuple[Status, str | None]:
+        """Serve until every rank stopped, then agree on how the run ended (and why failures ended it)."""
         self.activity = "serving snapshots until every rank has stopped"
         t_end = time.time()
         t0 = time.perf_counter()
@@ -581,43 +603,22 @@ class AsyncEngine(EngineBase):
             self.latest.update(e["latest"])
         self.broken = {m for m, rec in self.latest.items() if rec.get("failure")}
         self.last_fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
-        self.timings.write(
-            [
-                {
-                    "rank": self.comm.rank,
-                    "summary": True,
-                    "first_train_unix": self.first_train_unix,
-                    "end_unix": t_end,
-                    "train_cpu": self.train_cpu_s,
-                    "wait_s": self.wait_s,
-                    "serve_s": self.serve_s,
-                    "drain_s": drain_s,
-                    "intervals": sum(self.published.values()),
-                    "shared_bytes": self.shared_bytes,
-                    "share_s": self.share_s,
-                    "status": status,
-                }
-            ]
-            + [{"rank": self.comm.rank, **entry} for entry in self.served]
-        )
-        if status == Status.INTERRUPTED:
-            return status
-        if status == Status.TIME_LIMIT:
-            self.echo(f"evo-mpi: --time-limit {self.cfg.time_limit}: the run ends before its budget is spent")
-        for m in self.local_ids:  # final models are the states the last published fitness was measured with
-            snap = self.snapshots.get(m)
-            if snap is not None and snap.record:
-                self.members[m].match_layout(snap.record["hparams"])
-                self.members[m].unpack(snap.state)
-                if snap.aux.nbytes:
-                    self.members[m].unpack_aux(snap.aux, False)
-                self.members[m].apply_hparams(snap.record["hparams"])
-        if status == Status.FAILED:
-            assert failed_why is not None
-            self._finish_failed(failed_why)
-            return status
-        self.finish()
-        return status
+        summary = {
+            "rank": self.comm.rank,
+            "summary": True,
+            "first_train_unix": self.first_train_unix,
+            "end_unix": t_end,
+            "train_cpu": self.train_cpu_s,
+            "wait_s": self.wait_s,
+            "serve_s": self.serve_s,
+            "drain_s": drain_s,
+            "intervals": sum(self.published.values()),
+            "shared_bytes": self.shared_bytes,
+            "share_s": self.share_s,
+            "status": status,
+        }
+        self.timings.write([summary] + [{"rank": self.comm.rank, **entry} for entry in self.served])
+        return status, failed_why
 
     # -- shared experience ------------------------------------------------------------------------
     def _share_experience(self, m: int) -> None:
