@@ -37,8 +37,22 @@ def _order(fitness: dict[int, float]) -> list[int]:
 
 
 def _visible(history: list[dict], record: dict) -> dict[int, float]:
-    """The fitness of every member as the deciding rank saw it (from the record's ``seen`` intervals)."""
+    """The fitness of every member as the deciding rank saw it, with the record's ``seen`` checked first.
+
+    ``seen`` is the engine's own account, so it is held against what the history shows independently:
+    a record is stamped (``unix``) before its member decides and nothing is received in between, so
+    every seen record was stamped no later than the deciding one; the deciding rank's own members'
+    records are visible at once, so for them the seen interval is exactly the latest one stamped
+    before; for another rank's member it is at most that (a record in flight is not seen yet).
+    """
     by_key = {(r["member"], r["generation"]): r for r in history}
+    for m, k in enumerate(record["seen"]):
+        before = [r["generation"] for r in history if r["member"] == m and r["unix"] <= record["unix"]]
+        latest = max(before, default=-1)
+        if m == record["member"] or by_key.get((m, latest), {}).get("rank") == record["rank"]:
+            assert k == latest, (m, k, latest, record)
+        else:
+            assert -1 <= k <= latest, (m, k, latest, record)
     return {m: _fit(by_key[(m, k)]["fitness"]) for m, k in enumerate(record["seen"]) if k >= 0}
 
 
