@@ -13,11 +13,13 @@ Exit codes: 0 plots written, 2 bad input (missing run dir, empty history, bad me
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -307,92 +309,127 @@ def plot_async(
     Each member has its own intervals, so every record is a point at that member's own step count
     (and wall time); a dashed line joins a donor's record to the loser's next one.
     """
-    from matplotlib.lines import Line2D
-
     population = int(config.get("population") or 1 + max(int(r["member"]) for r in records))
     best = latest_best(records) if member is None else member
-    path = chain(records, best)  # raises HistoryError for a bad member before anything is written
-    colors = member_colors(population)
-    by_key = {(int(r["member"]), int(r["generation"])): r for r in records}
-    mine = {m: sorted((k, r) for (mm, k), r in by_key.items() if mm == m) for m in range(population)}
+    run = _AsyncRun(
+        records=records,
+        population=population,
+        best=best,
+        path=chain(records, best),  # raises HistoryError for a bad member before anything is written
+        colors=member_colors(population),
+        by_key={(int(r["member"]), int(r["generation"])): r for r in records},
+        title=f"{config.get('env_id', '')}, {population} members, async, {len(records)} intervals",
+    )
+    specs = config.get("search_space", {})
+    paths = [os.path.join(out, name) for name in ("fitness.png", "hparams.png", "lineage.png")]
+    _async_fitness(run).savefig(paths[0], dpi=dpi)
+    _async_hparams(run, specs if isinstance(specs, dict) else {}).savefig(paths[1], dpi=dpi)
+    _async_lineage(run).savefig(paths[2], dpi=dpi)
+    return paths
 
-    def fit(r: Mapping[str, Any]) -> float:
-        f = r.get("fitness")
-        return float(f) if isinstance(f, (int, float)) else math.nan
 
-    title = f"{config.get('env_id', '')}, {population} members, async, {len(records)} intervals"
+@dataclass(frozen=True)
+class _AsyncRun:
+    """What the three figures of an async run share."""
+
+    records: Sequence[Mapping[str, Any]]
+    population: int
+    best: int
+    path: list[tuple[int, int]]
+    colors: list[Any]
+    by_key: dict[tuple[int, int], Mapping[str, Any]]
+    title: str
+
+    def mine(self, m: int) -> list[Mapping[str, Any]]:
+        """Member ``m``'s records in interval order."""
+        return self.by_member.get(m, [])
+
+    @functools.cached_property
+    def by_member(self) -> dict[int, list[Mapping[str, Any]]]:
+        """Every member's records in interval order."""
+        out: dict[int, list[Mapping[str, Any]]] = {}
+        for (m, _), r in sorted(self.by_key.items(), key=lambda item: item[0]):
+            out.setdefault(m, []).append(r)
+        return out
+
+
+def _fit(r: Mapping[str, Any]) -> float:
+    f = r.get("fitness")
+    return float(f) if isinstance(f, (int, float)) else math.nan
+
+
+def _async_fitness(run: _AsyncRun) -> Any:
+    """Fitness against each member's env steps and against wall time; exploits and the lineage marked."""
+    from matplotlib.lines import Line2D
+
     fig = _new_figure(14, 5.5)
     axes = fig.subplots(1, 2, sharey=True)
+    by_key, colors = run.by_key, run.colors
     for ax, xkey, label in ((axes[0], "timesteps", "env steps of the member"), (axes[1], "wall", "wall seconds")):
-        for m in range(population):
-            xs = [float(r.get(xkey) or 0.0) for _, r in mine[m]]
-            ax.plot(xs, [fit(r) for _, r in mine[m]], color=colors[m], marker="o", markersize=3, linewidth=1.2)
+
+        def x(r: Mapping[str, Any], key: str = xkey) -> float:
+            return float(r.get(key) or 0.0)
+
+        for m in range(run.population):
+            ax.plot([x(r) for r in run.mine(m)], [_fit(r) for r in run.mine(m)], color=colors[m], marker="o",
+                    markersize=3, linewidth=1.2)  # fmt: skip
         for (m, k), r in by_key.items():
             nxt = by_key.get((m, k + 1))
             donor = r.get("parent")
             if isinstance(donor, int) and nxt is not None:
-                ax.scatter([float(r.get(xkey) or 0.0)], [fit(r)], marker="x", color="black", s=30, zorder=4)
+                ax.scatter([x(r)], [_fit(r)], marker="x", color="black", s=30, zorder=4)
                 src = by_key.get((donor, int(r.get("parent_generation", k))))
                 if src is not None:
-                    ax.plot(
-                        [float(src.get(xkey) or 0.0), float(nxt.get(xkey) or 0.0)],
-                        [fit(src), fit(nxt)],
-                        color=colors[m],
-                        linestyle="--",
-                        linewidth=0.8,
-                    )
-        ax.plot(
-            [float(by_key[(s, k)].get(xkey) or 0.0) for k, s in path],
-            [fit(by_key[(s, k)]) for k, s in path],
-            color="black",
-            alpha=0.25,
-            linewidth=5,
-            zorder=1,
-        )
+                    ax.plot([x(src), x(nxt)], [_fit(src), _fit(nxt)], color=colors[m], linestyle="--", linewidth=0.8)
+        ax.plot([x(by_key[(s, k)]) for k, s in run.path], [_fit(by_key[(s, k)]) for k, s in run.path], color="black",
+                alpha=0.25, linewidth=5, zorder=1)  # fmt: skip
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fitness")
-    fig.suptitle(f"fitness: {title}", fontsize="medium")
+    fig.suptitle(f"fitness: {run.title}", fontsize="medium")
     extra = [
         Line2D([], [], color="black", marker="x", linestyle="none", label="replaced (exploit loser)"),
         Line2D([], [], color="grey", linewidth=0.8, linestyle="--", label="copied from donor's record"),
-        Line2D([], [], color="black", alpha=0.25, linewidth=5, label=f"lineage of member {best}"),
+        Line2D([], [], color="black", alpha=0.25, linewidth=5, label=f"lineage of member {run.best}"),
     ]
-    _member_key(fig, axes[1], population, colors, extra)
-    paths = [os.path.join(out, "fitness.png")]
-    fig.savefig(paths[0], dpi=dpi)
+    _member_key(fig, axes[1], run.population, colors, extra)
+    return fig
 
-    specs = config.get("search_space", {})
-    specs = specs if isinstance(specs, dict) else {}
+
+def _async_hparams(run: _AsyncRun, specs: Mapping[str, Any]) -> Any:
+    """Each searched hyperparameter of every member as steps over its own env steps."""
     names = sorted(
-        {n for r in records for n in (r.get("hparams") or {}) if not str(specs.get(n, "")).startswith("const")}
+        {n for r in run.records for n in (r.get("hparams") or {}) if not str(specs.get(n, "")).startswith("const")}
     )
     ncols = 1 if len(names) <= 2 else 2
     nrows = max(1, math.ceil(len(names) / ncols))
     fig = _new_figure(6.5 * ncols + 2.5, 2.6 * nrows + 0.6)
     grid = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
-    fig.suptitle(f"hyperparameters: {title}", fontsize="medium")
+    fig.suptitle(f"hyperparameters: {run.title}", fontsize="medium")
     for i, name in enumerate(names):
         ax = grid[i // ncols][i % ncols]
-        for m in range(population):
-            values = [(r.get("hparams") or {}).get(name) for _, r in mine[m]]
+        for m in range(run.population):
+            values = [(r.get("hparams") or {}).get(name) for r in run.mine(m)]
             if not _numeric([v for v in values if v is not None]):
                 continue
-            ends = [float(r["timesteps"]) for _, r in mine[m]]
+            ends = [float(r["timesteps"]) for r in run.mine(m)]
             starts = [0.0, *ends[:-1]]
-            ax.stairs([math.nan if v is None else float(v) for v in values], [*starts[:1], *ends], color=colors[m])
+            ax.stairs([math.nan if v is None else float(v) for v in values], [*starts[:1], *ends], color=run.colors[m])
         if str(specs.get(name, "")).startswith("loguniform"):
             ax.set_yscale("log")
         ax.set_title(f"{name}  ({specs[name]})" if name in specs else name, fontsize="small")
         ax.grid(alpha=0.3)
     for ax in grid[-1]:
         ax.set_xlabel("env steps of the member")
-    _member_key(fig, grid[0][-1], population, colors, [])
-    paths.append(os.path.join(out, "hparams.png"))
-    fig.savefig(paths[-1], dpi=dpi)
+    _member_key(fig, grid[0][-1], run.population, run.colors, [])
+    return fig
 
-    fig = _new_figure(10, max(4.0, 1.5 + 0.28 * population))
+
+def _async_lineage(run: _AsyncRun) -> Any:
+    """Who copied whom, interval by interval, with the chosen member's ancestry in red."""
+    fig = _new_figure(10, max(4.0, 1.5 + 0.28 * run.population))
     ax = fig.add_subplot()
+    by_key = run.by_key
     for (m, k), r in by_key.items():
         donor = r.get("parent")
         if (m, k + 1) in by_key:
@@ -400,18 +437,16 @@ def plot_async(
             color, width = ("tab:orange", 1.2) if isinstance(donor, int) else ("0.75", 1.0)
             if node in by_key:
                 ax.plot([node[1], k + 1], [node[0], m], color=color, linewidth=width, zorder=1)
-    ok = [(k, m, fit(r)) for (m, k), r in by_key.items() if math.isfinite(fit(r))]
+    ok = [(k, m, _fit(r)) for (m, k), r in by_key.items() if math.isfinite(_fit(r))]
     nodes = ax.scatter([k for k, _, _ in ok], [m for _, m, _ in ok], c=[f for _, _, f in ok], cmap="viridis", zorder=3)
-    ax.plot([k for k, _ in path], [s for _, s in path], color="crimson", linewidth=3, alpha=0.8, zorder=2)
+    ax.plot([k for k, _ in run.path], [s for _, s in run.path], color="crimson", linewidth=3, alpha=0.8, zorder=2)
     fig.colorbar(nodes, ax=ax, pad=0.01).set_label("fitness")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("interval (of each member)")
     ax.set_ylabel("member slot")
-    ax.set_title(f"lineage (ancestry of member {best} in red): {title}", fontsize="medium")
-    paths.append(os.path.join(out, "lineage.png"))
-    fig.savefig(paths[-1], dpi=dpi)
-    return paths
+    ax.set_title(f"lineage (ancestry of member {run.best} in red): {run.title}", fontsize="medium")
+    return fig
 
 
 def plot_run(run_dir: str, out_dir: str | None = None, member: int | None = None, dpi: int = 120) -> list[str]:
