@@ -484,28 +484,29 @@ class Engine(EngineBase):
         self.last_exploit = np.full(self.population, -1, dtype=np.int64)
         #: First generation this process runs (> 0 after a resume).
         self.start = 0
-        history_bytes = lineage_bytes = 0
-        saved_threads = None
+        saved: dict[str, Any] = {}
         if resume_from is not None:
-            self.activity = f"loading checkpoint of generation {resume_from}"
-            saved = checkpoint.load_population(run_dir, resume_from)
-            self.hparams = saved["hparams"]
-            self.last_fitness = np.array([math.nan if f is None else f for f in saved["fitness"]])
-            self.start = int(saved["generation"]) + 1
-            history_bytes = int(saved["history_bytes"])
-            lineage_bytes = int(saved.get("lineage_bytes", 0))
-            self.start_fitness = np.array([math.nan if f is None else f for f in saved.get("start_fitness", [])])
-            if self.start_fitness.size != self.population:
-                self.start_fitness = np.full(self.population, math.nan)
-            self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
-            self.last_exploit = np.array(saved.get("last_exploit", [-1] * self.population), dtype=np.int64)
-            self.failure_total = int(saved.get("failures", 0))
-            saved_threads = saved.get("torch_threads")
-            for m in self.local_ids:
-                self.members[m].restore(*checkpoint.load_member(run_dir, resume_from, m))
-            self._log_rebuilds()
-        self._check_layouts(saved_threads)
-        self._open_logs(history_bytes, lineage_bytes)
+            saved = self._resume(resume_from)
+        self._check_layouts(saved.get("torch_threads"))
+        self._open_logs(int(saved.get("history_bytes", 0)), int(saved.get("lineage_bytes", 0)))
+
+    def _resume(self, generation: int) -> dict[str, Any]:
+        """Take the population's state after ``generation`` from its checkpoint; returns the saved population."""
+        self.activity = f"loading checkpoint of generation {generation}"
+        saved: dict[str, Any] = checkpoint.load_population(self.run_dir, generation)
+        self.hparams = saved["hparams"]
+        self.last_fitness = np.array([math.nan if f is None else f for f in saved["fitness"]])
+        self.start = int(saved["generation"]) + 1
+        self.start_fitness = np.array([math.nan if f is None else f for f in saved.get("start_fitness", [])])
+        if self.start_fitness.size != self.population:
+            self.start_fitness = np.full(self.population, math.nan)
+        self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
+        self.last_exploit = np.array(saved.get("last_exploit", [-1] * self.population), dtype=np.int64)
+        self.failure_total = int(saved.get("failures", 0))
+        for m in self.local_ids:
+            self.members[m].restore(*checkpoint.load_member(self.run_dir, generation, m))
+        self._log_rebuilds()
+        return saved
 
     # -- one generation ----------------------------------------------------------
     def _local_rows(self, generation: int) -> np.ndarray:
