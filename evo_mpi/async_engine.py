@@ -125,27 +125,30 @@ class AsyncEngine(EngineBase):
         self.served: list[dict[str, Any]] = []  # one entry per snapshot sent: to whom, when, while doing what
         self.train_cpu_s = 0.0
         self.started = time.time()
-        saved_threads: list[int] | None = None
+        self._start(resuming)
+
+    def _start(self, resuming: bool) -> None:
+        """Restore the local members (a resume), check layouts, learn every member's latest record, open logs."""
         if resuming:
             for m in self.local_ids:
                 self._restore(m)
             self._log_rebuilds()
         local = {m: (self.done[m], self.latest.get(m)) for m in self.local_ids}
-        self._check_layouts(saved_threads)
+        self._check_layouts(None)
         # start-up collective: every member's latest record and interval count (all tickets already used)
-        everyone = {m: v for part in comm.allgather_obj(local) for m, v in part.items()}
+        everyone = {m: v for part in self.comm.allgather_obj(local) for m, v in part.items()}
         self.latest = {m: rec for m, (_, rec) in everyone.items() if rec is not None}
         self.published_latest = dict(self.latest)
         self.tickets = sum(done for done, _ in everyone.values())
-        if resuming and comm.rank == 0:
+        if resuming and self.comm.rank == 0:
             self._trim_logs({m: done for m, (done, _) in everyone.items()})
         self._open_logs()
-        if resuming and comm.rank == 0:  # the failures of the intervals the checkpoints hold
-            self.failure_total = sum(1 for r in read_history(run_dir) if r.get("failure"))
-        if resuming and cfg.explore == "pb2":
+        if resuming and self.comm.rank == 0:  # the failures of the intervals the checkpoints hold
+            self.failure_total = sum(1 for r in read_history(self.run_dir) if r.get("failure"))
+        if resuming and self.cfg.explore == "pb2":
             self.observations = [
                 Observation(float(r["generation"]), dict(r["hparams"]), float(r["delta"]))
-                for r in read_history(run_dir)
+                for r in read_history(self.run_dir)
                 if r.get("delta") is not None and r["generation"] < everyone[r["member"]][0]
             ][-MAX_OBSERVATIONS:]
 
