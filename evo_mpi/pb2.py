@@ -339,16 +339,7 @@ def pb2_explore(
     winner = _point(winner_hparams, names, space)
     if winner is None:
         raise ValueError(f"pb2_explore: winner hyperparameters {sorted(names)} must be finite numbers")
-    d = len(names)
-    uniform = rng.random((N_UNIFORM, d))
-    half = N_LOCAL // 2
-    local = np.concatenate(
-        [
-            winner + LOCAL_SCALES[0] * rng.standard_normal((half, d)),
-            winner + LOCAL_SCALES[1] * rng.standard_normal((N_LOCAL - half, d)),
-        ]
-    )
-    candidates = np.concatenate([winner[None, :], np.clip(local, 0.0, 1.0), uniform])
+    candidates = _candidates(winner, rng)
     mean, std = gp_posterior(
         t,
         x,
@@ -366,6 +357,20 @@ def pb2_explore(
     for k, name in enumerate(names):
         out[name] = _from_unit(space[name], float(best[k]))
     return out
+
+
+def _candidates(winner: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Where the acquisition is evaluated (unit cube): the winner, two Gaussian clouds around it, uniform draws."""
+    d = len(winner)
+    uniform = rng.random((N_UNIFORM, d))
+    half = N_LOCAL // 2
+    local = np.concatenate(
+        [
+            winner + LOCAL_SCALES[0] * rng.standard_normal((half, d)),
+            winner + LOCAL_SCALES[1] * rng.standard_normal((N_LOCAL - half, d)),
+        ]
+    )
+    return np.concatenate([winner[None, :], np.clip(local, 0.0, 1.0), uniform])
 
 
 def _training_data(
