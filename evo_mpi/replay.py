@@ -248,15 +248,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ReplayError, OSError) as exc:
         print(f"evo-mpi replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    _write_schedule(os.path.join(out, "schedule.json"), args.run_dir, p)
+    for line in _intro(p, args.run_dir, out):
+        print(line, flush=True)
+    fitness = replay(p, out, echo=lambda line: print(line, flush=True))
+    pbt = p["pbt_fitness"][-1]
+    print(
+        f"replay final fitness {_fmt_fitness(fitness)} vs PBT member {p['member']} final fitness "
+        f"{_fmt_fitness(pbt)}; model in {os.path.join(out, 'model.zip')}",
+        flush=True,
+    )
+    return EXIT_OK
+
+
+def _write_schedule(path: str, run_dir: str, p: Mapping[str, Any]) -> None:
+    """``schedule.json``: the replayed member, its ancestry and the hyperparameter schedule it follows."""
     cfg: config_mod.Config = p["cfg"]
-    saved: Mapping[str, Any] = p["saved"]
-    member, generations = p["member"], p["generations"]
-    with open(os.path.join(out, "schedule.json"), "w", encoding="utf-8") as fh:
+    with open(path, "w", encoding="utf-8") as fh:
         json.dump(
             {
-                "run_dir": os.path.abspath(args.run_dir),
-                "member": member,
-                "generations": generations,
+                "run_dir": os.path.abspath(run_dir),
+                "member": p["member"],
+                "generations": p["generations"],
                 "run_generations": cfg.generations,
                 "seed": cfg.seed,
                 "eval_episodes": cfg.eval_episodes,
@@ -269,27 +282,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             sort_keys=True,
         )
         fh.write("\n")
+
+
+def _intro(p: Mapping[str, Any], run_dir: str, out: str) -> list[str]:
+    """What the replay is about to do, and why its result may differ from the run's."""
+    cfg: config_mod.Config = p["cfg"]
+    saved: Mapping[str, Any] = p["saved"]
+    member, generations = p["member"], p["generations"]
     slots = [s for _, s in p["ancestry"]]
     moves = [f"{a}->{b} after gen {g}" for g, (a, b) in enumerate(zip(slots, slots[1:], strict=False)) if a != b]
-    print(
-        f"evo-mpi replay: member {member} of {args.run_dir} ({p['population']} members), {cfg.env_id}, "
+    lines = [
+        f"evo-mpi replay: member {member} of {run_dir} ({p['population']} members), {cfg.env_id}, "
         f"{generations} {'intervals' if p['asynchronous'] else 'generations'} x {cfg.steps_per_generation} steps; "
         "lineage "
         f"{'starts in slot ' + str(slots[0]) + ', moves ' + ', '.join(moves) if moves else 'never moved'}; "
-        f"output in {out}",
-        flush=True,
-    )
+        f"output in {out}"
+    ]
     if moves:
-        print(
+        lines.append(
             "evo-mpi replay: the replay's envs are its own: its fitness matches the run's until the lineage first "
-            f"moved slots ({moves[0]}), then it continues as an independent run of the same schedule",
-            flush=True,
+            f"moved slots ({moves[0]}), then it continues as an independent run of the same schedule"
         )
     if generations < cfg.generations and not p["asynchronous"]:
-        print(
+        lines.append(
             f"evo-mpi replay: the run is unfinished: replaying the {generations} of {cfg.generations} "
-            "generations recorded so far",
-            flush=True,
+            "generations recorded so far"
         )
     notes = []
     if cfg.seed != saved.get("seed"):
@@ -297,15 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.eval_episodes != saved.get("eval_episodes", 0):
         notes.append(f"fitness from {cfg.eval_episodes} eval episodes, the run used {saved.get('eval_episodes', 0)}")
     if notes:
-        print("evo-mpi replay: " + "; ".join(notes) + ": expect a different result than the run", flush=True)
-    fitness = replay(p, out, echo=lambda line: print(line, flush=True))
-    pbt = p["pbt_fitness"][-1]
-    print(
-        f"replay final fitness {_fmt_fitness(fitness)} vs PBT member {member} final fitness {_fmt_fitness(pbt)}; "
-        f"model in {os.path.join(out, 'model.zip')}",
-        flush=True,
-    )
-    return EXIT_OK
+        lines.append("evo-mpi replay: " + "; ".join(notes) + ": expect a different result than the run")
+    return lines
 
 
 if __name__ == "__main__":
