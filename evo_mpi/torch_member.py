@@ -1,7 +1,7 @@
 """A base class for members whose training loop is plain PyTorch (not SB3).
 
 Subclass :class:`TorchMember`, build your networks and optimizers in
-:meth:`~TorchMember.build`, and write :meth:`~TorchMember.fit` (train some
+:meth:`~TorchMember.build`, and write :meth:`~TorchMember.train_steps` (train some
 steps), :meth:`~TorchMember.evaluate` (a score, higher is better) and, if
 you search more than ``learning_rate``, :meth:`~TorchMember.set_hparams`.
 The base class gives the engine everything else the member protocol asks
@@ -64,7 +64,7 @@ class TorchMember(FlatTorchState):
         """Create ``self.modules`` and ``self.optimizers`` (random streams are already seeded)."""
         raise NotImplementedError
 
-    def fit(self, steps: int, generation: int, should_stop: Callable[[], bool]) -> int:
+    def train_steps(self, steps: int, generation: int, should_stop: Callable[[], bool]) -> int:
         """Train about ``steps`` steps (your unit: samples, env steps); return how many were taken."""
         raise NotImplementedError
 
@@ -82,7 +82,7 @@ class TorchMember(FlatTorchState):
     # -- the member protocol ---------------------------------------------------------
     @property
     def timesteps(self) -> int:
-        """Steps trained in all (as returned by :meth:`fit`)."""
+        """Steps trained in all (as returned by :meth:`train_steps`)."""
         return self._timesteps
 
     def apply_hparams(self, hparams: Mapping[str, Value]) -> None:
@@ -98,11 +98,11 @@ class TorchMember(FlatTorchState):
         random.seed(seed)
 
     def train(self, steps: int, generation: int, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Seed from (seed, member, generation), :meth:`fit`, then score with :meth:`evaluate`."""
+        """Seed from (seed, member, generation), :meth:`train_steps`, then score with :meth:`evaluate`."""
         if self.diverged:
             return
         self._seed(seeding.TRAIN, generation)
-        self._timesteps += int(self.fit(steps, generation, should_stop))
+        self._timesteps += int(self.train_steps(steps, generation, should_stop))
         self.diverged = not all(bool(torch.isfinite(t).all()) for _, t in self._named_tensors())
         if not self.diverged:
             self._seed(seeding.EVAL, generation)

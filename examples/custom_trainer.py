@@ -43,12 +43,12 @@ class SineRegression(TorchMember):
         self.optimizers = {"adam": torch.optim.Adam(net.parameters(), lr=1e-3)}
 
     def set_hparams(self, hparams: Mapping[str, Any]) -> None:
-        """Learning rate and weight decay live in Adam's param groups; the batch size is read in fit."""
+        """Learning rate and weight decay live in Adam's param groups; the batch size is read in train_steps."""
         for group in self.optimizers["adam"].param_groups:
             group["lr"] = float(hparams["learning_rate"])
             group["weight_decay"] = float(hparams["weight_decay"])
 
-    def fit(self, steps: int, generation: int, should_stop: Callable[[], bool]) -> int:
+    def train_steps(self, steps: int, generation: int, should_stop: Callable[[], bool]) -> int:
         """Minibatch SGD over ``steps`` samples (random minibatches: the stream is seeded per generation)."""
         net, opt = self.modules["net"], self.optimizers["adam"]
         batch = int(self.hparams["batch_size"])
