@@ -22,12 +22,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import algorithms, champion, checkpoint, failures, seeding, target
+from . import algorithms, champion, checkpoint, decision, failures, seeding, target
 from .arch import WeightNoise
 from .atomic import save_atomic, write_json_atomic, write_text_atomic
 from .comm import Comm, ExchangeError
 from .config import Config
-from .decision import Explorer, View, donors, observe
+from .decision import Explorer, View, observe
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, Reporter, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
@@ -434,7 +434,7 @@ class Generation:
     Attributes:
         generation: Its index (0-based).
         table: The gathered fitness table (one row per member).
-        plan: Loser -> donor after it.
+        donors: Loser -> donor after it.
         wall: Its wall seconds on this rank.
         timings: This rank's seconds per phase.
         hparams: Each member's hyperparameters during it.
@@ -448,7 +448,7 @@ class Generation:
 
     generation: int
     table: np.ndarray
-    plan: dict[int, int]
+    donors: dict[int, int]
     wall: float
     timings: dict[str, Any]
     hparams: list[dict[str, Value]]
@@ -568,18 +568,18 @@ class Engine(EngineBase):
         timer.start("explore")
         early, hit, out_of_time = self._ending(g, table, t0)
         last = g == cfg.generations - 1 or early or out_of_time or hit
-        plan = {} if last else self._plan(g, table, list(failed))
-        for loser in plan:
+        donors = {} if last else self._choose_donors(g, table, list(failed))
+        for loser in donors:
             self.last_exploit[loser] = g
-        new_hparams = self._explore(g, plan, fitness, last)
+        new_hparams = self._explore(g, donors, fitness, last)
 
         timer.start("log")
         self.activity = f"logging (generation {g})"
-        self._log_generation(g, table, plan, failed, hit, new_hparams)
+        self._log_generation(g, table, donors, failed, hit, new_hparams)
 
         timer.start("exchange")
         self.activity = f"exchanging weights (generation {g}, backend {cfg.backend})"
-        self._exploit(plan, table, new_hparams)
+        self._exploit(donors, table, new_hparams)
         used_hparams, self.hparams = self.hparams, new_hparams
 
         stop = self.comm.any(self.should_stop())
@@ -589,7 +589,7 @@ class Engine(EngineBase):
             self.save_checkpoint(g, finished=last)
         more = g < cfg.generations - 1
         return Generation(
-            g, table, plan, time.perf_counter() - t0, timer.stop(), used_hparams, stop, early, hit and more,
+            g, table, donors, time.perf_counter() - t0, timer.stop(), used_hparams, stop, early, hit and more,
             out_of_time and more,
         )  # fmt: skip
 
@@ -632,22 +632,22 @@ class Engine(EngineBase):
         self,
         g: int,
         table: np.ndarray,
-        plan: dict[int, int],
+        donors: dict[int, int],
         failed: dict[int, dict[str, Any]],
         hit: bool,
         new_hparams: list[dict[str, Value]],
     ) -> None:
         """Each member's TensorBoard log; on rank 0 the history and lineage records; missing-fitness warnings."""
         for m in self.local_ids:
-            self.members[m].log(float(table[m, _FIT]), self.hparams[m], plan.get(m))
+            self.members[m].log(float(table[m, _FIT]), self.hparams[m], donors.get(m))
         if self.history is not None:
-            records = self._history_records(g, table, plan, failed)
+            records = self._history_records(g, table, donors, failed)
             if hit:
                 for rec in records:
                     rec["target_reached"] = True
             self.history.write(records)
-        if self.lineage is not None and plan:
-            self.lineage.write(self._lineage_records(g, table, plan, new_hparams))
+        if self.lineage is not None and donors:
+            self.lineage.write(self._lineage_records(g, table, donors, new_hparams))
         self._echo_missing(g, table, failed)
 
     def _gather_failures(self, g: int, table: np.ndarray) -> tuple[dict[int, dict[str, Any]], str | None]:
@@ -746,7 +746,7 @@ class Engine(EngineBase):
             )
         self.comm.barrier()
 
-    def _exploit(self, plan: dict[int, int], table: np.ndarray, new_hparams: list[dict[str, Value]]) -> None:
+    def _exploit(self, donors: dict[int, int], table: np.ndarray, new_hparams: list[dict[str, Value]]) -> None:
         """Losers take their winner's state; then every local member that mutates takes its new hyperparameters.
 
         A loser first takes its winner's architecture (:meth:`match_layout`), so
@@ -756,15 +756,17 @@ class Engine(EngineBase):
         has its copy, so no loser copies another's mutation.
         """
         me = self.comm.rank
-        changed = [m for m in self.local_ids if m in plan or m in self.mutations or new_hparams[m] != self.hparams[m]]
-        if plan:  # every rank takes part: a rank with no loser may hold a winner
-            losers = [loser for loser in sorted(plan) if self.owner(loser) == me]
-            held = {w: self.members[w].pack().copy() for w in set(plan.values()) if self.owner(w) == me and w in plan}
+        changed = [m for m in self.local_ids if m in donors or m in self.mutations or new_hparams[m] != self.hparams[m]]
+        if donors:  # every rank takes part: a rank with no loser may hold a winner
+            losers = [loser for loser in sorted(donors) if self.owner(loser) == me]
+            held = {
+                w: self.members[w].pack().copy() for w in set(donors.values()) if self.owner(w) == me and w in donors
+            }
             for loser in losers:
-                self.members[loser].match_layout(self.hparams[plan[loser]])
+                self.members[loser].match_layout(self.hparams[donors[loser]])
             first_loser: dict[int, int] = {}  # winner -> the local loser that receives its state in place
             for loser in losers:
-                first_loser.setdefault(plan[loser], loser)
+                first_loser.setdefault(donors[loser], loser)
 
             def pack(w: int) -> np.ndarray:
                 return held[w] if w in held else self.members[w].pack()
@@ -773,7 +775,7 @@ class Engine(EngineBase):
                 return pack(w).nbytes if self.owner(w) == me else self.members[first_loser[w]].state_nbytes
 
             buffers = self.comm.move(
-                plan,
+                donors,
                 self.owner,
                 pack,
                 size_of,
@@ -786,22 +788,22 @@ class Engine(EngineBase):
             aux: dict[int, np.ndarray] = {}
             if aux_nbytes:
                 aux = self.comm.move(
-                    plan, self.owner, lambda w: self.members[w].pack_aux(replay), aux_nbytes, self.cfg.backend
+                    donors, self.owner, lambda w: self.members[w].pack_aux(replay), aux_nbytes, self.cfg.backend
                 )
             for loser in losers:
-                winner = plan[loser]
+                winner = donors[loser]
                 self._adopt(loser, buffers[winner], aux.get(winner, _NO_AUX), *self._episode_stats(table, winner))
         for m in changed:
             self._take_hparams(m, new_hparams[m], self.mutations.get(m, {}))
 
-    def _plan(self, g: int, table: np.ndarray, failed: list[int]) -> dict[int, int]:
+    def _choose_donors(self, g: int, table: np.ndarray, failed: list[int]) -> dict[int, int]:
         """Who copies whom after generation ``g`` (the same on every rank); a failed member always copies."""
         cfg = self.cfg
         returns = None
         if cfg.selection == "ttest":  # the t-test's samples: each member's recent training returns
             returns = [np.array(self._episode_stats(table, m)[0]) for m in range(self.population)]
         view = View(range(self.population), table[:, _FIT], returns, self._ready(g), failed)
-        return donors(
+        return decision.donors(
             cfg, view, seeding.stream(cfg.seed, seeding.SELECT, g), seeding.stream(cfg.seed, seeding.REPAIR, g)
         )
 
@@ -811,7 +813,7 @@ class Engine(EngineBase):
             return None
         return (g - self.last_exploit) * self.cfg.steps_per_generation >= self.cfg.ready_after
 
-    def _explore(self, g: int, plan: dict[int, int], fitness: np.ndarray, last: bool) -> list[dict[str, Value]]:
+    def _explore(self, g: int, donors: dict[int, int], fitness: np.ndarray, last: bool) -> list[dict[str, Value]]:
         """New hyperparameters for every member: losers mutate from their winner's, the rest keep theirs.
 
         With ``--mutate all`` every member mutates (from its own, unless it
@@ -825,11 +827,11 @@ class Engine(EngineBase):
         self.mutations = {}
         chosen: list[dict[str, Value]] = []
         # PB2's kernel depends only on the observations: fit it once for all of this generation's losers
-        pb2_rank0 = cfg.explore == "pb2" and bool(plan) and self.comm.rank == 0
+        pb2_rank0 = cfg.explore == "pb2" and bool(donors) and self.comm.rank == 0
         kernel = fit_observations(self.observations, self.space) if pb2_rank0 else None
-        mutating = sorted(plan) if cfg.mutate == "exploited" or last else range(self.population)
+        mutating = sorted(donors) if cfg.mutate == "exploited" or last else range(self.population)
         for loser in mutating:
-            winner = self.hparams[plan.get(loser, loser)]
+            winner = self.hparams[donors.get(loser, loser)]
             kind, mutated, record = self.explorer.mutation(g, loser, winner)
             if record:
                 self.mutations[loser] = record
@@ -839,15 +841,15 @@ class Engine(EngineBase):
                 # PB2: rank 0 decides and broadcasts, GP linear algebra may round differently elsewhere
                 new_hparams[loser] = self.explorer.explore(g, loser, winner, self.observations, kernel, chosen)
                 chosen.append(new_hparams[loser])
-        if cfg.explore == "pb2" and plan:
+        if cfg.explore == "pb2" and donors:
             new_hparams = self.comm.bcast_obj(new_hparams)
         self.start_fitness = np.array(fitness, dtype=np.float64)
-        for loser, source in plan.items():
+        for loser, source in donors.items():
             self.start_fitness[loser] = fitness[source]
         return new_hparams
 
     def _lineage_records(
-        self, g: int, table: np.ndarray, plan: dict[int, int], new_hparams: list[dict[str, Value]]
+        self, g: int, table: np.ndarray, donors: dict[int, int], new_hparams: list[dict[str, Value]]
     ) -> list[dict[str, Any]]:
         def fit(m: int) -> float | None:
             f = float(table[m, _FIT])
@@ -865,11 +867,11 @@ class Engine(EngineBase):
                 "new_hparams": new_hparams[loser],
                 **({"mutation": self.mutations[loser]} if loser in self.mutations else {}),
             }
-            for loser, winner in sorted(plan.items())
+            for loser, winner in sorted(donors.items())
         ]
 
     def _history_records(
-        self, g: int, table: np.ndarray, plan: dict[int, int], failed: dict[int, dict[str, Any]]
+        self, g: int, table: np.ndarray, donors: dict[int, int], failed: dict[int, dict[str, Any]]
     ) -> list[dict[str, Any]]:
         records = []
         for m in range(self.population):
@@ -883,7 +885,7 @@ class Engine(EngineBase):
                     "fitness": fit if math.isfinite(fit) else None,
                     **({"fitness_missing": self._missing(table, m)} if not math.isfinite(fit) else {}),
                     "hparams": self.hparams[m],
-                    "parent": plan.get(m),
+                    "parent": donors.get(m),
                     "returns": [r if math.isfinite(r) else None for r in self._episode_stats(table, m)[0]],
                     **({"mutation": self.mutations[m]} if m in self.mutations else {}),
                     **({"failure": failed[m]} if m in failed else {}),
@@ -933,7 +935,13 @@ class Engine(EngineBase):
         return Status.FINISHED
 
     def _report(self, summary: Generation, elapsed: float, done: int) -> None:
-        g, table, plan, wall, timings = summary.generation, summary.table, summary.plan, summary.wall, summary.timings
+        g, table, donors, wall, timings = (
+            summary.generation,
+            summary.table,
+            summary.donors,
+            summary.wall,
+            summary.timings,
+        )
         overhead_s = sum(v for k, v in timings["wall"].items() if k not in ("train", "wait"))
         record = {"generation": g, "rank": self.comm.rank, "total_wall": wall, **timings}
         record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -957,7 +965,7 @@ class Engine(EngineBase):
             int(table[:, _STEPS].max()),
             fitness,
             steps / wall if wall > 0 else 0.0,
-            len(plan),
+            len(donors),
             elapsed,
             elapsed / done * remaining,
             overhead_s / wall if wall > 0 else None,
@@ -970,7 +978,7 @@ class Engine(EngineBase):
         }
         assert self.reporter is not None
         timesteps = [int(t) for t in table[:, _STEPS]]
-        self.reporter.report(g, max(timesteps), timesteps, fitness, summary.hparams, len(plan), extra, line)
+        self.reporter.report(g, max(timesteps), timesteps, fitness, summary.hparams, len(donors), extra, line)
 
 
 def fitness_call(member: PBTMember, step: int) -> Callable[[Callable[[], bool]], float]:
