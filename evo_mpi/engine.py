@@ -16,7 +16,7 @@ import math
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -34,7 +34,7 @@ from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import EvaluatesFinal, MemberFactory, PBTMember, Recovers, SharesExperience
 from .resolvers import resolve_member
 from .selection import rank_order
-from .space import Value, format_arch, parse_space, sample_hparams
+from .space import Prior, Value, format_arch, parse_space, sample_hparams
 from .status import Callback, GenerationSummary, Status
 
 #: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
@@ -62,6 +62,18 @@ def missing_reason(fitness: float, episodes: int, diverged: bool) -> str | None:
     return NO_EPISODE if episodes == 0 else "non-finite"
 
 
+def initial_hparams(cfg: Config, space: Mapping[str, Prior], population: int) -> list[dict[str, Value]]:
+    """Every member's first hyperparameters: drawn from the priors by (seed, member), the architecture at
+    ``--net-arch`` (mutation grows and shrinks it), member 0 at ``--start-hparams`` (``--zoo``: the zoo's).
+    """
+    hparams = [sample_hparams(space, seeding.stream(cfg.seed, seeding.INIT, m)) for m in range(population)]
+    if "net_arch" in space and space["net_arch"].kind == "arch":
+        for h in hparams:
+            h["net_arch"] = format_arch(cfg.net_arch)
+    hparams[0].update(cfg.start_hparams)  # the draws of the other members stay the same
+    return hparams
+
+
 class EngineBase:
     """What both modes share: the rank's members, the start-up layout check, output files, final models."""
 
@@ -87,27 +99,13 @@ class EngineBase:
         self.echo = echo if comm.rank == 0 else (lambda _line: None)
         self.population = comm.size * cfg.agents_per_rank
         self.space = parse_space(cfg.space_specs)
-        self.hparams: list[dict[str, Value]] = [
-            sample_hparams(self.space, seeding.stream(cfg.seed, seeding.INIT, m)) for m in range(self.population)
-        ]
-        if "net_arch" in self.space and self.space["net_arch"].kind == "arch":
-            for h in self.hparams:  # every member starts from --net-arch; mutation grows and shrinks it
-                h["net_arch"] = format_arch(cfg.net_arch)
-        self.hparams[0].update(cfg.start_hparams)  # --start-hparams (--zoo: the zoo's values); the draws stay
+        self.hparams = initial_hparams(cfg, self.space, self.population)
         self.local_ids = list(range(comm.rank * cfg.agents_per_rank, (comm.rank + 1) * cfg.agents_per_rank))
         #: The user's env factory (None: ``cfg.env_id``); the final evaluation builds its env with it.
         self.env_factory = env_factory
         self.activity = "creating members"
         self.members: dict[int, PBTMember] = {}
-        if member_factory is None and cfg.member:
-            member_factory = resolve_member(cfg.member)
-        for m in self.local_ids:
-            self.activity = f"creating member {m}"
-            tb_dir = os.path.join(run_dir, "tb", member_tag(m))
-            if member_factory is not None:
-                self.members[m] = member_factory(m, cfg, self.hparams[m], tb_dir)
-            else:
-                self.members[m] = Member(m, cfg, self.hparams[m], tb_dir, env_factory=env_factory)
+        self._build_members(member_factory)
         self._note_episode_length()
         #: --share-experience: the local members as sharers (checked once, here, not at every use).
         self.sharers: dict[int, SharesExperience] = {}
@@ -141,6 +139,19 @@ class EngineBase:
         self.board: PopulationBoard | None = None
         self.reporter: Reporter | None = None  # rank 0's population reports
         self.wandb: Any = None
+
+    def _build_members(self, member_factory: MemberFactory | None) -> None:
+        """Build the rank's members: the SB3 adapter, or the user's factory (``--member``)."""
+        cfg = self.cfg
+        if member_factory is None and cfg.member:
+            member_factory = resolve_member(cfg.member)
+        for m in self.local_ids:
+            self.activity = f"creating member {m}"
+            tb_dir = os.path.join(self.run_dir, "tb", member_tag(m))
+            if member_factory is not None:
+                self.members[m] = member_factory(m, cfg, self.hparams[m], tb_dir)
+            else:
+                self.members[m] = Member(m, cfg, self.hparams[m], tb_dir, env_factory=self.env_factory)
 
     def _log_rebuilds(self) -> None:
         """After a resume: each local member's running-episode rebuild (envs, steps replayed, ms) to the timings."""
