@@ -191,13 +191,8 @@ def plot_hparams(hist: History, config: dict[str, Any] | None, path: str, member
     lineage = hist.ancestry(member)
     for i, name in enumerate(names):
         ax = axes[i // ncols][i % ncols]
-        raw = [[hist.hparams[g][m].get(name) for m in range(P)] for g in range(G)]
-        present = [v for row in raw for v in row if v is not None]
-        if _numeric(present):
-            values = np.array([[math.nan if v is None else float(v) for v in row] for row in raw])
-        else:  # categorical: plot the index of each value among the sorted distinct ones
-            levels = sorted({str(v) for v in present}, key=_natural)  # 48-64 < 64-64 < 160-64
-            values = np.array([[math.nan if v is None else levels.index(str(v)) for v in row] for row in raw])
+        values, levels = _hparam_values(hist, name)
+        if levels:
             ax.set_yticks(range(len(levels)), levels)
         for m in range(P):
             edges = np.append(starts[:, m], ends[-1, m])
@@ -239,6 +234,16 @@ def plot_hparams(hist: History, config: dict[str, Any] | None, path: str, member
     ]
     _member_key(fig, axes[0][-1], P, colors, extra)
     fig.savefig(path, dpi=dpi)
+
+
+def _hparam_values(hist: History, name: str) -> tuple[np.ndarray, list[str]]:
+    """``name``'s value per (generation, member); a categorical one as its index among the sorted levels."""
+    raw = [[hist.hparams[g][m].get(name) for m in range(hist.population)] for g in range(hist.generations)]
+    present = [v for row in raw for v in row if v is not None]
+    if _numeric(present):
+        return np.array([[math.nan if v is None else float(v) for v in row] for row in raw]), []
+    levels = sorted({str(v) for v in present}, key=_natural)  # 48-64 < 64-64 < 160-64
+    return np.array([[math.nan if v is None else levels.index(str(v)) for v in row] for row in raw]), levels
 
 
 def plot_lineage(hist: History, config: dict[str, Any] | None, path: str, member: int, dpi: int) -> None:
