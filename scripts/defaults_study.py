@@ -1,0 +1,296 @@
+"""Which PBT settings beat random search with the same members? The study behind the defaults (not part of CI).
+
+    python scripts/defaults_study.py run [--envs Pendulum-v1,Acrobot-v1] [--seeds 0-9] [--arms ...] [--commit]
+    python scripts/defaults_study.py report     # table and figure from docs/data/defaults alone, in seconds
+
+PPO, population 8 as ``mpiexec -n 2 --agents-per-rank 4``, one run at a time, the methods study's
+budgets (Pendulum-v1 36 x 4,096 env steps per member, Acrobot-v1 24 x 4,096). Arms:
+
+* ``pbt``        today's defaults: truncation 25 %, perturb/resample explore, every generation;
+* ``pbt-ready``  the same with ``--ready-after 16384``: a member neither copies nor is copied before it has
+                 trained 4 generations since the start or its last exploit (82 Pendulum episodes, the
+                 fitness window several times over; DexPBT waits too, 20M steps of its billions);
+* ``pbt-margin`` the same with ``--exploit-margin-std 0.5 --exploit-margin-abs 0.05`` (DexPBT's values);
+* ``mfpbt``      MF-PBT: 4 sub-populations of 2 evolving every 1, 10, 25 and 50 generations, with migration;
+* ``random``     the same population, exploit off (``--selection none``): random search;
+* ``default``    exploit off, every searched hyperparameter at SB3's default (seeds 0-4 only).
+
+Every arm runs a fixed commit of evo_mpi (:data:`ARMS`), checked out in a git worktree beside the
+repository, so a later session repeats exactly the code that earlier seeds ran; the commit is kept in
+each run's ``summary.json``. Scoring follows the RL Zoo study (scripts/zoo_study.py): the run's own
+final pick (``best.zip``) on 50 deterministic episodes from held-out reset seeds, every member's
+final model on the first 10 of them.
+
+A finished run keeps its small outputs under ``docs/data/defaults/<env>/<arm>/seed<k>/`` (config,
+history, champion, summary; never models); ``--commit`` commits them at once. A run whose
+``summary.json`` is there is skipped; an unfinished one resumes from its checkpoint under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import zoo_study  # noqa: E402  (the same test seeds and scoring)
+
+REPO = ROOT
+DATA = os.path.join(REPO, "docs", "data", "defaults")
+FIGURE = os.path.join(REPO, "docs", "img", "defaults_study.png")
+RANKS, PER_RANK = 2, 4
+POPULATION = RANKS * PER_RANK
+STEPS = 4096
+ENVS: dict[str, dict[str, Any]] = {
+    "Pendulum-v1": {"generations": 36, "collapse": -400.0},
+    "Acrobot-v1": {"generations": 24, "collapse": None},
+}
+SEEDS = tuple(range(10))
+#: The commit of evo_mpi each arm runs (None: not built yet, the arm is skipped) and its options.
+BEFORE = "950fc25"  # the defaults before this study
+ARMS: dict[str, dict[str, Any]] = {
+    "pbt": {"commit": BEFORE, "args": []},
+    "pbt-ready": {"commit": BEFORE, "args": ["--ready-after", "16384"]},
+    "pbt-margin": {"commit": None, "args": ["--exploit-margin-std", "0.5", "--exploit-margin-abs", "0.05"]},
+    "mfpbt": {"commit": None, "args": ["--mfpbt"]},
+    "random": {"commit": BEFORE, "args": ["--selection", "none"]},
+    "default": {"commit": BEFORE, "args": ["--selection", "none", "SB3"], "seeds": tuple(range(5))},
+}
+#: The arm everything is compared with.
+BASELINE = "random"
+SMALL_FILES = ("config.json", "history.jsonl", "champion.json", "summary.json")
+
+
+def code_dir(commit: str) -> str:
+    """A worktree of ``commit`` beside the repository (made on first use)."""
+    path = os.path.join(os.path.dirname(REPO), "study-code", commit)
+    if not os.path.exists(os.path.join(path, "evo_mpi", "__init__.py")):
+        subprocess.run(["git", "worktree", "add", "--detach", "-f", path, commit], cwd=REPO, check=True)
+    return path
+
+
+def arm_args(arm: str) -> list[str]:
+    args: list[str] = []
+    for a in ARMS[arm]["args"]:
+        args += zoo_study.sb3_fixed() if a == "SB3" else [a]
+    return args
+
+
+def command(env: str, arm: str, seed: int, path: str) -> list[str]:
+    return [
+        os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(RANKS),
+        sys.executable, "-m", "evo_mpi.run", "--env-id", env, "--seed", str(seed),
+        "--agents-per-rank", str(PER_RANK), "--generations", str(ENVS[env]["generations"]),
+        "--steps-per-generation", str(STEPS), "--run-dir", path, *arm_args(arm),
+    ]  # fmt: skip
+
+
+def kept(env: str, arm: str, seed: int) -> str:
+    return os.path.join(DATA, env, arm, f"seed{seed}")
+
+
+def run_one(out: str, env: str, arm: str, seed: int, commit: bool) -> None:
+    """Run (or resume) one run with its arm's code, score it, keep its small outputs (and commit them)."""
+    target = kept(env, arm, seed)
+    code = ARMS[arm]["commit"]
+    if os.path.exists(os.path.join(target, "summary.json")) or code is None:
+        return
+    path = os.path.join(out, env, arm, f"seed{seed}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    t0 = time.time()
+    if not os.path.exists(os.path.join(path, "best.zip")):
+        where = code_dir(code)
+        child = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": where}
+        with open(path + ".log", "a", encoding="utf-8") as log:
+            proc = subprocess.run(
+                command(env, arm, seed, path), stdout=log, stderr=subprocess.STDOUT, env=child, cwd=where
+            )
+        if proc.returncode != 0:
+            raise SystemExit(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+        with open(os.path.join(path, "launch_wall.jsonl"), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"wall_s": time.time() - t0}) + "\n")
+    with open(os.path.join(path, "launch_wall.jsonl"), encoding="utf-8") as fh:
+        wall = sum(json.loads(line)["wall_s"] for line in fh)
+    summary = {"env": env, "arm": arm, "seed": seed, "code": code, "generations": ENVS[env]["generations"],
+               "steps_per_member": ENVS[env]["generations"] * STEPS, "population": POPULATION,
+               "launch_wall_s": wall, **zoo_study.score(path, env)}  # fmt: skip
+    with open(os.path.join(path, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=1)
+    for name in SMALL_FILES:
+        if os.path.exists(os.path.join(path, name)):
+            os.makedirs(target, exist_ok=True)
+            shutil.copyfile(os.path.join(path, name), os.path.join(target, name))
+    print(f"{env} {arm:10s} seed {seed}: test {summary['test_mean']:8.1f} ({wall / 60:.1f} min)", flush=True)
+    if commit:
+        message = f"defaults study: {env} {arm} seed {seed} (small outputs; test {summary['test_mean']:.1f})"
+        for _ in range(30):  # another git command may hold the index for a moment
+            subprocess.run(["git", "add", "--", target], cwd=REPO, capture_output=True)
+            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", target], cwd=REPO, capture_output=True)
+            if done.returncode == 0:
+                break
+            time.sleep(2)
+
+
+# -- the report: from docs/data/defaults alone ------------------------------------------------------
+
+
+def load(env: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """Arm -> seed -> summary."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    for arm in ARMS:
+        for file in sorted(glob.glob(os.path.join(DATA, env, arm, "seed*", "summary.json"))):
+            with open(file, encoding="utf-8") as fh:
+                got = json.load(fh)
+            runs.setdefault(arm, {})[int(got["seed"])] = got
+    return runs
+
+
+def history(env: str, arm: str, seed: int) -> list[dict[str, Any]]:
+    with open(os.path.join(kept(env, arm, seed), "history.jsonl"), encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def roots(rows: list[dict[str, Any]]) -> list[int]:
+    """Distinct root ancestors in the population after each generation's exploit (from ``parent``).
+
+    A row of generation g names the donor the member copied after g; a member's root is its donor's
+    root as it was before that generation's copies.
+    """
+    by_generation: dict[int, dict[int, Any]] = {}
+    for rec in rows:
+        by_generation.setdefault(int(rec["generation"]), {})[int(rec["member"])] = rec.get("parent")
+    root = list(range(POPULATION))
+    counts = []
+    for g in sorted(by_generation):
+        before = list(root)
+        for m, parent in by_generation[g].items():
+            if parent is not None:
+                root[m] = before[int(parent)]
+        counts.append(len(set(root)))
+    return counts
+
+
+def bootstrap_diff(a: dict[int, float], b: dict[int, float], draws: int = 10_000) -> tuple[float, float, float]:
+    """Mean of a - b over the seeds both have, and its 95 % percentile bootstrap interval (paired by seed)."""
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return math.nan, math.nan, math.nan
+    diff = np.array([a[s] - b[s] for s in seeds])
+    rng = np.random.default_rng(0)
+    means = diff[rng.integers(len(diff), size=(draws, len(diff)))].mean(axis=1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def report() -> int:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    envs = [e for e in ENVS if load(e)]
+    fig = Figure(figsize=(11, 3.6 * max(1, len(envs))))
+    FigureCanvasAgg(fig)
+    lines: list[str] = []
+    for row, env in enumerate(envs):
+        runs = load(env)
+        floor = ENVS[env]["collapse"]
+        base = {s: r["test_mean"] for s, r in runs.get(BASELINE, {}).items()}
+        lines += [
+            f"### {env}: PPO, population 8, {ENVS[env]['generations'] * STEPS:,} env steps per member",
+            "",
+            f"Test: the run's final pick on {len(zoo_study.TEST_SEEDS)} held-out episodes. Diff: mean of the per-seed "
+            f"difference to `{BASELINE}` over the seeds both arms have, with a paired bootstrap 95 % interval."
+            + (f" Collapse: final pick below {floor:.0f}." if floor is not None else ""),
+            "",
+            "| arm | seeds | test (mean +- sd) | diff to random [95 % CI] | collapses | roots left (mean) "
+            "| exploits per run | min per run |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        scores = fig.add_subplot(len(envs), 2, 2 * row + 1)
+        lineage = fig.add_subplot(len(envs), 2, 2 * row + 2)
+        for i, arm in enumerate(ARMS):
+            got = runs.get(arm, {})
+            if not got:
+                continue
+            values = {s: r["test_mean"] for s, r in got.items()}
+            v = np.array(list(values.values()))
+            sd = float(np.std(v, ddof=1)) if v.size > 1 else math.nan
+            d, lo, hi = bootstrap_diff(values, base) if arm != BASELINE else (math.nan,) * 3
+            collapses = "" if floor is None else f"{int(np.sum(v < floor))}/{v.size}"
+            counts = [roots(history(env, arm, s)) for s in sorted(got)]
+            exploits = [sum(r.get("parent") is not None for r in history(env, arm, s)) for s in sorted(got)]
+            diff = "" if math.isnan(d) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            lines.append(
+                f"| {arm} | {v.size} | {v.mean():.1f} +- {sd:.1f} | {diff} | {collapses} "
+                f"| {np.mean([c[-1] for c in counts]):.1f} | {np.mean(exploits):.1f} "
+                f"| {np.mean([r['launch_wall_s'] for r in got.values()]) / 60:.1f} |"
+            )
+            scores.scatter(np.full(v.size, i) + np.linspace(-0.15, 0.15, v.size), v, s=12)
+            scores.errorbar(i + 0.3, v.mean(), yerr=sd if v.size > 1 else 0, fmt="k_", capsize=3)
+            length = min(len(c) for c in counts)
+            lineage.plot(np.arange(length), np.mean([c[:length] for c in counts], axis=0), label=arm)
+        names = [a for a in ARMS if a in runs]
+        scores.set_xticks([list(ARMS).index(a) for a in names], names, fontsize=8)
+        scores.set_ylabel(f"{env}: test return", fontsize=8)
+        if floor is not None:
+            scores.axhline(floor, color="grey", linestyle=":", linewidth=1)
+        lineage.set_xlabel("generation")
+        lineage.set_ylabel("distinct root ancestors (mean over seeds)", fontsize=8)
+        lineage.legend(fontsize=7)
+        lines.append("")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(FIGURE), exist_ok=True)
+    fig.savefig(FIGURE, dpi=100)
+    os.makedirs(DATA, exist_ok=True)
+    with open(os.path.join(DATA, "table.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+    print("\n".join(lines))
+    print(f"figure: {os.path.relpath(FIGURE, ROOT)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", choices=("run", "report"))
+    parser.add_argument("--envs", default=",".join(ENVS))
+    parser.add_argument("--seeds", default=f"{SEEDS[0]}-{SEEDS[-1]}", help="A range (0-9) or a list (0,3).")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--out", default=os.path.join(ROOT, "results", "defaults"), help="Run dirs (models).")
+    parser.add_argument("--commit", action="store_true", help="Commit each finished run's small outputs.")
+    parser.add_argument("--repo", default=ROOT, help="Repository for the small outputs (default: this one).")
+    args = parser.parse_args(argv)
+    global REPO, DATA, FIGURE
+    REPO = os.path.abspath(args.repo)
+    DATA = os.path.join(REPO, "docs", "data", "defaults")
+    FIGURE = os.path.join(REPO, "docs", "img", "defaults_study.png")
+    if args.what == "report":
+        return report()
+    if "-" in args.seeds:
+        first, last = args.seeds.split("-")
+        seeds = list(range(int(first), int(last) + 1))
+    else:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    arms, envs = args.arms.split(","), args.envs.split(",")
+    unknown = sorted(set(arms) - set(ARMS)) + sorted(set(envs) - set(ENVS))
+    if unknown:
+        parser.error(f"unknown arm(s) or env(s) {unknown}; arms: {', '.join(ARMS)}; envs: {', '.join(ENVS)}")
+    for seed in seeds:  # seed-major: after each seed every arm has the same seeds
+        for env in envs:
+            for arm in arms:
+                if seed in ARMS[arm].get("seeds", SEEDS):
+                    run_one(os.path.abspath(args.out), env, arm, seed, args.commit)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
