@@ -34,7 +34,7 @@ from . import checkpoint, failures, seeding, target
 from .atomic import write_text_atomic
 from .comm import Comm, Mailbox
 from .config import Config
-from .decision import View, donors, observe
+from .decision import Held, View, donors, held_record, observe
 from .engine import EngineBase, fitness_call, missing_fitness_lines, missing_reason
 from .lineage import read_history
 from .outputs import async_progress_line
@@ -369,8 +369,10 @@ class AsyncEngine(EngineBase):
         self.snapshots[m] = Snapshot(dict(record), member.pack().copy(), member.pack_aux(False).copy())
         self.latest[m] = record
         self.activity = f"deciding for member {m} (interval {k})"
-        donor, seen = self._decide(m, k)
+        donor, held, seen = self._decide(m, k)
         record["seen"] = seen
+        if held is not None:
+            record["held"] = held_record(held)
         used = record["hparams"]
         record.update(parent=None, parent_generation=None, parent_fitness=None, fetch_s=None, new_hparams=used)
         self.start_fitness[m] = fitness
@@ -477,13 +479,13 @@ class AsyncEngine(EngineBase):
             keep=self.cfg.keep_checkpoints,
         )
 
-    def _decide(self, m: int, k: int) -> tuple[int | None, list[int]]:
-        """The donor ``m`` copies after interval ``k`` (None: keep going), and the intervals of the records seen."""
+    def _decide(self, m: int, k: int) -> tuple[int | None, Held | None, list[int]]:
+        """The donor ``m`` copies after interval ``k`` (None: keep going), the margin's refusal, the records seen."""
         cfg = self.cfg
         ids = sorted(self.latest)
         seen = [int(self.latest[i]["generation"]) if i in self.latest else -1 for i in range(self.population)]
         if len(ids) < 2:
-            return None, seen
+            return None, None, seen
         fitness = np.array([_fit(self.latest[i]) for i in ids])
         returns = None
         if cfg.selection == "ttest":
@@ -495,10 +497,10 @@ class AsyncEngine(EngineBase):
         if self.latest[m].get("failure"):  # a failed member always copies a donor, whatever the rule decided
             failed = [i for i in ids if self.latest[i].get("failure")]
         view = View(ids, fitness, returns, self._ready(ids), failed)
-        plan = donors(
+        choice = donors(
             cfg, view, seeding.stream(cfg.seed, seeding.SELECT, m, k), seeding.stream(cfg.seed, seeding.REPAIR, m, k)
         )
-        return plan.get(m), seen
+        return choice.donors.get(m), choice.held.get(m), seen
 
     def _ready(self, ids: list[int]) -> np.ndarray | None:
         """--ready-after: which of ``ids`` trained enough env steps since their last exploit, by their latest record.

@@ -23,7 +23,7 @@ from . import seeding
 from .arch import draw_kind, draw_weight_noise, mutate_activation, mutate_arch
 from .config import Config
 from .pb2 import MAX_OBSERVATIONS, KernelParams, Observation, pb2_explore
-from .selection import repair, select
+from .selection import Held, exploit_margin, repair, select
 from .space import Prior, Value, explore
 
 
@@ -47,11 +47,26 @@ class View:
     failed: Sequence[int] = field(default_factory=tuple)
 
 
-def donors(cfg: Config, view: View, select_rng: np.random.Generator, repair_rng: np.random.Generator) -> dict[int, int]:
-    """Loser -> donor (member ids): the selection rule, then every failed member to a healthy donor.
+@dataclass(frozen=True)
+class Choice:
+    """Who copies whom after one decision.
 
-    ``repair_rng`` draws only when a member failed, so the rule's draws are the
-    same with or without failures.
+    Attributes:
+        donors: Loser -> donor (member ids), failed members included.
+        held: Losers the exploit margin kept from copying (they keep their weights and hyperparameters).
+
+    """
+
+    donors: dict[int, int]
+    held: dict[int, Held] = field(default_factory=dict)
+
+
+def donors(cfg: Config, view: View, select_rng: np.random.Generator, repair_rng: np.random.Generator) -> Choice:
+    """Loser -> donor (member ids): the selection rule, the exploit margin, then every failed member to a donor.
+
+    The margin (``--exploit-margin-std`` / ``--exploit-margin-abs``; not for the t-test, which is its own
+    margin) compares positions in ``view``. ``repair_rng`` draws only when a member failed, so the rule's
+    draws are the same with or without failures.
     """
     plan = select(
         cfg.selection,
@@ -64,10 +79,25 @@ def donors(cfg: Config, view: View, select_rng: np.random.Generator, repair_rng:
         alpha=cfg.ttest_alpha,
         ready=view.ready,
     )
+    held: dict[int, Held] = {}
+    if cfg.selection != "ttest":
+        plan, held = exploit_margin(plan, view.fitness, cfg.exploit_margin_std, cfg.exploit_margin_abs)
     if view.failed:
         positions = [list(view.ids).index(m) for m in view.failed]
         plan = repair(plan, view.fitness, positions, cfg.truncation_fraction, repair_rng)
-    return {view.ids[loser]: view.ids[winner] for loser, winner in plan.items()}
+    return Choice(
+        {view.ids[loser]: view.ids[winner] for loser, winner in plan.items()},
+        {view.ids[loser]: Held(view.ids[h.donor], h.gap, h.margin) for loser, h in held.items() if loser not in plan},
+    )
+
+
+def held_record(held: Held) -> dict[str, Any]:
+    """History's ``held`` field: the donor the margin refused, the gap and the margin (NaN: null)."""
+    return {
+        "donor": held.donor,
+        "gap": held.gap if math.isfinite(held.gap) else None,
+        "margin": held.margin if math.isfinite(held.margin) else None,
+    }
 
 
 def observe(observations: list[Observation], step: int, hparams: Mapping[str, Value], delta: float | None) -> None:
@@ -147,4 +177,4 @@ class Explorer:
         return explore(hparams, self.space, cfg.perturb_factors, cfg.resample_probability, rng)
 
 
-__all__ = ["Explorer", "View", "donors", "observe"]
+__all__ = ["Choice", "Explorer", "Held", "View", "donors", "held_record", "observe"]

@@ -27,13 +27,13 @@ from .arch import WeightNoise
 from .atomic import save_atomic, write_json_atomic, write_text_atomic
 from .comm import Comm, ExchangeError
 from .config import Config
-from .decision import Explorer, View, observe
+from .decision import Explorer, View, held_record, observe
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, Reporter, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import EvaluatesFinal, MemberFactory, PBTMember, Recovers, SharesExperience
 from .resolvers import resolve_member
-from .selection import rank_order
+from .selection import Held, rank_order
 from .space import Prior, Value, format_arch, parse_space, sample_hparams
 from .status import Callback, GenerationSummary, Status
 
@@ -119,6 +119,8 @@ class EngineBase:
         self.explorer = Explorer(cfg, self.space, "relu" if cfg.member else algorithms.get(cfg.algo).activation)
         #: What each member's mutation after the last generation (async: interval) decided, by member.
         self.mutations: dict[int, dict[str, Any]] = {}
+        #: Losers the exploit margin kept from copying in the last decision (history: ``held``).
+        self.held: dict[int, Held] = {}
         self.last_fitness = np.full(self.population, math.nan)
         #: Member failures in this run so far (sync: all ranks'; async: rank 0's count of published ones).
         self.failure_total = 0
@@ -554,6 +556,7 @@ class Engine(EngineBase):
         """Run generation ``g`` (0-based) and return what happened, or None if a stop was requested."""
         cfg, timer = self.cfg, self.timer
         t0 = time.perf_counter()
+        self.held = {}
         if self.first_train_unix is None:
             self.first_train_unix = time.time()
         rows = self._train_and_measure(g)
@@ -814,9 +817,11 @@ class Engine(EngineBase):
         if cfg.selection == "ttest":  # the t-test's samples: each member's recent training returns
             returns = [np.array(self._episode_stats(table, m)[0]) for m in range(self.population)]
         view = View(range(self.population), table[:, _FIT], returns, self._ready(g), failed)
-        return decision.donors(
+        choice = decision.donors(
             cfg, view, seeding.stream(cfg.seed, seeding.SELECT, g), seeding.stream(cfg.seed, seeding.REPAIR, g)
         )
+        self.held = choice.held
+        return choice.donors
 
     def _ready(self, g: int) -> np.ndarray | None:
         """--ready-after: the members that trained enough env steps since their last exploit (None: all ready)."""
@@ -899,6 +904,7 @@ class Engine(EngineBase):
                     "parent": donors.get(m),
                     "returns": [r if math.isfinite(r) else None for r in self._episode_stats(table, m)[0]],
                     **({"mutation": self.mutations[m]} if m in self.mutations else {}),
+                    **({"held": held_record(self.held[m])} if m in self.held else {}),
                     **({"failure": failed[m]} if m in failed else {}),
                 }
             )

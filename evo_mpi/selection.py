@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -201,6 +202,57 @@ def repair(
         if m not in out:
             out[m] = donors[int(rng.integers(len(donors)))]
     return out
+
+
+#: Share of the population, its worst, left out of the spread an exploit margin scales with (DexPBT's 20 %).
+MARGIN_DROP = 0.2
+
+
+def spread(fitness: np.ndarray) -> float:
+    """The population's fitness standard deviation (ddof 0) without its worst ``floor(0.2 * n)`` finite members.
+
+    Non-finite fitness is left out first; fewer than 2 finite values give 0.
+    """
+    fit = np.asarray(fitness, dtype=np.float64)
+    finite = np.sort(fit[np.isfinite(fit)])[::-1]
+    kept = finite[: finite.size - int(MARGIN_DROP * finite.size + 1e-9)]
+    return float(np.std(kept)) if kept.size >= 2 else 0.0
+
+
+@dataclass(frozen=True)
+class Held:
+    """A loser the exploit margin kept from copying: its donor, the fitness gap and the margin it had to beat."""
+
+    donor: int
+    gap: float
+    margin: float
+
+
+def exploit_margin(
+    plan: dict[int, int], fitness: np.ndarray, k: float, a: float
+) -> tuple[dict[int, int], dict[int, Held]]:
+    """Split ``plan`` into the copies that clear the margin and the losers held back.
+
+    A loser copies its donor only if ``fitness[donor] - fitness[loser] > max(k * sd, a * |fitness[donor]|)``,
+    with ``sd`` = :func:`spread` of the whole population: with ``k = a = 0`` any strict improvement, so ties
+    never copy. A loser without finite fitness (no measurement) copies as before: there is nothing to
+    compare, and the rule already ranks it last.
+    """
+    fit = np.asarray(fitness, dtype=np.float64)
+    sd = spread(fit) if k > 0 else 0.0
+    kept: dict[int, int] = {}
+    held: dict[int, Held] = {}
+    for loser, donor in plan.items():
+        if not math.isfinite(fit[loser]):
+            kept[loser] = donor
+            continue
+        gap = float(fit[donor] - fit[loser])
+        margin = max(k * sd, a * abs(float(fit[donor])))
+        if gap > margin:
+            kept[loser] = donor
+        else:
+            held[loser] = Held(donor, gap if math.isfinite(gap) else math.nan, margin)
+    return kept, held
 
 
 def select(

@@ -104,6 +104,18 @@ def _check_numbers(cfg: Config) -> list[str]:
         (cfg.tournament_size >= 2, f"--tournament-size must be >= 2, got {cfg.tournament_size}"),
         (0 < cfg.ttest_alpha < 1, f"--ttest-alpha must be in (0, 1), got {cfg.ttest_alpha}"),
         (cfg.ready_after >= 0, f"--ready-after must be >= 0 env steps, got {cfg.ready_after}"),
+        *(
+            (
+                math.isfinite(getattr(cfg, name)) and getattr(cfg, name) >= 0,
+                f"--{name.replace('_', '-')} must be finite and >= 0, got {getattr(cfg, name)}",
+            )
+            for name in ("exploit_margin_std", "exploit_margin_abs")
+        ),
+        (
+            cfg.selection != "ttest" or cfg.exploit_margin_std == cfg.exploit_margin_abs == 0,
+            f"--exploit-margin-std {cfg.exploit_margin_std} / --exploit-margin-abs {cfg.exploit_margin_abs} with "
+            "--selection ttest: the t-test is its own margin; drop the margin or choose another selection",
+        ),
         (
             cfg.max_failures >= -1,
             f"--max-failures must be >= 0 (or -1: the population size), got {cfg.max_failures}",
