@@ -63,7 +63,7 @@ BEFORE = "950fc25"  # the defaults before this study
 ARMS: dict[str, dict[str, Any]] = {
     "pbt": {"commit": BEFORE, "args": []},
     "pbt-ready": {"commit": BEFORE, "args": ["--ready-after", "16384"]},
-    "pbt-margin": {"commit": None, "args": ["--exploit-margin-std", "0.5", "--exploit-margin-abs", "0.05"]},
+    "pbt-margin": {"commit": "937139f", "args": ["--exploit-margin-std", "0.5", "--exploit-margin-abs", "0.05"]},
     "mfpbt": {"commit": None, "args": ["--mfpbt"]},
     "random": {"commit": BEFORE, "args": ["--selection", "none"]},
     "default": {"commit": BEFORE, "args": ["--selection", "none", "SB3"], "seeds": tuple(range(5))},
