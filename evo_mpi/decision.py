@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import seeding
+from . import mfpbt, seeding
 from .arch import draw_kind, draw_weight_noise, mutate_activation, mutate_arch
 from .config import Config
 from .pb2 import MAX_OBSERVATIONS, KernelParams, Observation, pb2_explore
@@ -59,35 +59,60 @@ class Choice:
 
     donors: dict[int, int]
     held: dict[int, Held] = field(default_factory=dict)
+    #: Losers that take another member's hyperparameters than their donor's (MF-PBT's migrants from a faster
+    #: sub-population take their own sub-population's best member's).
+    hparams_from: dict[int, int] = field(default_factory=dict)
+    #: Losers that copy without exploring (MF-PBT's migrants).
+    unexplored: frozenset[int] = frozenset()
+
+    def hparams_source(self, member: int) -> int:
+        """Whose hyperparameters ``member`` continues from (itself when it copies nobody)."""
+        return self.hparams_from.get(member, self.donors.get(member, member))
 
 
-def donors(cfg: Config, view: View, select_rng: np.random.Generator, repair_rng: np.random.Generator) -> Choice:
+def donors(
+    cfg: Config, view: View, select_rng: np.random.Generator, repair_rng: np.random.Generator, step: int = 0
+) -> Choice:
     """Loser -> donor (member ids): the selection rule, the exploit margin, then every failed member to a donor.
 
     The margin (``--exploit-margin-std`` / ``--exploit-margin-abs``; not for the t-test, which is its own
     margin) compares positions in ``view``. ``repair_rng`` draws only when a member failed, so the rule's
-    draws are the same with or without failures.
+    draws are the same with or without failures. ``step`` (the generation) matters to MF-PBT only, whose
+    sub-populations evolve at their own periods; it sees the whole population (sync mode).
     """
-    plan = select(
-        cfg.selection,
-        view.fitness,
-        select_rng,
-        fraction=cfg.truncation_fraction,
-        tournament_size=cfg.tournament_size,
-        elitism=cfg.elitism,
-        returns=view.returns,
-        alpha=cfg.ttest_alpha,
-        ready=view.ready,
-    )
+    moves = None
+    if cfg.selection == "mfpbt":
+        moves = mfpbt.plan(view.fitness, cfg.mfpbt_periods, step)
+        plan = dict(moves.weights)
+    else:
+        plan = select(
+            cfg.selection,
+            view.fitness,
+            select_rng,
+            fraction=cfg.truncation_fraction,
+            tournament_size=cfg.tournament_size,
+            elitism=cfg.elitism,
+            returns=view.returns,
+            alpha=cfg.ttest_alpha,
+            ready=view.ready,
+        )
     held: dict[int, Held] = {}
     if cfg.selection != "ttest":
         plan, held = exploit_margin(plan, view.fitness, cfg.exploit_margin_std, cfg.exploit_margin_abs)
     if view.failed:
         positions = [list(view.ids).index(m) for m in view.failed]
         plan = repair(plan, view.fitness, positions, cfg.truncation_fraction, repair_rng)
+    ids = view.ids
+    hparams_from: dict[int, int] = {}
+    unexplored: frozenset[int] = frozenset()
+    if moves is not None:  # failed members repaired above copy and explore as with any rule
+        hparams_from = {ids[m]: ids[h] for m, h in moves.hparams.items() if m in plan and h != plan[m]}
+        unexplored = frozenset(ids[m] for m in plan if m in moves.weights and m not in moves.explore)
     return Choice(
-        {view.ids[loser]: view.ids[winner] for loser, winner in plan.items()},
-        {view.ids[loser]: Held(view.ids[h.donor], h.gap, h.margin) for loser, h in held.items() if loser not in plan},
+        {ids[loser]: ids[winner] for loser, winner in plan.items()},
+        {ids[loser]: Held(ids[h.donor], h.gap, h.margin) for loser, h in held.items() if loser not in plan},
+        hparams_from,
+        unexplored,
     )
 
 

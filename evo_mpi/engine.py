@@ -27,13 +27,13 @@ from .arch import WeightNoise
 from .atomic import save_atomic, write_json_atomic, write_text_atomic
 from .comm import Comm, ExchangeError
 from .config import Config
-from .decision import Explorer, View, held_record, observe
+from .decision import Choice, Explorer, View, held_record, observe
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, Reporter, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import EvaluatesFinal, MemberFactory, PBTMember, Recovers, SharesExperience
 from .resolvers import resolve_member
-from .selection import Held, rank_order
+from .selection import rank_order
 from .space import Prior, Value, format_arch, parse_space, sample_hparams
 from .status import Callback, GenerationSummary, Status
 
@@ -119,8 +119,8 @@ class EngineBase:
         self.explorer = Explorer(cfg, self.space, "relu" if cfg.member else algorithms.get(cfg.algo).activation)
         #: What each member's mutation after the last generation (async: interval) decided, by member.
         self.mutations: dict[int, dict[str, Any]] = {}
-        #: Losers the exploit margin kept from copying in the last decision (history: ``held``).
-        self.held: dict[int, Held] = {}
+        #: The last decision: donors, losers the exploit margin held, MF-PBT's hyperparameter sources.
+        self.choice = Choice({})
         self.last_fitness = np.full(self.population, math.nan)
         #: Member failures in this run so far (sync: all ranks'; async: rank 0's count of published ones).
         self.failure_total = 0
@@ -556,7 +556,7 @@ class Engine(EngineBase):
         """Run generation ``g`` (0-based) and return what happened, or None if a stop was requested."""
         cfg, timer = self.cfg, self.timer
         t0 = time.perf_counter()
-        self.held = {}
+        self.choice = Choice({})
         if self.first_train_unix is None:
             self.first_train_unix = time.time()
         rows = self._train_and_measure(g)
@@ -817,11 +817,10 @@ class Engine(EngineBase):
         if cfg.selection == "ttest":  # the t-test's samples: each member's recent training returns
             returns = [np.array(self._episode_stats(table, m)[0]) for m in range(self.population)]
         view = View(range(self.population), table[:, _FIT], returns, self._ready(g), failed)
-        choice = decision.donors(
-            cfg, view, seeding.stream(cfg.seed, seeding.SELECT, g), seeding.stream(cfg.seed, seeding.REPAIR, g)
+        self.choice = decision.donors(
+            cfg, view, seeding.stream(cfg.seed, seeding.SELECT, g), seeding.stream(cfg.seed, seeding.REPAIR, g), g
         )
-        self.held = choice.held
-        return choice.donors
+        return self.choice.donors
 
     def _ready(self, g: int) -> np.ndarray | None:
         """--ready-after: the members that trained enough env steps since their last exploit (None: all ready)."""
@@ -847,7 +846,10 @@ class Engine(EngineBase):
         kernel = fit_observations(self.observations, self.space) if pb2_rank0 else None
         mutating = sorted(donors) if cfg.mutate == "exploited" or last else range(self.population)
         for loser in mutating:
-            winner = self.hparams[donors.get(loser, loser)]
+            winner = self.hparams[self.choice.hparams_source(loser)]
+            if loser in self.choice.unexplored:  # MF-PBT's migrants keep what they take
+                new_hparams[loser] = dict(winner)
+                continue
             kind, mutated, record = self.explorer.mutation(g, loser, winner)
             if record:
                 self.mutations[loser] = record
@@ -882,6 +884,7 @@ class Engine(EngineBase):
                 "old_hparams": self.hparams[loser],
                 "new_hparams": new_hparams[loser],
                 **({"mutation": self.mutations[loser]} if loser in self.mutations else {}),
+                **({"hparams_from": self.choice.hparams_from[loser]} if loser in self.choice.hparams_from else {}),
             }
             for loser, winner in sorted(donors.items())
         ]
@@ -904,7 +907,8 @@ class Engine(EngineBase):
                     "parent": donors.get(m),
                     "returns": [r if math.isfinite(r) else None for r in self._episode_stats(table, m)[0]],
                     **({"mutation": self.mutations[m]} if m in self.mutations else {}),
-                    **({"held": held_record(self.held[m])} if m in self.held else {}),
+                    **({"held": held_record(self.choice.held[m])} if m in self.choice.held else {}),
+                    **({"hparams_from": self.choice.hparams_from[m]} if m in self.choice.hparams_from else {}),
                     **({"failure": failed[m]} if m in failed else {}),
                 }
             )

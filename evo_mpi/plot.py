@@ -68,14 +68,52 @@ def member_colors(population: int) -> list[Any]:
     return [cmap(0.05 + 0.9 * i / (population - 1)) for i in range(population)]
 
 
-def _member_key(fig: Any, ax: Any, population: int, colors: list[Any], extra: list[Any]) -> None:
+#: One colour family per MF-PBT sub-population (fastest first); members are shades within it.
+GROUP_CMAPS = ("Blues", "Oranges", "Greens", "Purples", "Reds", "Greys")
+
+
+def subpopulations(config: dict[str, Any] | None, population: int) -> list[int] | None:
+    """Each member's MF-PBT sub-population from the run's config (None: not an MF-PBT run)."""
+    if not config or config.get("selection") != "mfpbt":
+        return None
+    periods = list(config.get("mfpbt_periods") or [])
+    if not periods or population % len(periods):
+        return None
+    size = population // len(periods)
+    return [m // size for m in range(population)]
+
+
+def run_colors(config: dict[str, Any] | None, population: int) -> list[Any]:
+    """Member colours: one colour family per sub-population in an MF-PBT run, else :func:`member_colors`."""
+    from matplotlib import colormaps
+
+    groups = subpopulations(config, population)
+    if groups is None:
+        return member_colors(population)
+    size = population // (max(groups) + 1)
+    shade = [0.45 + 0.45 * (m % size) / max(1, size - 1) for m in range(population)]
+    return [colormaps[GROUP_CMAPS[g % len(GROUP_CMAPS)]](shade[m]) for m, g in enumerate(groups)]
+
+
+def _member_labels(config: dict[str, Any] | None, population: int) -> list[str]:
+    groups = subpopulations(config, population)
+    if groups is None:
+        return [f"member {m}" for m in range(population)]
+    periods = list((config or {}).get("mfpbt_periods") or [])
+    return [f"member {m} (sub-pop {g}, every {periods[g]})" for m, g in enumerate(groups)]
+
+
+def _member_key(
+    fig: Any, ax: Any, population: int, colors: list[Any], extra: list[Any], labels: list[str] | None = None
+) -> None:
     """A legend naming each member (small populations) or a member colour bar."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.lines import Line2D
 
     if population <= LEGEND_MAX:
-        handles = [Line2D([], [], color=c, label=f"member {m}") for m, c in enumerate(colors)]
+        names = labels or [f"member {m}" for m in range(population)]
+        handles = [Line2D([], [], color=c, label=names[m]) for m, c in enumerate(colors)]
         ax.legend(handles=handles + extra, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         return
     norm = BoundaryNorm(np.arange(population + 1) - 0.5, population)
@@ -110,7 +148,7 @@ def plot_fitness(hist: History, config: dict[str, Any] | None, path: str, member
     from matplotlib.lines import Line2D
 
     P, G = hist.population, hist.generations
-    colors = member_colors(P)
+    colors = run_colors(config, P)
     x, y = hist.timesteps.astype(np.float64), hist.fitness
     fig = _new_figure(10 if P <= LEGEND_MAX else 11, 5.5)
     ax = fig.add_subplot()
@@ -164,7 +202,7 @@ def plot_fitness(hist: History, config: dict[str, Any] | None, path: str, member
     ]
     if nonfinite:
         extra.append(Line2D([], [], color="black", marker="v", linestyle="none", label="replaced, fitness null"))
-    _member_key(fig, ax, P, colors, extra)
+    _member_key(fig, ax, P, colors, extra, _member_labels(config, P))
     fig.savefig(path, dpi=dpi)
 
 
@@ -177,7 +215,7 @@ def plot_hparams(hist: History, config: dict[str, Any] | None, path: str, member
     from matplotlib.lines import Line2D
 
     P, G = hist.population, hist.generations
-    colors = member_colors(P)
+    colors = run_colors(config, P)
     specs = config.get("search_space", {}) if config else {}
     specs = specs if isinstance(specs, dict) else {}
     names = [n for n in hist.names if not str(specs.get(n, "")).startswith("const")]
@@ -232,7 +270,7 @@ def plot_hparams(hist: History, config: dict[str, Any] | None, path: str, member
         Line2D([], [], color="grey", linewidth=0.8, linestyle="--", label="winner's value -> explored value"),
         Line2D([], [], color="black", alpha=0.25, linewidth=5, label=f"lineage of member {member}"),
     ]
-    _member_key(fig, axes[0][-1], P, colors, extra)
+    _member_key(fig, axes[0][-1], P, colors, extra, _member_labels(config, P))
     fig.savefig(path, dpi=dpi)
 
 

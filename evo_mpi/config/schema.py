@@ -20,7 +20,7 @@ from ..selection import SELECTIONS
 from ..target import TARGET_METRICS
 
 #: Selection rules (see :mod:`evo_mpi.selection`) and explore rules.
-SELECTION_CHOICES = SELECTIONS
+SELECTION_CHOICES = (*SELECTIONS, "mfpbt")
 
 
 EXPLORE_CHOICES = ("perturb", "pb2")
@@ -76,8 +76,14 @@ class Config:
         "truncation",
         "Exploit rule: truncation (bottom q copy top q), wta (all copy the best), tournament (each member copies "
         "the best of a random tournament), ttest (copy a random other member if Welch's t-test says it is better), "
-        "none (no exploit: random search).",
+        "none (no exploit: random search), mfpbt (MF-PBT: sub-populations evolving at --mfpbt-periods, with "
+        "asymmetric migration; sync mode).",
         choices=SELECTION_CHOICES,
+    )
+    mfpbt_periods: tuple[int, ...] = _f(
+        (1, 10, 25, 50),
+        "Selection mfpbt: comma-separated generations between evolution steps, one per sub-population (fastest "
+        "first); the population splits into that many equal sub-populations of contiguous member ids, >= 4 each.",
     )
     truncation_fraction: float = _f(0.25, "Truncation quantile q, 0 < q <= 0.5.")
     tournament_size: int = _f(3, "Contestants per tournament (selection tournament), >= 2.")
@@ -247,8 +253,8 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/TOML-friendly form; ``search_space`` is the full resolved space."""
         out = dataclasses.asdict(self)
-        out["perturb_factors"] = list(self.perturb_factors)
-        out["net_arch"] = list(self.net_arch)
+        for name in TUPLE_FIELDS:
+            out[name] = list(getattr(self, name))
         out["search_space"] = self.space_specs
         return out
 
@@ -284,7 +290,7 @@ RESUME_OVERRIDABLE = (
 DICT_FIELDS = ("env_kwargs", "policy_kwargs", "model_kwargs", "start_hparams", "schedules")
 
 #: Comma-separated options and their element types.
-TUPLE_FIELDS: dict[str, type] = {"perturb_factors": float, "net_arch": int}
+TUPLE_FIELDS: dict[str, type] = {"perturb_factors": float, "net_arch": int, "mfpbt_periods": int}
 
 
 def parse_tuple(name: str, cast: type) -> Any:

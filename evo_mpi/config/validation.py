@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import algorithms
+from .. import algorithms, mfpbt
 from ..arch import MutationSpecError, default_mutation_probs, parse_mutation_probs
 from ..hparams import check_prior
 from ..resolvers import resolve_env, resolve_member
@@ -52,6 +52,7 @@ def validate(
         if not cfg.member:  # the SB3 adapter's env; a custom member makes (or does without) its own
             problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo, env_factory))
     problems.extend(_check_async(cfg))
+    problems.extend(_check_mfpbt(cfg, population, space))
     problems.extend(_check_text_options(cfg))
     if cfg.run_dir:
         problems.extend(_check_writable(cfg.run_dir))
@@ -221,6 +222,36 @@ def _check_async(cfg: Config) -> list[str]:
         ),
     ]
     return [message for ok, message in rules if not ok]
+
+
+def _check_mfpbt(cfg: Config, population: int, space: Mapping[str, Prior]) -> list[str]:
+    """MF-PBT: periods that split the population, sync mode, and hyperparameters that may move apart from weights."""
+    if cfg.selection != "mfpbt":
+        return []
+    problems = mfpbt.check(population, cfg.mfpbt_periods)
+    if cfg.mode == "async":
+        problems.append(
+            "--selection mfpbt with --mode async: MF-PBT's sub-populations evolve at whole generations of the "
+            "population and migration ranks every member at the same generation, which async mode never has; "
+            "use --mode sync"
+        )
+    if cfg.ready_after:
+        problems.append(
+            f"--ready-after {cfg.ready_after} with --selection mfpbt: MF-PBT's slow sub-populations are its guard "
+            "against early greed; drop --ready-after"
+        )
+    try:
+        weights = parse_mutation_probs(cfg.mutation_probs) or default_mutation_probs(space)
+    except MutationSpecError:
+        return problems  # reported by _check_mutations
+    network = [k for k in ("arch", "activation") if weights.get(k, 0) > 0]
+    if network:
+        problems.append(
+            f"--selection mfpbt with mutation kind(s) {network}: a migrant from a faster sub-population takes its "
+            "weights with another member's hyperparameters, which must not change the network; drop "
+            "net_arch / activation_fn from the search space or --mutation-probs"
+        )
+    return problems
 
 
 def _check_text_options(cfg: Config) -> list[str]:
