@@ -11,7 +11,9 @@ budgets (Pendulum-v1 36 x 4,096 env steps per member, Acrobot-v1 24 x 4,096). Ar
                  trained 4 generations since the start or its last exploit (82 Pendulum episodes, the
                  fitness window several times over; DexPBT waits too, 20M steps of its billions);
 * ``pbt-margin`` the same with ``--exploit-margin-std 0.5 --exploit-margin-abs 0.05`` (DexPBT's values);
-* ``mfpbt``      MF-PBT: 4 sub-populations of 2 evolving every 1, 10, 25 and 50 generations, with migration;
+* ``mfpbt``      MF-PBT (``--selection mfpbt --mfpbt-periods 1,10``): 2 sub-populations of 4 evolving every
+                 generation and every 10th, with migration (the paper's two fastest periods: a population
+                 of 8 holds two sub-populations of the 4 members its brackets need);
 * ``random``     the same population, exploit off (``--selection none``): random search;
 * ``default``    exploit off, every searched hyperparameter at SB3's default (seeds 0-4 only).
 
@@ -64,7 +66,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "pbt": {"commit": BEFORE, "args": []},
     "pbt-ready": {"commit": BEFORE, "args": ["--ready-after", "16384"]},
     "pbt-margin": {"commit": "937139f", "args": ["--exploit-margin-std", "0.5", "--exploit-margin-abs", "0.05"]},
-    "mfpbt": {"commit": None, "args": ["--mfpbt"]},
+    "mfpbt": {"commit": "dd604e8", "args": ["--selection", "mfpbt", "--mfpbt-periods", "1,10"]},
     "random": {"commit": BEFORE, "args": ["--selection", "none"]},
     "default": {"commit": BEFORE, "args": ["--selection", "none", "SB3"], "seeds": tuple(range(5))},
 }
