@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from . import config as config_mod
 from .comm import Comm, launcher_mismatch
 from .config import Config, ConfigError, zoo
 from .status import Callback, GenerationSummary, Status
+
+if TYPE_CHECKING:
+    from .episodes import EpisodeRecord
 
 #: Signals that stop a run at the next env step with a resumable checkpoint.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -376,6 +379,10 @@ def execute(
         return _result(status, cfg, run_dir, comm.rank)
     except LayoutMismatch as exc:  # raised alike on every rank before any training: a setup error
         raise ConfigError([str(exc)]) from None
+    except ConfigError:  # raised alike on every rank from the same gathered table (--fitness info:KEY)
+        if engine is not None:
+            engine.close()
+        raise
     except BaseException as exc:
         _report_crash(comm, run_dir, engine.activity if engine is not None else "starting", exc, report_failures)
         raise
@@ -533,6 +540,22 @@ def stop_signals(flag: dict[str, int]) -> Iterator[None]:
 # -- the public call -------------------------------------------------------------------------------
 
 
+def _with_objective(
+    target: str | Callable[..., Any], objective: Callable[[EpisodeRecord], float]
+) -> Callable[..., Any]:
+    """An env factory: ``target`` (an id or a factory) with :class:`~evo_mpi.episodes.Objective` on top."""
+    import gymnasium
+
+    from .episodes import Objective
+
+    def make(**kwargs: Any) -> Any:
+        env = gymnasium.make(target, **kwargs) if isinstance(target, str) else target(**kwargs)
+        return Objective(env, objective)
+
+    make.__qualname__ = f"objective_over_{getattr(target, '__qualname__', target)}"
+    return make
+
+
 def _import_path(obj: Callable[..., Any]) -> str:
     """``module:qualname`` of a module-level callable (how config.json names an env or member factory)."""
     return f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
@@ -546,6 +569,7 @@ def train(
     member: str | Callable[..., Any] | None = None,
     resume: str | None = None,
     echo: Callable[[str], None] | None = print,
+    objective: Callable[[EpisodeRecord], float] | None = None,
     **options: Any,
 ) -> Result:
     """Run PBT and return its :class:`Result`: alone, or on every rank when started under ``mpiexec``.
@@ -562,6 +586,10 @@ def train(
         resume: A run dir to continue (as ``--resume``); ``options`` may change only
             what the CLI lets a resume change.
         echo: Where rank 0's progress lines go (None: nowhere).
+        objective: The true objective: called with each ended training episode's
+            :class:`~evo_mpi.episodes.EpisodeRecord` (return, length, final info); fitness is the mean of
+            its values over the fitness window (as ``fitness="info:KEY"``, whose key it then fills), and the
+            t-test and the final pick use them too. A resume needs the same ``objective``.
         **options: Any :class:`~evo_mpi.config.Config` field, e.g. ``agents_per_rank=4``.
 
     Raises:
@@ -581,6 +609,12 @@ def train(
         env_factory, values["env_id"] = env, _import_path(env)
     elif env is not None:
         values["env_id"] = env
+    if objective is not None:
+        from .episodes import OBJECTIVE_INFO_KEY
+        from .resolvers import resolve_env
+
+        env_factory = _with_objective(env_factory or resolve_env(values.get("env_id", Config().env_id)), objective)
+        values["fitness"] = f"info:{OBJECTIVE_INFO_KEY}"
     member_factory = None
     if callable(member):
         member_factory, values["member"] = member, _import_path(member)

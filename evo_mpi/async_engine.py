@@ -35,7 +35,7 @@ from .atomic import write_text_atomic
 from .comm import Comm, Mailbox
 from .config import Config
 from .decision import Held, View, donors, held_record, observe
-from .engine import EngineBase, fitness_call, missing_fitness_lines, missing_reason
+from .engine import EngineBase, fitness_call, mean_finite, missing_fitness_lines, missing_reason
 from .lineage import read_history
 from .outputs import async_progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
@@ -337,7 +337,12 @@ class AsyncEngine(EngineBase):
         hparams = [dict(latest[m]["hparams"]) if m in latest else {} for m in range(self.population)]
         extra = {"population/failures_total": float(self.failure_total)}
         assert self.reporter is not None
-        self.reporter.report(total // self.population - 1, steps, timesteps, fitness, hparams, exploits, extra, line)
+        returns = None
+        if self.cfg.objective_key is not None:
+            returns = [mean_finite(latest[m]["returns"]) if m in latest else math.nan for m in range(self.population)]
+        self.reporter.report(
+            total // self.population - 1, steps, timesteps, fitness, hparams, exploits, extra, line, returns
+        )
 
     # -- one interval --------------------------------------------------------------------------------
     def _next_member(self) -> int:
@@ -412,7 +417,9 @@ class AsyncEngine(EngineBase):
         if failure is None:
             fit, failure = self._attempt(m, k, "measuring fitness", fitness_call(member, k))
             fitness = math.nan if fit is None else float(fit)
-        returns, lengths = member.episode_stats()
+        scores, lengths = member.episode_stats()
+        key = self.cfg.objective_key
+        returns = scores if key is None else member.episode_returns()  # type: ignore[attr-defined]
         missing = failures.FAILED if failure is not None else None
         if missing is None and not math.isfinite(fitness):
             missing = missing_reason(fitness, len(returns), bool(getattr(member, "diverged", False)))
@@ -428,6 +435,7 @@ class AsyncEngine(EngineBase):
             **({"fitness_missing": missing} if missing is not None else {}),
             **({"failure": failure} if failure is not None else {}),
             "returns": [r if math.isfinite(r) else None for r in returns],
+            **({"objectives": [o if math.isfinite(o) else None for o in scores]} if key is not None else {}),
             "lengths": list(lengths),
             "hparams": dict(member.hparams),
             "delta": delta if math.isfinite(delta) else None,
@@ -445,7 +453,11 @@ class AsyncEngine(EngineBase):
             return
         member.match_layout(snap.record["hparams"])  # the donor's architecture, to load its state
         returns = [math.nan if r is None else r for r in snap.record["returns"]]
-        self._adopt(m, snap.state, snap.aux, returns, snap.record["lengths"])
+        if self.cfg.objective_key is None:
+            self._adopt(m, snap.state, snap.aux, returns, snap.record["lengths"])
+        else:
+            scores = [math.nan if o is None else o for o in snap.record["objectives"]]
+            self._adopt(m, snap.state, snap.aux, scores, snap.record["lengths"], returns)
         new = self._explore(m, k, snap.record["hparams"], record)
         self._take_hparams(m, new, record.get("mutation", {}))
         donor_fit = snap.record["fitness"]
@@ -488,10 +500,10 @@ class AsyncEngine(EngineBase):
             return None, None, seen
         fitness = np.array([_fit(self.latest[i]) for i in ids])
         returns = None
-        if cfg.selection == "ttest":
+        if cfg.selection == "ttest":  # the t-test's samples: the objective's with --fitness info:KEY
+            samples = "returns" if cfg.objective_key is None else "objectives"
             returns = [
-                np.array([math.nan if r is None else r for r in self.latest[i]["returns"]], dtype=np.float64)
-                for i in ids
+                np.array([math.nan if r is None else r for r in self.latest[i][samples]], dtype=np.float64) for i in ids
             ]
         failed: list[int] = []
         if self.latest[m].get("failure"):  # a failed member always copies a donor, whatever the rule decided

@@ -139,11 +139,13 @@ def evaluate_sb3(
     are left as they are.
 
     Returns:
-        The episode returns and the env steps taken (NaN returns and 0 steps for a diverged member).
+        The episode returns (with ``--fitness info:KEY``: each episode's final ``info[KEY]``) and the env
+        steps taken (NaN returns and 0 steps for a diverged member).
 
     """
     from stable_baselines3.common.vec_env import VecNormalize
 
+    from .episodes import OBJECTIVE
     from .member import make_env
 
     if getattr(member, "diverged", False) or not episode_seeds:
@@ -155,6 +157,7 @@ def evaluate_sb3(
         env.obs_rms = copy.deepcopy(member.normalize.obs_rms)
     returns: list[float] = []
     steps = 0
+    score = "r" if cfg.objective_key is None else OBJECTIVE
     try:
         for s in episode_seeds:
             env.seed(int(s))
@@ -163,11 +166,11 @@ def evaluate_sb3(
                 action, _ = member.model.predict(obs, deterministic=True)
                 obs, _, dones, infos = env.step(action)
                 steps += 1
-                if dones[0]:
-                    returns.append(float(infos[0]["episode"]["r"]))  # Monitor's raw return
+                if dones[0]:  # Monitor's raw return, or with --fitness info:KEY the final info[KEY]
+                    returns.append(float(infos[0]["episode"][score]))
                     break
-            else:  # an env without a time limit whose episode never ends: its return so far
-                returns.append(float(sum(env.get_attr("rewards")[0])))
+            else:  # an env without a time limit whose episode never ends: its return so far (no objective)
+                returns.append(float(sum(env.get_attr("rewards")[0])) if score == "r" else math.nan)
     finally:
         env.close()
     return returns, steps

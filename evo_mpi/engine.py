@@ -26,9 +26,9 @@ from . import algorithms, champion, checkpoint, decision, failures, seeding, tar
 from .arch import WeightNoise
 from .atomic import save_atomic, write_json_atomic, write_text_atomic
 from .comm import Comm, ExchangeError
-from .config import Config
+from .config import Config, ConfigError
 from .decision import Choice, Explorer, View, held_record, observe
-from .member import Member
+from .member import Member, ObjectiveMissing
 from .outputs import JsonlWriter, PhaseTimer, PopulationBoard, Reporter, member_tag, progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
 from .protocol import EvaluatesFinal, MemberFactory, PBTMember, Recovers, SharesExperience
@@ -44,8 +44,8 @@ _NO_AUX = np.zeros(0, dtype=np.uint8)
 
 #: Columns of the gathered table before the per-episode returns and lengths (``_DIV``: 1 if diverged,
 #: ``_FAIL``: 1 if the member's training or fitness raised in this generation).
-_FIT, _STEPS, _NEP, _DIV, _FAIL = 0, 1, 2, 3, 4
-_COLS = 5
+_FIT, _STEPS, _NEP, _DIV, _FAIL, _NOKEY = 0, 1, 2, 3, 4, 5
+_COLS = 6
 
 T = TypeVar("T")
 
@@ -269,16 +269,28 @@ class EngineBase:
             "higher --max-failures"
         )
 
-    def _adopt(self, m: int, state: np.ndarray, aux: np.ndarray, returns: list[float], lengths: list[float]) -> None:
+    def _adopt(
+        self,
+        m: int,
+        state: np.ndarray,
+        aux: np.ndarray,
+        returns: list[float],
+        lengths: list[float],
+        episode_returns: list[float] | None = None,
+    ) -> None:
         """Local member ``m`` takes a donor's state, its auxiliary state (VecNormalize, replay) and recent episodes.
 
-        ``m`` already has the donor's architecture (:meth:`match_layout`).
+        ``returns`` are the donor's scores (the objective's samples with ``--fitness info:KEY``, whose
+        ``episode_returns`` come beside them). ``m`` already has the donor's architecture (:meth:`match_layout`).
         """
         member = self.members[m]
         member.unpack(state)
         if aux.nbytes:
             member.unpack_aux(aux, self.cfg.copy_replay_buffer)
-        member.set_episode_stats(returns, lengths)
+        if episode_returns is None:
+            member.set_episode_stats(returns, lengths)
+        else:
+            member.set_episode_stats(returns, lengths, episode_returns)  # type: ignore[call-arg]
 
     def _take_hparams(self, m: int, hparams: dict[str, Value], mutation: dict[str, Any]) -> None:
         """Local member ``m`` takes its new hyperparameters, then any weight noise its mutation decided."""
@@ -385,6 +397,7 @@ class EngineBase:
         )
         report["failures"] = self.failure_total
         report["excluded"] = sorted(self.broken)
+        report["scored"] = cfg.fitness  # what the candidates' "returns" hold: the return or info:KEY
         if self.comm.rank == 0:
             write_json_atomic(os.path.join(self.run_dir, "champion.json"), report, allow_nan=False)
             if self.board is not None:
@@ -524,15 +537,25 @@ class Engine(EngineBase):
     # -- one generation ----------------------------------------------------------
     def _local_rows(self, generation: int) -> np.ndarray:
         width = self.cfg.fitness_window
-        rows = np.full((len(self.local_ids), _COLS + 2 * width), math.nan)
+        rows = np.full((len(self.local_ids), _COLS + 3 * width), math.nan)
         for i, m in enumerate(self.local_ids):
             self.activity = f"computing fitness of member {m} (generation {generation})"
             member = self.members[m]
+            rows[i, _NOKEY] = 0.0
             if m not in self.local_failures:
-                fit, failure = self._attempt(m, generation, "measuring fitness", fitness_call(member, generation))
+                missing: list[Exception] = []  # a configuration error: every rank stops on the gathered table
+                fit, failure = self._attempt(
+                    m, generation, "measuring fitness", fitness_call(member, generation, missing)
+                )
+                if missing:
+                    self.echo(f"evo-mpi: member {m}: {missing[0]}")
+                    rows[i, _NOKEY] = 1.0
                 rows[i, _FIT] = math.nan if failure is not None else fit
                 if failure is not None:
                     self.local_failures[m] = failure
+            if self.cfg.objective_key is not None:
+                episode_returns = member.episode_returns()  # type: ignore[attr-defined]
+                rows[i, _COLS + 2 * width : _COLS + 2 * width + len(episode_returns)] = episode_returns
             returns, lengths = member.episode_stats()
             rows[i, _FAIL] = float(m in self.local_failures)
             rows[i, _STEPS] = member.timesteps
@@ -543,9 +566,17 @@ class Engine(EngineBase):
         return rows
 
     def _episode_stats(self, table: np.ndarray, member: int) -> tuple[list[float], list[float]]:
+        """A member's gathered scores (the fitness's samples) and episode lengths."""
         width = self.cfg.fitness_window
         n = int(table[member, _NEP])
         return list(table[member, _COLS : _COLS + n]), list(table[member, _COLS + width : _COLS + width + n])
+
+    def _episode_returns(self, table: np.ndarray, member: int) -> list[float]:
+        """A member's gathered episode returns (the scores themselves unless fitness is ``info:KEY``)."""
+        if self.cfg.objective_key is None:
+            return self._episode_stats(table, member)[0]
+        start = _COLS + 2 * self.cfg.fitness_window
+        return list(table[member, start : start + int(table[member, _NEP])])
 
     def _missing(self, table: np.ndarray, member: int) -> str | None:
         if table[member, _FAIL]:
@@ -575,6 +606,14 @@ class Engine(EngineBase):
         table = self.comm.allgather(rows)
         fitness = table[:, _FIT]
         self.last_fitness = fitness
+        if table[:, _NOKEY].any():
+            key, ids = cfg.objective_key, [int(m) for m in np.flatnonzero(table[:, _NOKEY])]
+            raise ConfigError(
+                [
+                    f"--fitness info:{key}: episodes ended (member(s) {ids}, generation {g}) and no final info had "
+                    f"{key!r}; check the key (e.g. info:is_success) or use --fitness return"
+                ]  # fmt: skip
+            )
         failed, why = self._gather_failures(g, table)
         if why is not None:
             return self._failed_generation(g, table, failed, why, t0)
@@ -806,7 +845,13 @@ class Engine(EngineBase):
                 )
             for loser in losers:
                 winner = donors[loser]
-                self._adopt(loser, buffers[winner], aux.get(winner, _NO_AUX), *self._episode_stats(table, winner))
+                self._adopt(
+                    loser,
+                    buffers[winner],
+                    aux.get(winner, _NO_AUX),
+                    *self._episode_stats(table, winner),
+                    self._episode_returns(table, winner) if self.cfg.objective_key is not None else None,
+                )
         for m in changed:
             self._take_hparams(m, new_hparams[m], self.mutations.get(m, {}))
 
@@ -905,7 +950,12 @@ class Engine(EngineBase):
                     **({"fitness_missing": self._missing(table, m)} if not math.isfinite(fit) else {}),
                     "hparams": self.hparams[m],
                     "parent": donors.get(m),
-                    "returns": [r if math.isfinite(r) else None for r in self._episode_stats(table, m)[0]],
+                    "returns": [r if math.isfinite(r) else None for r in self._episode_returns(table, m)],
+                    **(
+                        {"objectives": [o if math.isfinite(o) else None for o in self._episode_stats(table, m)[0]]}
+                        if self.cfg.objective_key is not None
+                        else {}
+                    ),
                     **({"mutation": self.mutations[m]} if m in self.mutations else {}),
                     **({"held": held_record(self.choice.held[m])} if m in self.choice.held else {}),
                     **({"hparams_from": self.choice.hparams_from[m]} if m in self.choice.hparams_from else {}),
@@ -999,12 +1049,37 @@ class Engine(EngineBase):
         }
         assert self.reporter is not None
         timesteps = [int(t) for t in table[:, _STEPS]]
-        self.reporter.report(g, max(timesteps), timesteps, fitness, summary.hparams, len(donors), extra, line)
+        returns = None
+        if self.cfg.objective_key is not None:
+            returns = [mean_finite(self._episode_returns(table, m)) for m in range(self.population)]
+        self.reporter.report(g, max(timesteps), timesteps, fitness, summary.hparams, len(donors), extra, line, returns)
 
 
-def fitness_call(member: PBTMember, step: int) -> Callable[[Callable[[], bool]], float]:
-    """``member.fitness(step)`` as a call for :meth:`EngineBase._attempt` (fitness takes no poll)."""
-    return lambda _poll: member.fitness(step)
+def mean_finite(values: list[float]) -> float:
+    """The mean of the finite values (NaN when there are none)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def fitness_call(
+    member: PBTMember, step: int, missing: list[Exception] | None = None
+) -> Callable[[Callable[[], bool]], float]:
+    """``member.fitness(step)`` as a call for :meth:`EngineBase._attempt` (fitness takes no poll).
+
+    With ``missing``, an :class:`~evo_mpi.member.ObjectiveMissing` is noted there (fitness NaN) instead of
+    failing the member: the caller stops the run as a configuration error.
+    """
+
+    def call(_poll: Callable[[], bool]) -> float:
+        try:
+            return member.fitness(step)
+        except ObjectiveMissing as exc:
+            if missing is None:
+                raise
+            missing.append(exc)
+            return math.nan
+
+    return call
 
 
 def _pick_summary(report: dict[str, Any]) -> str:

@@ -17,7 +17,9 @@ check, and the caller starts a fresh episode instead.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium
@@ -25,6 +27,18 @@ import numpy as np
 
 #: Longest running episode that is recorded; a longer one cannot be rebuilt (bounds memory and checkpoints).
 MAX_RECORDED_STEPS = 100_000
+
+
+#: Key of the objective's sample in an episode record (SB3's ``ep_info_buffer``), beside ``r`` and ``l``.
+OBJECTIVE = "o"
+
+
+def objective_value(value: Any) -> float:
+    """An ``info[KEY]`` value as a float sample (bools count 0/1; absent or not a number: NaN)."""
+    try:
+        return float(value) if value is not None and np.ndim(value) == 0 else math.nan
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def obs_arrays(obs: Any) -> list[np.ndarray]:
@@ -44,8 +58,14 @@ def same_arrays(xs: list[np.ndarray], ys: list[np.ndarray]) -> bool:
 class EpisodeRecorder(gymnasium.Wrapper):  # type: ignore[type-arg]
     """Records the running episode's start (seed or RNG state) and its actions, so it can be rebuilt."""
 
-    def __init__(self, env: gymnasium.Env) -> None:  # type: ignore[type-arg]
+    def __init__(self, env: gymnasium.Env, info_key: str | None = None) -> None:  # type: ignore[type-arg]
         super().__init__(env)
+        #: ``--fitness info:KEY``: at each episode's end ``info[KEY]`` goes into Monitor's episode record as
+        #: :data:`OBJECTIVE` (NaN when absent), where SB3 keeps it with the return.
+        self.info_key = info_key
+        #: Whether any ended episode's info had ``info_key``; the keys of the last one that lacked it.
+        self.key_seen = False
+        self.missing_in: list[str] | None = None
         #: ``{"seed": s}``, ``{"rng": state}``, or None when the episode cannot be rebuilt.
         self.start: dict[str, Any] | None = None
         self.options: dict[str, Any] | None = None
@@ -74,6 +94,12 @@ class EpisodeRecorder(gymnasium.Wrapper):  # type: ignore[type-arg]
     def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
         """Step, recording the action."""
         out = self.env.step(action)
+        info = out[4]
+        if self.info_key is not None and "episode" in info:  # Monitor's record: the episode has ended
+            value = info.get(self.info_key)
+            info["episode"][OBJECTIVE] = objective_value(value)
+            self.key_seen = self.key_seen or value is not None
+            self.missing_in = sorted(map(str, info)) if value is None else None
         if len(self.actions) < MAX_RECORDED_STEPS:
             self.actions.append(np.array(action, copy=True))
         else:
@@ -134,3 +160,39 @@ class EpisodeRecorder(gymnasium.Wrapper):  # type: ignore[type-arg]
         if not same_arrays(obs_arrays(got), obs):
             return f"the observation after replaying {steps} steps differs from the saved one"
         return None
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """One ended episode as an objective sees it: its return, its length and its final ``info``."""
+
+    return_: float
+    length: int
+    info: Mapping[str, Any]
+
+
+#: The info key under which :class:`Objective` publishes its value (``--fitness info:evo_mpi.objective``).
+OBJECTIVE_INFO_KEY = "evo_mpi.objective"
+
+
+class Objective(gymnasium.Wrapper):  # type: ignore[type-arg]
+    """Adds ``objective(EpisodeRecord)`` to the final info of every episode (the API's ``objective=``)."""
+
+    def __init__(self, env: gymnasium.Env, objective: Callable[[EpisodeRecord], float]) -> None:  # type: ignore[type-arg]
+        super().__init__(env)
+        self.objective = objective
+        self.total, self.steps = 0.0, 0
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+        """Reset, starting a new episode's count."""
+        self.total, self.steps = 0.0, 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[Any, Any, bool, bool, dict[str, Any]]:
+        """Step; at the episode's end the objective's value joins the info."""
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.total += float(reward)
+        self.steps += 1
+        if terminated or truncated:
+            info = {**info, OBJECTIVE_INFO_KEY: float(self.objective(EpisodeRecord(self.total, self.steps, info)))}
+        return obs, reward, terminated, truncated, info

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import functools
 import inspect
 import math
 import os
@@ -36,7 +37,7 @@ from . import algorithms, netmorph, seeding
 from .algorithms._sb3 import Linear, optimizers
 from .arch import WeightNoise
 from .config import Config
-from .episodes import EpisodeRecorder, obs_arrays
+from .episodes import OBJECTIVE, EpisodeRecorder, obs_arrays
 from .resolvers import resolve_env
 from .space import MUTATED_APART, Value, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
@@ -46,6 +47,10 @@ from .torchstate import FlatTorchState, init_optimizer_state
 EPISODE_KEYS = ("episode:", "_last_obs:", "_last_original_obs:")
 
 
+class ObjectiveMissing(ValueError):
+    """``--fitness info:KEY`` with a key that no ended episode's info has: a configuration error, not a failure."""
+
+
 def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | None = None) -> VecEnv:
     """The member's vectorised env; ``factory`` overrides env_id.
 
@@ -53,9 +58,8 @@ def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | 
     (:class:`~evo_mpi.episodes.EpisodeRecorder`), so a checkpoint can rebuild its running episode.
     """
     target = factory if factory is not None else resolve_env(cfg.env_id)
-    return make_vec_env(
-        target, n_envs=n_envs, seed=seed, env_kwargs=dict(cfg.env_kwargs), wrapper_class=EpisodeRecorder
-    )
+    recorder = functools.partial(EpisodeRecorder, info_key=cfg.objective_key)
+    return make_vec_env(target, n_envs=n_envs, seed=seed, env_kwargs=dict(cfg.env_kwargs), wrapper_class=recorder)
 
 
 def _rms_arrays(rms: RunningMeanStd | Mapping[str, RunningMeanStd]) -> list[RunningMeanStd]:
@@ -307,17 +311,38 @@ class Member(FlatTorchState):
         """Whether every policy parameter is finite."""
         return all(bool(torch.isfinite(p).all()) for p in self.model.policy.parameters())
 
-    def episode_stats(self) -> tuple[list[float], list[float]]:
-        """Returns and lengths of the last ``fitness_window`` completed training episodes."""
-        buf = list(self.model.ep_info_buffer or [])[-self.cfg.fitness_window :]
-        return [float(e["r"]) for e in buf], [float(e["l"]) for e in buf]
+    def _window(self) -> list[dict[str, Any]]:
+        return list(self.model.ep_info_buffer or [])[-self.cfg.fitness_window :]
 
-    def set_episode_stats(self, returns: list[float], lengths: list[float]) -> None:
-        """Replace the episode statistics (after an exploit, or on resume)."""
-        self.model.ep_info_buffer = collections.deque(
-            ({"r": r, "l": ln, "t": 0.0} for r, ln in zip(returns, lengths, strict=True)),
-            maxlen=self.model._stats_window_size,
-        )
+    def episode_stats(self) -> tuple[list[float], list[float]]:
+        """Scores and lengths of the last ``fitness_window`` completed training episodes.
+
+        The scores are the returns, or with ``--fitness info:KEY`` each episode's ``info[KEY]`` (NaN: absent).
+        """
+        buf = self._window()
+        key = "r" if self.cfg.objective_key is None else OBJECTIVE
+        return [float(e.get(key, math.nan)) for e in buf], [float(e["l"]) for e in buf]
+
+    def episode_returns(self) -> list[float]:
+        """The returns of the episodes :meth:`episode_stats` scores."""
+        return [float(e["r"]) for e in self._window()]
+
+    def set_episode_stats(
+        self, returns: list[float], lengths: list[float], episode_returns: list[float] | None = None
+    ) -> None:
+        """Replace the episode statistics (after an exploit, or on resume).
+
+        ``returns`` are :meth:`episode_stats`'s scores; with ``--fitness info:KEY`` the objective's samples,
+        and ``episode_returns`` the returns beside them.
+        """
+        if self.cfg.objective_key is None:
+            episodes = [{"r": r, "l": ln, "t": 0.0} for r, ln in zip(returns, lengths, strict=True)]
+        else:
+            rets = episode_returns if episode_returns is not None else [math.nan] * len(returns)
+            episodes = [
+                {"r": r, "l": ln, "t": 0.0, OBJECTIVE: o} for o, ln, r in zip(returns, lengths, rets, strict=True)
+            ]
+        self.model.ep_info_buffer = collections.deque(episodes, maxlen=self.model._stats_window_size)
         if self.model.ep_success_buffer is None:  # learn() creates both only when ep_info_buffer is None
             self.model.ep_success_buffer = collections.deque(maxlen=self.model._stats_window_size)
 
@@ -326,8 +351,10 @@ class Member(FlatTorchState):
         if self.diverged:
             return math.nan
         if self.eval_env is None:
-            returns, _ = self.episode_stats()
-            return float(np.mean(returns)) if returns else math.nan
+            scores, _ = self.episode_stats()
+            if self.cfg.objective_key is not None:
+                return self._objective(scores)
+            return float(np.mean(scores)) if scores else math.nan
         if isinstance(self.eval_env, VecNormalize) and self.normalize is not None:
             self.eval_env.obs_rms = copy.deepcopy(self.normalize.obs_rms)
         self.eval_env.seed(seeding.derive_seed(self.cfg.seed, seeding.EVAL, self.id, generation))
@@ -341,6 +368,25 @@ class Member(FlatTorchState):
         )
         self.last_eval_returns = [float(r) for r in rewards]  # type: ignore[union-attr]
         return float(np.mean(self.last_eval_returns))
+
+    def _objective(self, scores: list[float]) -> float:
+        """The mean of the window's ``info[KEY]`` samples (episodes without it left out).
+
+        Raises:
+            ObjectiveMissing: when episodes have ended and none of this member's envs ever had the key.
+
+        """
+        finite = [s for s in scores if math.isfinite(s)]
+        if finite:
+            return float(np.mean(finite))
+        recorders = self._recorders()
+        if scores and not any(r.key_seen for r in recorders):
+            seen = next((r.missing_in for r in recorders if r.missing_in is not None), [])
+            raise ObjectiveMissing(
+                f"--fitness info:{self.cfg.objective_key}: {len(scores)} episode(s) ended and no final info had "
+                f"{self.cfg.objective_key!r} (it has: {', '.join(seen) or 'nothing'})"
+            )
+        return math.nan
 
     # -- state as one buffer ---------------------------------------------------
     def _optimizers(self) -> list[torch.optim.Optimizer]:
@@ -515,7 +561,7 @@ class Member(FlatTorchState):
 
     def checkpoint_meta(self) -> dict[str, Any]:
         """Everything else a resume needs, as plain JSON."""
-        returns, lengths = self.episode_stats()
+        returns, lengths = self.episode_stats()  # the scores: with --fitness info:KEY, the objective's samples
         meta: dict[str, Any] = {
             "member": self.id,
             "timesteps": self.timesteps,
@@ -526,6 +572,7 @@ class Member(FlatTorchState):
             "lengths": lengths,
             "hparams": self.hparams,
             "diverged": self.diverged,
+            **({"episode_returns": self.episode_returns()} if self.cfg.objective_key is not None else {}),
         }
         if self.normalize is not None:
             meta["normalize"] = [
@@ -644,7 +691,7 @@ class Member(FlatTorchState):
         self.model._episode_num = int(meta["episode_num"])
         if hasattr(self.model, "_n_calls"):
             self.model._n_calls = int(meta.get("n_calls", 0))
-        self.set_episode_stats(list(meta["returns"]), list(meta["lengths"]))
+        self.set_episode_stats(list(meta["returns"]), list(meta["lengths"]), meta.get("episode_returns"))
         for r, saved in zip(self._running_stats(), meta.get("normalize", []), strict=False):
             r.mean = np.array(saved["mean"], dtype=np.float64).reshape(np.shape(r.mean))
             r.var = np.array(saved["var"], dtype=np.float64).reshape(np.shape(r.var))
@@ -663,10 +710,12 @@ class Member(FlatTorchState):
     def log(self, fitness: float, hparams: Mapping[str, Value], parent: int | None) -> None:
         """Write PBT scalars next to SB3's own in this member's TensorBoard dir."""
         logger = self.model.logger
-        returns, _ = self.episode_stats()
+        returns = self.episode_returns()
         logger.record("pbt/fitness", fitness)
         if returns:
             logger.record("pbt/episode_return", float(np.mean(returns)))
+        if self.cfg.objective_key is not None:
+            logger.record(f"pbt/objective/{self.cfg.objective_key}", fitness)
         logger.record("pbt/exploited", 0 if parent is None else 1)
         for name, value in hparams.items():
             if isinstance(value, (int, float)):

@@ -150,11 +150,15 @@ class Reporter:
         exploits: int,
         extra: dict[str, float],
         line: str,
+        returns: list[float] | None = None,
     ) -> None:
-        """One report: ``index`` counts reports (W&B's step), ``board_step`` is TensorBoard's env-step axis."""
+        """One report: ``index`` counts reports (W&B's step), ``board_step`` is TensorBoard's env-step axis.
+
+        ``returns``: each member's mean episode return, when fitness is another objective (``info:KEY``).
+        """
         self.board.log(board_step, fitness, exploits, extra)
         if self.wandb is not None:
-            self.wandb.log(index, timesteps, [float(f) for f in fitness], hparams, exploits)
+            self.wandb.log(index, timesteps, [float(f) for f in fitness], hparams, exploits, returns)
         self.echo(line)
 
 

@@ -45,8 +45,9 @@ class WandbLogger:
         fitness: Sequence[float],
         hparams: Sequence[Mapping[str, Any]],
         exploits: int,
+        returns: Sequence[float] | None = None,
     ) -> None:
-        """Log one generation (W&B's step is the generation)."""
+        """Log one generation (W&B's step is the generation); ``returns``: mean returns when fitness is not."""
         finite = [f for f in fitness if math.isfinite(f)]
         data: dict[str, Any] = {
             "population/best_fitness": max(finite) if finite else math.nan,
@@ -57,6 +58,8 @@ class WandbLogger:
         for m, (f, hp) in enumerate(zip(fitness, hparams, strict=True)):
             data[f"member_{m:02d}/fitness"] = f
             data.update({f"member_{m:02d}/{k}": v for k, v in hp.items() if isinstance(v, (int, float))})
+        for m, r in enumerate(returns or []):
+            data[f"member_{m:02d}/episode_return"] = r
         self.run.log(data, step=generation)
 
     def close(self) -> None:

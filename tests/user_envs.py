@@ -109,3 +109,28 @@ class FixedLength(gymnasium.Env):
     def step(self, action):
         self.t += 1
         return self._obs(), 1.0, self.t >= self.length, False, {}
+
+
+class ScoredCartPole(gymnasium.Wrapper):
+    """CartPole whose final info has ``score`` = episode length mod 7: an objective that is not the return.
+
+    With ``only_seed0`` the score appears only in episodes reset with seed 0 (the first one validation
+    tries), so training, which uses other seeds, never sees it.
+    """
+
+    def __init__(self, only_seed0: bool = False) -> None:
+        super().__init__(TimeLimit(CartPoleEnv(), max_episode_steps=500))
+        self.only_seed0, self.seeded0, self.steps = only_seed0, False, 0
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.seeded0 = seed == 0
+        self.steps = 0
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.steps += 1
+        if (terminated or truncated) and (self.seeded0 or not self.only_seed0):
+            info = {**info, "score": float(self.steps % 7)}
+        return obs, reward, terminated, truncated, info

@@ -131,6 +131,12 @@ class Config:
     weight_mutation_sd: float = _f(
         0.1, "Mutation kind weights: noise standard deviation (super mutations 10x; resets draw N(0, sd))."
     )
+    fitness: str = _f(
+        "return",
+        "What fitness measures: return (the mean episode return) or info:KEY, the true objective: the mean over "
+        "the fitness window of info[KEY] at each episode's end (e.g. info:is_success). The t-test and the final "
+        "pick then use it too; history keeps both it and the return.",
+    )
     eval_episodes: int = _f(0, "Deterministic evaluation episodes for fitness; 0 = mean of the last training episodes.")
     fitness_window: int = _f(10, "Completed training episodes averaged for fitness when eval-episodes is 0.")
     final_eval_episodes: int = _f(
@@ -230,6 +236,11 @@ class Config:
         from ..space import parse_space
 
         return parse_mutation_probs(self.mutation_probs) or default_mutation_probs(parse_space(self.space_specs))
+
+    @property
+    def objective_key(self) -> str | None:
+        """``--fitness info:KEY``'s KEY (None: fitness is the return)."""
+        return self.fitness.removeprefix("info:") if self.fitness.startswith("info:") else None
 
     @property
     def target(self) -> float | None:

@@ -52,6 +52,7 @@ def validate(
         if not cfg.member:  # the SB3 adapter's env; a custom member makes (or does without) its own
             problems.extend(_check_env(cfg.env_id, cfg.env_kwargs, cfg.algo, env_factory))
     problems.extend(_check_async(cfg))
+    problems.extend(_check_objective(cfg, env_factory))
     problems.extend(_check_mfpbt(cfg, population, space))
     problems.extend(_check_text_options(cfg))
     if cfg.run_dir:
@@ -222,6 +223,60 @@ def _check_async(cfg: Config) -> list[str]:
         ),
     ]
     return [message for ok, message in rules if not ok]
+
+
+#: Env steps of random actions the info key check spends looking for the end of a first episode.
+PROBE_STEPS = 5_000
+
+
+def _check_objective(cfg: Config, env_factory: Callable[..., Any] | None) -> list[str]:
+    """``--fitness``: ``return`` or ``info:KEY`` with a key that a first episode's final info has."""
+    if cfg.fitness == "return":
+        return []
+    key = cfg.objective_key
+    if key is None or not key.strip():
+        what = "an empty key" if key is not None else "neither return nor info:KEY"
+        return [f"--fitness {cfg.fitness!r}: {what}; use --fitness return or --fitness info:KEY (e.g. info:is_success)"]
+    if cfg.member:
+        return [f"--fitness {cfg.fitness} with --member {cfg.member}: a custom member computes its own fitness"]
+    if cfg.eval_episodes:
+        return [
+            f"--fitness {cfg.fitness} with --eval-episodes {cfg.eval_episodes}: evaluation episodes score returns "
+            "only; the objective is read from the training episodes (--eval-episodes 0)"
+        ]
+    return _probe_info_key(cfg, key, env_factory)
+
+
+def _probe_info_key(cfg: Config, key: str, env_factory: Callable[..., Any] | None) -> list[str]:
+    """Random actions until a first episode ends (at most :data:`PROBE_STEPS`): its final info must have ``key``.
+
+    An env whose episode does not end that soon is not judged here; the engines then stop at the first
+    ended episode without it.
+    """
+    import gymnasium
+
+    try:
+        target = env_factory if env_factory is not None else resolve_env(cfg.env_id)
+        env = gymnasium.make(target, **cfg.env_kwargs) if isinstance(target, str) else target(**cfg.env_kwargs)
+    except Exception:  # noqa: BLE001 - _check_env reports why the env cannot be made
+        return []
+    try:
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        for _ in range(PROBE_STEPS):
+            _, _, terminated, truncated, info = env.step(env.action_space.sample())
+            if terminated or truncated:
+                if key in info:
+                    return []
+                return [
+                    f"--fitness info:{key}: the env's info at an episode's end has no {key!r} (it has: "
+                    f"{', '.join(sorted(map(str, info))) or 'nothing'})"
+                ]
+    except Exception:  # noqa: BLE001 - the env's own error shows in training, with failure isolation
+        return []
+    finally:
+        env.close()
+    return []
 
 
 def _check_mfpbt(cfg: Config, population: int, space: Mapping[str, Prior]) -> list[str]:
