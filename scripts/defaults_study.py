@@ -17,6 +17,10 @@ budgets (Pendulum-v1 36 x 4,096 env steps per member, Acrobot-v1 24 x 4,096). Ar
 * ``random``     the same population, exploit off (``--selection none``): random search;
 * ``default``    exploit off, every searched hyperparameter at SB3's default (seeds 0-4 only).
 
+A third task, ``ShapedAcrobot`` (scripts/shaped_envs.py: Acrobot-v1 whose height bonus pays for hovering
+below the line), has two arms of 5 seeds scored on plain Acrobot-v1: ``pbt-return`` (fitness = the shaped
+return) and ``pbt-objective`` (``--fitness info:task_return``, the unshaped return the env reports).
+
 Every arm runs a fixed commit of evo_mpi (:data:`ARMS`), checked out in a git worktree beside the
 repository, so a later session repeats exactly the code that earlier seeds ran; the commit is kept in
 each run's ``summary.json``. Scoring follows the RL Zoo study (scripts/zoo_study.py): the run's own
@@ -58,7 +62,12 @@ STEPS = 4096
 ENVS: dict[str, dict[str, Any]] = {
     "Pendulum-v1": {"generations": 36, "collapse": -400.0},
     "Acrobot-v1": {"generations": 24, "collapse": None},
-}
+    # the objective is not the return: scripts/shaped_envs.py; scored on plain Acrobot-v1 (the task)
+    "ShapedAcrobot": {"generations": 24, "collapse": None, "env_id": "shaped_envs:shaped_acrobot",
+                      "test_env": "Acrobot-v1", "arms": ("pbt-return", "pbt-objective"), "baseline": "pbt-return"},
+}  # fmt: skip
+#: The shaped task's arms: the same PBT with fitness = the shaped return, or the task's own score.
+OBJECTIVE_ARMS = ("pbt-return", "pbt-objective")
 SEEDS = tuple(range(10))
 #: The commit of evo_mpi each arm runs (None: not built yet, the arm is skipped) and its options.
 BEFORE = "950fc25"  # the defaults before this study
@@ -69,9 +78,12 @@ ARMS: dict[str, dict[str, Any]] = {
     "mfpbt": {"commit": "dd604e8", "args": ["--selection", "mfpbt", "--mfpbt-periods", "1,10"]},
     "random": {"commit": BEFORE, "args": ["--selection", "none"]},
     "default": {"commit": BEFORE, "args": ["--selection", "none", "SB3"], "seeds": tuple(range(5))},
+    "pbt-return": {"commit": None, "args": [], "seeds": tuple(range(5))},
+    "pbt-objective": {"commit": None, "args": ["--fitness", "info:task_return"], "seeds": tuple(range(5))},
 }
-#: The arm everything is compared with.
+#: The arm everything is compared with, and the arms of the two plain envs.
 BASELINE = "random"
+MAIN_ARMS = tuple(a for a in ARMS if a not in OBJECTIVE_ARMS)
 SMALL_FILES = ("config.json", "history.jsonl", "champion.json", "summary.json")
 
 
@@ -93,7 +105,7 @@ def arm_args(arm: str) -> list[str]:
 def command(env: str, arm: str, seed: int, path: str) -> list[str]:
     return [
         os.path.join(os.path.dirname(sys.executable), "mpiexec"), "-n", str(RANKS),
-        sys.executable, "-m", "evo_mpi.run", "--env-id", env, "--seed", str(seed),
+        sys.executable, "-m", "evo_mpi.run", "--env-id", ENVS[env].get("env_id", env), "--seed", str(seed),
         "--agents-per-rank", str(PER_RANK), "--generations", str(ENVS[env]["generations"]),
         "--steps-per-generation", str(STEPS), "--run-dir", path, *arm_args(arm),
     ]  # fmt: skip
@@ -114,20 +126,22 @@ def run_one(out: str, env: str, arm: str, seed: int, commit: bool) -> None:
     t0 = time.time()
     if not os.path.exists(os.path.join(path, "best.zip")):
         where = code_dir(code)
-        child = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": where}
+        scripts = os.path.dirname(os.path.abspath(__file__))  # shaped_envs.py, the same for every arm
+        child = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": where + os.pathsep + scripts}
         with open(path + ".log", "a", encoding="utf-8") as log:
             proc = subprocess.run(
                 command(env, arm, seed, path), stdout=log, stderr=subprocess.STDOUT, env=child, cwd=where
             )
-        if proc.returncode != 0:
-            raise SystemExit(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
+        if proc.returncode != 0:  # the next runs go on; this one is retried (resumed) by the next invocation
+            print(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log", flush=True)
+            return
         with open(os.path.join(path, "launch_wall.jsonl"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"wall_s": time.time() - t0}) + "\n")
     with open(os.path.join(path, "launch_wall.jsonl"), encoding="utf-8") as fh:
         wall = sum(json.loads(line)["wall_s"] for line in fh)
     summary = {"env": env, "arm": arm, "seed": seed, "code": code, "generations": ENVS[env]["generations"],
                "steps_per_member": ENVS[env]["generations"] * STEPS, "population": POPULATION,
-               "launch_wall_s": wall, **zoo_study.score(path, env)}  # fmt: skip
+               "launch_wall_s": wall, **zoo_study.score(path, ENVS[env].get("test_env", env))}  # fmt: skip
     with open(os.path.join(path, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=1)
     for name in SMALL_FILES:
@@ -195,6 +209,26 @@ def bootstrap_diff(a: dict[int, float], b: dict[int, float], draws: int = 10_000
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def objective_lines(env: str, runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
+    """For an arm with ``--fitness info:KEY``: how often its final top member differs from the return's."""
+    lines = []
+    for arm, got in runs.items():
+        if "--fitness" not in ARMS[arm]["args"]:
+            continue
+        differ = []
+        for seed in sorted(got):
+            rows = history(env, arm, seed)
+            last = [r for r in rows if r["generation"] == max(q["generation"] for q in rows)]
+            by_objective = max(last, key=lambda r: -math.inf if r["fitness"] is None else r["fitness"])["member"]
+            by_return = max(last, key=lambda r: np.mean(r["returns"]) if r["returns"] else -math.inf)["member"]
+            differ.append(by_objective != by_return)
+        lines.append(
+            f"`{arm}`: in {sum(differ)} of {len(differ)} runs the member the objective ranks first in the last "
+            "generation is not the one the (shaped) return ranks first."
+        )
+    return lines
+
+
 def report() -> int:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -206,15 +240,17 @@ def report() -> int:
     for row, env in enumerate(envs):
         runs = load(env)
         floor = ENVS[env]["collapse"]
-        base = {s: r["test_mean"] for s, r in runs.get(BASELINE, {}).items()}
+        baseline = ENVS[env].get("baseline", BASELINE)
+        base = {s: r["test_mean"] for s, r in runs.get(baseline, {}).items()}
+        test_env = ENVS[env].get("test_env", env)
         lines += [
             f"### {env}: PPO, population 8, {ENVS[env]['generations'] * STEPS:,} env steps per member",
             "",
-            f"Test: the run's final pick on {len(zoo_study.TEST_SEEDS)} held-out episodes. Diff: mean of the per-seed "
-            f"difference to `{BASELINE}` over the seeds both arms have, with a paired bootstrap 95 % interval."
-            + (f" Collapse: final pick below {floor:.0f}." if floor is not None else ""),
+            f"Test: the run's final pick on {len(zoo_study.TEST_SEEDS)} held-out episodes of {test_env}. Diff: mean of "
+            f"the per-seed difference to `{baseline}` over the seeds both arms have, with a paired bootstrap 95 % "
+            "interval." + (f" Collapse: final pick below {floor:.0f}." if floor is not None else ""),
             "",
-            "| arm | seeds | test (mean +- sd) | diff to random [95 % CI] | collapses | roots left (mean) "
+            f"| arm | seeds | test (mean +- sd) | diff to {baseline} [95 % CI] | collapses | roots left (mean) "
             "| exploits per run | min per run |",
             "|---|---|---|---|---|---|---|---|",
         ]
@@ -227,7 +263,7 @@ def report() -> int:
             values = {s: r["test_mean"] for s, r in got.items()}
             v = np.array(list(values.values()))
             sd = float(np.std(v, ddof=1)) if v.size > 1 else math.nan
-            d, lo, hi = bootstrap_diff(values, base) if arm != BASELINE else (math.nan,) * 3
+            d, lo, hi = bootstrap_diff(values, base) if arm != baseline else (math.nan,) * 3
             collapses = "" if floor is None else f"{int(np.sum(v < floor))}/{v.size}"
             counts = [roots(history(env, arm, s)) for s in sorted(got)]
             exploits = [sum(r.get("parent") is not None for r in history(env, arm, s)) for s in sorted(got)]
@@ -249,7 +285,7 @@ def report() -> int:
         lineage.set_xlabel("generation")
         lineage.set_ylabel("distinct root ancestors (mean over seeds)", fontsize=8)
         lineage.legend(fontsize=7)
-        lines.append("")
+        lines += [*objective_lines(env, runs), ""]
     fig.tight_layout()
     os.makedirs(os.path.dirname(FIGURE), exist_ok=True)
     fig.savefig(FIGURE, dpi=100)
@@ -289,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:  # seed-major: after each seed every arm has the same seeds
         for env in envs:
             for arm in arms:
+                if arm not in ENVS[env].get("arms", MAIN_ARMS):
+                    continue
                 if seed in ARMS[arm].get("seeds", SEEDS):
                     run_one(os.path.abspath(args.out), env, arm, seed, args.commit)
     return 0
