@@ -78,8 +78,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "mfpbt": {"commit": "dd604e8", "args": ["--selection", "mfpbt", "--mfpbt-periods", "1,10"]},
     "random": {"commit": BEFORE, "args": ["--selection", "none"]},
     "default": {"commit": BEFORE, "args": ["--selection", "none", "SB3"], "seeds": tuple(range(5))},
-    "pbt-return": {"commit": None, "args": [], "seeds": tuple(range(5))},
-    "pbt-objective": {"commit": None, "args": ["--fitness", "info:task_return"], "seeds": tuple(range(5))},
+    "pbt-return": {"commit": "f250732", "args": [], "seeds": tuple(range(5))},
+    "pbt-objective": {"commit": "f250732", "args": ["--fitness", "info:task_return"], "seeds": tuple(range(5))},
 }
 #: The arm everything is compared with, and the arms of the two plain envs.
 BASELINE = "random"
