@@ -98,3 +98,34 @@ def test_a_key_that_never_appears_in_training_stops_every_rank_with_exit_2(tmp_p
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--fitness info:score: episodes ended" in proc.stderr and "no final info had 'score'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_wandb_and_tensorboard_keep_the_objective_and_the_return(tmp_path):
+    pytest.importorskip("wandb")
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_wandb import _history
+
+    from helpers import ROOT, child_env, mpiexec
+
+    run_dir = tmp_path / "w"
+    env = {**child_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cmd = [mpiexec(), "-n", "2", sys.executable, "-m", "evo_mpi.run", *_scored_args(run_dir)]
+    cmd += ["--generations", "2", "--wandb-project", "evo-test"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    history = read_history(run_dir)
+    logged = _history(next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")))
+    for g, items in logged.items():
+        for r in (r for r in history if r["generation"] == g):
+            assert items[f"member_{r['member']:02d}/fitness"] == pytest.approx(r["fitness"])
+            assert items[f"member_{r['member']:02d}/episode_return"] == pytest.approx(np.mean(r["returns"]))
+    board = EventAccumulator(str(run_dir / "tb" / "member_00"))
+    board.Reload()
+    mine = [r for r in history if r["member"] == 0]
+    objective = [e.value for e in board.Scalars("pbt/objective/score")]
+    returns = [e.value for e in board.Scalars("pbt/episode_return")]
+    assert objective == pytest.approx([r["fitness"] for r in mine], rel=1e-6)
+    assert returns == pytest.approx([np.mean(r["returns"]) for r in mine], rel=1e-6)
