@@ -84,15 +84,17 @@ def seed_log_cartpole(log: str, max_episode_steps: int = 200) -> gymnasium.Env:
 
 
 class FixedLength(gymnasium.Env):
-    """Every episode lasts exactly ``length`` steps with reward 1 per step, so every return is ``length``.
+    """Every episode lasts exactly ``length`` steps with reward 1 per step, so every return is ``length``
+    (with ``bonus``, between ``length`` and ``length + 0.5``).
 
     The observation is the elapsed fraction and a draw from the env's own RNG (``np_random``), so a
     rebuilt episode matches only if its RNG was restored exactly. With ``entropy=True`` the draw comes
     from fresh OS entropy instead: the episode cannot be rebuilt.
     """
 
-    def __init__(self, length: int = 300, entropy: bool = False) -> None:
-        self.length, self.entropy = length, entropy
+    def __init__(self, length: int = 300, entropy: bool = False, bonus: bool = False) -> None:
+        self.length, self.entropy, self.bonus = length, entropy, bonus
+        self.ones = 0
         self.observation_space = gymnasium.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
         self.action_space = gymnasium.spaces.Discrete(2)
         self.t = 0
@@ -103,12 +105,17 @@ class FixedLength(gymnasium.Env):
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        self.t = 0
+        self.t = self.ones = 0
         return self._obs(), {}
 
     def step(self, action):
         self.t += 1
-        return self._obs(), 1.0, self.t >= self.length, False, {}
+        self.ones += int(action == 1)
+        done = self.t >= self.length
+        # bonus: the last step adds half the episode's share of action 1, so members' returns differ
+        # (a return in [length, length + 0.5]) while every episode still lasts exactly length steps
+        extra = 0.5 * self.ones / self.length if self.bonus and done else 0.0
+        return self._obs(), 1.0 + extra, done, False, {}
 
 
 class ScoredCartPole(gymnasium.Wrapper):
