@@ -448,7 +448,7 @@ def _place_device(comm: Comm, cfg: Config, say: Callable[[str], None]) -> tuple[
     local = comm.local_rank()
     seen = os.environ.get("CUDA_VISIBLE_DEVICES")
     count = torch.cuda.device_count() if cfg.device != "cpu" else 0
-    record: dict[str, Any] = {"local_rank": local, "device": "cpu", "gpu": None}
+    record: dict[str, Any] = {"local_rank": local, "device": "cpu", "gpu": None, "cuda_visible_devices": seen}
     launcher = launcher_local_rank(os.environ)
     if launcher is not None:
         record["launcher_local_rank"] = {launcher[0]: launcher[1]}
