@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from evo_mpi import checkpoint
-from evo_mpi.config import Config, ConfigError
+from evo_mpi.api import plan_run
+from evo_mpi.config import Config, ConfigError, Parsed
 from evo_mpi.devices import DeviceChoice, DeviceError, assign_device, device_problem, launcher_local_rank, visible_gpus
 from evo_mpi.member import Member
 from evo_mpi.run import main
@@ -197,6 +198,11 @@ def test_api_auto_without_gpu_trains_on_cpu(tmp_path):
     assert lines.count("evo-mpi: --device auto: no CUDA device visible, training on the CPU") == 1, lines
     assert [(r["local_rank"], r["device"]) for r in _placement(tmp_path / "r")] == [(0, "cpu")]
     assert json.loads((tmp_path / "r" / "config.json").read_text())["device"] == "auto"
+    # the device may change on resume (a run started on GPUs continues on CPUs); its form is still checked
+    for device, problems in (("cpu", []), ("cuda:-1", ["--device 'cuda:-1' is not a device"])):
+        plan = plan_run(Parsed({}, {"device": device}, None, False, str(tmp_path / "r")), 1)
+        assert [p[: len(q)] for p, q in zip(plan.problems, problems, strict=True)] == problems, plan.problems
+    assert plan_run(Parsed({}, {"device": "cpu"}, None, False, str(tmp_path / "r")), 1).cfg.device == "cpu"
 
 
 # -- state: CPU bytes on the wire, CPU tensors in checkpoints ---------------------------------------
