@@ -102,7 +102,7 @@ class Result:
         if self._model is None and self.config.member:
             import torch
 
-            self._model = torch.load(self.best_model_path, weights_only=True)
+            self._model = torch.load(self.best_model_path, weights_only=True, map_location="cpu")
         if self._model is None:
             from . import algorithms
 
@@ -287,17 +287,26 @@ def oversubscription_hint(nodes: Mapping[str, tuple[int, int]], agents_per_rank:
     )
 
 
-def write_placement(run_dir: str, mode: str, placement: Placement, say: Callable[[str], None]) -> None:
+def write_placement(
+    run_dir: str,
+    mode: str,
+    placement: Placement,
+    say: Callable[[str], None],
+    devices: Sequence[Mapping[str, Any]] = (),
+) -> None:
     """Append this launch's rank placement to RUN_DIR/placement.jsonl (one line per launch or resume).
 
     Each rank's host, ranks on its node (MPI's shared-memory split), usable
-    cores there and torch threads; with more than one host, a line says where
-    the ranks run.
+    cores there and torch threads, and from ``devices`` (:func:`_place_device`)
+    its node-local rank, torch device and GPU; with more than one host, a line
+    says where the ranks run.
     """
     ranks = [
         {"rank": i, "host": h, "ranks_on_node": r, "node_cores": c, "torch_threads": t}
         for i, (h, r, c, t) in enumerate(placement)
     ]
+    for rank, record in zip(ranks, devices, strict=False):
+        rank.update(record)
     hosts: dict[str, list[int]] = {}
     for i, (host, *_) in enumerate(placement):
         hosts.setdefault(host, []).append(i)
@@ -350,6 +359,7 @@ def execute(
         say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
         return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
     placement = _set_threads(comm, cfg, say)
+    device, devices = _place_device(comm, cfg, say)
     # imported here, not at the top: the engines import torch and SB3, which `import evo_mpi`,
     # --print-config and configuration errors must not wait for
     from .async_engine import AsyncEngine
@@ -358,7 +368,7 @@ def execute(
     engine: EngineBase | None = None
     try:
         if comm.rank == 0:
-            _open_run_dir(comm.size, plan, placement, say)
+            _open_run_dir(comm.size, plan, placement, say, devices)
         comm.barrier()
         deadline = None if cfg.time_limit_s is None else launched + cfg.time_limit_s
         shared: dict[str, Any] = {
@@ -367,6 +377,7 @@ def execute(
             "env_factory": env_factory,
             "member_factory": member_factory,
             "deadline": deadline,
+            "device": device,
         }
         if cfg.mode == "async":
             engine = AsyncEngine(cfg, comm, run_dir, resuming=plan.resuming, **shared)
@@ -427,8 +438,68 @@ def _set_threads(comm: Comm, cfg: Config, say: Callable[[str], None]) -> Placeme
     return placement
 
 
+def _place_device(comm: Comm, cfg: Config, say: Callable[[str], None]) -> tuple[str, list[dict[str, Any]]]:
+    """The torch device of this rank (``--device`` and its node-local rank) and every rank's device record.
+
+    Raises:
+        ConfigError: on every rank, naming the value and what the rank saw, when any rank cannot
+            honour ``--device`` (e.g. ``cuda`` with no GPU visible); nothing is created before this.
+
+    """
+    import socket
+
+    import torch
+
+    from .devices import DeviceError, assign_device, launcher_local_rank, visible_gpus
+
+    local = comm.local_rank()
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = torch.cuda.device_count() if cfg.device != "cpu" else 0
+    record: dict[str, Any] = {"local_rank": local, "device": "cpu", "gpu": None, "cuda_visible_devices": seen}
+    launcher = launcher_local_rank(os.environ)
+    if launcher is not None:
+        record["launcher_local_rank"] = {launcher[0]: launcher[1]}
+    problem = note = None
+    try:
+        choice = assign_device(cfg.device, local, visible_gpus(seen, count))
+    except DeviceError as exc:
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA support"  # type: ignore[attr-defined]
+        shown = "unset" if seen is None else repr(seen)
+        problem = (
+            f"{exc} on host {socket.gethostname()} (torch {torch.__version__} has {build}; "
+            f"CUDA_VISIBLE_DEVICES {shown})"
+        )
+    else:
+        record.update(device=choice.device, gpu=choice.gpu)
+        note = choice.note
+        if choice.device != "cpu":
+            torch.cuda.set_device(choice.device)
+    gathered: list[tuple[dict[str, Any], str | None, str | None]] = comm.allgather_obj((record, problem, note))
+    problems = list(dict.fromkeys(p for _, p, _ in gathered if p))
+    if problems:
+        raise ConfigError(problems)
+    for line in dict.fromkeys(n for _, _, n in gathered if n):
+        say(line)
+    disagree = [
+        f"rank {i}: {name}={value}, MPI's split {r['local_rank']}"
+        for i, (r, _, _) in enumerate(gathered)
+        for name, value in r.get("launcher_local_rank", {}).items()
+        if value != r["local_rank"]
+    ]
+    if disagree:
+        say(
+            f"evo-mpi: note: the launcher's node-local ranks differ from MPI's ({'; '.join(disagree)}); "
+            "devices follow MPI's"
+        )
+    return record["device"], [r for r, _, _ in gathered]
+
+
 def _open_run_dir(
-    size: int, plan: Plan, placement: list[tuple[str, int, int, int]], say: Callable[[str], None]
+    size: int,
+    plan: Plan,
+    placement: list[tuple[str, int, int, int]],
+    say: Callable[[str], None],
+    devices: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """Rank 0: the run's config (a fresh run) or the resume line, the banner and this launch's placement."""
     from .engine import write_config
@@ -453,7 +524,7 @@ def _open_run_dir(
         f"evo-mpi: {population} members on {size} rank(s), {cfg.member or cfg.env_id}, "
         f"{cfg.generations} generations x {cfg.steps_per_generation} steps; output in {run_dir}"
     )
-    write_placement(run_dir, cfg.mode, placement, say)
+    write_placement(run_dir, cfg.mode, placement, say, devices)
 
 
 def _interrupted_line(cfg: Config, run_dir: str) -> str:

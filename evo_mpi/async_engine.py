@@ -87,8 +87,9 @@ class AsyncEngine(EngineBase):
         env_factory: Callable[..., Any] | None = None,
         member_factory: MemberFactory | None = None,
         deadline: float | None = None,
+        device: str = "cpu",
     ) -> None:
-        super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, None, member_factory, deadline)
+        super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, None, member_factory, deadline, device)
         #: The budget in intervals of ``steps_per_generation`` steps: the same total as sync mode.
         self.budget = self.population * cfg.generations
         #: Latest record of every member this rank has seen (its own members' are always current).

@@ -75,7 +75,10 @@ def write_member(
     tmp = _tmp_dir(run_dir, generation)
     import torch  # deferred: run.py imports this module before installing its signal handlers
 
-    write_synced(os.path.join(tmp, f"member_{member:02d}.pt"), lambda fh: torch.save(dict(tensors), fh))
+    from .torchstate import cpu_tensors
+
+    cpu = cpu_tensors(dict(tensors))  # a GPU member's state dicts: the file loads on any machine
+    write_synced(os.path.join(tmp, f"member_{member:02d}.pt"), lambda fh: torch.save(cpu, fh))
     _crash_point(f"member:{generation}:{member}")
     _write_json(os.path.join(tmp, f"member_{member:02d}.json"), meta)
 
@@ -170,7 +173,10 @@ def write_interval(
     tmp = os.path.join(root, ".tmp-" + name)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    write_synced(os.path.join(tmp, "member.pt"), lambda fh: torch.save(dict(tensors), fh))
+    from .torchstate import cpu_tensors
+
+    cpu = cpu_tensors(dict(tensors))  # as write_member: CPU tensors, loadable on any machine
+    write_synced(os.path.join(tmp, "member.pt"), lambda fh: torch.save(cpu, fh))
     for key, array in arrays.items():
         write_synced(os.path.join(tmp, key + ".npy"), functools.partial(np.save, arr=array, allow_pickle=False))
     _write_json(os.path.join(tmp, "member.json"), meta)

@@ -133,6 +133,21 @@ class Comm:
         finally:
             node.Free()
 
+    def local_rank(self) -> int:
+        """The index of this rank among the ranks of its node: its rank in ``COMM_WORLD.Split_type(COMM_TYPE_SHARED)``.
+
+        The same on every MPI and launcher (the split orders a node's ranks by
+        their world rank); launcher variables such as ``MPI_LOCALRANKID`` are
+        only a cross-check (:func:`evo_mpi.devices.launcher_local_rank`).
+        """
+        if not self.uses_mpi:
+            return 0
+        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+        try:
+            return int(node.Get_rank())
+        finally:
+            node.Free()
+
     def node_usage(self) -> tuple[str, int, int]:
         """(host name, ranks on this node, cores usable by them): the union of the node's ranks' CPU affinities.
 

@@ -88,8 +88,11 @@ class EngineBase:
         callback: Callback | None = None,
         member_factory: MemberFactory | None = None,
         deadline: float | None = None,
+        device: str = "cpu",
     ) -> None:
         self.cfg = cfg
+        #: The torch device of this rank's SB3 members (``--device`` resolved for this rank).
+        self.device = device
         #: ``time.monotonic()`` by which this launch must have written its final models (``--time-limit``).
         self.deadline = deadline
         self.callback = callback
@@ -153,7 +156,9 @@ class EngineBase:
             if member_factory is not None:
                 self.members[m] = member_factory(m, cfg, self.hparams[m], tb_dir)
             else:
-                self.members[m] = Member(m, cfg, self.hparams[m], tb_dir, env_factory=self.env_factory)
+                self.members[m] = Member(
+                    m, cfg, self.hparams[m], tb_dir, env_factory=self.env_factory, device=self.device
+                )
 
     def _log_rebuilds(self) -> None:
         """After a resume: each local member's running-episode rebuild (envs, steps replayed, ms) to the timings."""
@@ -500,8 +505,9 @@ class Engine(EngineBase):
         callback: Callback | None = None,
         member_factory: MemberFactory | None = None,
         deadline: float | None = None,
+        device: str = "cpu",
     ) -> None:
-        super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, callback, member_factory, deadline)
+        super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, callback, member_factory, deadline, device)
         #: Each member's fitness when its current generation started (the winner's after an exploit).
         self.start_fitness = np.full(self.population, math.nan)
         #: PB2's data: (generation, hparams, fitness change) of every member interval with finite ends.

@@ -80,7 +80,12 @@ class _StopCallback(BaseCallback):
 
 
 class Member(FlatTorchState):
-    """One population member: an SB3 model, its training env and optional eval env."""
+    """One population member: an SB3 model, its training env and optional eval env.
+
+    ``device`` is where its networks live (``cpu`` or ``cuda:K``); what it packs
+    for an exploit and what it checkpoints are CPU bytes and CPU tensors either
+    way, and load onto whatever device the receiving member is on.
+    """
 
     def __init__(
         self,
@@ -89,6 +94,7 @@ class Member(FlatTorchState):
         hparams: Mapping[str, Value],
         tb_dir: str | None,
         env_factory: Callable[..., Any] | None = None,
+        device: str = "cpu",
     ) -> None:
         self.id = member_id
         self.cfg = cfg
@@ -113,7 +119,7 @@ class Member(FlatTorchState):
         policy_kwargs: dict[str, Any] = {**cfg.policy_kwargs, "net_arch": list(self.arch)}
         if "activation_fn" in hparams:
             policy_kwargs["activation_fn"] = netmorph.ACTIVATION_CLASSES[self.activation]
-        kwargs: dict[str, Any] = {**cfg.model_kwargs, "policy_kwargs": policy_kwargs, "seed": seed, "device": "cpu"}
+        kwargs: dict[str, Any] = {**cfg.model_kwargs, "policy_kwargs": policy_kwargs, "seed": seed, "device": device}
         self.off_policy = self.algorithm.off_policy
         if self.off_policy:
             kwargs["buffer_size"] = cfg.buffer_size

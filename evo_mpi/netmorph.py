@@ -177,7 +177,7 @@ def add_weight_noise(network: nn.Module, noise: WeightNoise) -> int:
             if not isinstance(module, nn.Linear) or "target" in path:
                 continue
             flat = module.weight.data.view(-1)
-            index, values = weight_noise(flat.numpy(), noise, rng)
-            flat[torch.from_numpy(index)] = torch.from_numpy(values)
+            index, values = weight_noise(flat.cpu().numpy(), noise, rng)  # .cpu(): no copy on the CPU
+            flat[torch.from_numpy(index).to(flat.device)] = torch.from_numpy(values).to(flat.device)
             changed += index.size
     return changed

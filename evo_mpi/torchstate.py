@@ -52,6 +52,26 @@ def init_optimizer_state(optimizers: Iterable[torch.optim.Optimizer]) -> None:
             p.grad = g
 
 
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+    """The numpy dtype of torch ``dtype`` (read from a CPU tensor: ``.numpy()`` of a GPU tensor fails)."""
+    return torch.empty(0, dtype=dtype).numpy().dtype
+
+
+def cpu_tensors(obj: Any) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples: state dicts) copied to the CPU.
+
+    CPU tensors are returned as they are, so this costs nothing on the CPU.
+    Checkpoints store what this returns: a run written on GPUs loads on CPUs.
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: cpu_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_tensors(v) for v in obj)
+    return obj
+
+
 class FlatTorchState:
     """Mixin: pack/unpack and layout of a member's tensors; subclasses supply the tensors and optimizers."""
 
@@ -138,8 +158,8 @@ class FlatTorchState:
         tensors = self._tensors()
         out = np.empty(sum(t.numel() * t.element_size() for t in tensors), dtype=np.uint8)
         offset = 0
-        for t in tensors:
-            raw = t.detach().contiguous().reshape(-1).numpy().view(np.uint8)
+        for t in tensors:  # on a GPU, .cpu() copies to the host: the buffer is CPU bytes on any device
+            raw = t.detach().cpu().contiguous().reshape(-1).numpy().view(np.uint8)
             out[offset : offset + raw.size] = raw
             offset += raw.size
         return out
@@ -165,7 +185,7 @@ class FlatTorchState:
             with torch.no_grad():
                 for t in self._tensors():
                     n = t.numel() * t.element_size()
-                    src = buf[offset : offset + n].view(t.detach().numpy().dtype)
-                    t.copy_(torch.from_numpy(src.copy()).reshape(t.shape))
+                    src = buf[offset : offset + n].view(_numpy_dtype(t.dtype))
+                    t.copy_(torch.from_numpy(src.copy()).reshape(t.shape))  # copy_ moves it to t's device
                     offset += n
         self.diverged = False

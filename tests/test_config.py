@@ -134,6 +134,11 @@ BAD = [
     (["--mutate", "all", "--explore", "pb2"], "--mutate all with --explore pb2"),
     (["--weight-mutation-fraction", "0"], "--weight-mutation-fraction must be in (0, 1], got 0.0"),
     (["--weight-mutation-sd", "inf"], "--weight-mutation-sd must be positive and finite, got inf"),
+    # --device: its form on rank 0 (a GPU that is not there: tests/test_devices.py)
+    (["--device", "gpu"], "--device 'gpu' is not a device (choose from auto, cpu, cuda or cuda:N (N >= 0))"),
+    (["--device", "cuda:-1"], "--device 'cuda:-1' is not a device"),
+    (["--device", "cuda", "--member", "examples.custom_trainer:make_member", "--search-space",
+      "lr=loguniform:1e-4:1e-2"], "--device cuda places the SB3 adapter's members; a custom --member places its own"),
 ]  # fmt: skip
 
 

@@ -183,6 +183,9 @@ def test_sync_job_on_two_nodes_equals_one_host(cluster, one_host, tmp_path, laun
     (placement,) = placements(run_dir)
     assert hosts_of(placement) == {"node1": [0, 1], "node2": [2, 3]}, placement
     assert [r["ranks_on_node"] for r in placement["ranks"]] == [2, 2, 2, 2], placement
+    assert [r["local_rank"] for r in placement["ranks"]] == [0, 1, 0, 1], placement  # restarts at 0 per node
+    # the launcher's variable (mpiexec: Hydra's MPI_LOCALRANKID; srun: SLURM_LOCALID) agrees with MPI's split
+    assert [list(r["launcher_local_rank"].values()) for r in placement["ranks"]] == [[0], [1], [0], [1]], placement
     assert "4 ranks on 2 hosts: node1 (ranks 0, 1), node2 (ranks 2, 3)" in log, log
     assert (run_dir / "history.jsonl").read_text() == (one_host / "history.jsonl").read_text()
     assert (run_dir / "lineage.jsonl").read_text() == (one_host / "lineage.jsonl").read_text()
@@ -204,6 +207,7 @@ def test_automatic_threads_follow_ranks_per_node(cluster, tmp_path):
     assert hosts_of(placement) == {"node1": [0, 1], "node2": [2]}, placement
     ranks = placement["ranks"]
     assert [r["ranks_on_node"] for r in ranks] == [2, 2, 1], placement
+    assert [r["local_rank"] for r in ranks] == [0, 1, 0], placement
     assert [r["torch_threads"] for r in ranks] == [r["node_cores"] // r["ranks_on_node"] for r in ranks], placement
     assert ranks[2]["torch_threads"] == 2 * ranks[0]["torch_threads"], placement
 

@@ -194,6 +194,13 @@ class Config:
     )
     net_arch: tuple[int, ...] = _f((64, 64), "Comma-separated hidden layer sizes of the policy and value networks.")
     torch_threads: int = _f(1, "Torch threads per rank; 0 = cores on the node / ranks on the node.")
+    device: str = _f(
+        "cpu",
+        "Torch device of the SB3 members: cpu; cuda (node-local rank r on visible GPU r % n, honouring "
+        "CUDA_VISIBLE_DEVICES; none visible is an error); cuda:N (every rank on visible GPU N); auto (cuda where a "
+        "GPU is visible, else cpu). State moves and is checkpointed as CPU tensors, so a run may resume on "
+        "another device. May change on resume.",
+    )
     search_space: dict[str, str] = _f(
         {},
         "Search-space overrides NAME=PRIOR, e.g. learning_rate=loguniform:1e-5:1e-3, "
@@ -285,6 +292,7 @@ RESUME_OVERRIDABLE = (
     "agents_per_rank",
     "backend",
     "torch_threads",
+    "device",
     "checkpoint_every",
     "keep_checkpoints",
     "max_failures",

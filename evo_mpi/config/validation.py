@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import algorithms, mfpbt
 from ..arch import MutationSpecError, default_mutation_probs, parse_mutation_probs
+from ..devices import device_problem
 from ..hparams import check_prior
 from ..resolvers import resolve_env, resolve_member
 from ..space import MUTATED_APART, Prior, SpaceError, parse_space
@@ -55,6 +56,7 @@ def validate(
     problems.extend(_check_objective(cfg, env_factory))
     problems.extend(_check_mfpbt(cfg, population, space))
     problems.extend(_check_text_options(cfg))
+    problems.extend(_check_device(cfg))
     if cfg.run_dir:
         problems.extend(_check_writable(cfg.run_dir))
     return problems
@@ -332,6 +334,19 @@ def _check_text_options(cfg: Config) -> list[str]:
                 f"--wandb-project {cfg.wandb_project!r}: wandb is not installed (pip install 'evo-mpi[wandb]')"
             )
     return problems
+
+
+def _check_device(cfg: Config) -> list[str]:
+    """--device has a known form (whether a GPU is there is each rank's own check, after planning)."""
+    problem = device_problem(cfg.device)
+    if problem is not None:
+        return [problem]
+    if cfg.member and cfg.device != "cpu":
+        return [
+            f"--device {cfg.device} places the SB3 adapter's members; a custom --member places its own tensors "
+            "(see examples/custom_trainer.py): drop --device"
+        ]
+    return []
 
 
 def _check_env(
