@@ -361,6 +361,22 @@ class EngineBase:
         assert isinstance(member, EvaluatesFinal)
         return [float(r) for r in member.evaluate_final(seeds)], 0
 
+    def _evaluate_isolated(
+        self, m: int, seeds: list[int]
+    ) -> tuple[tuple[list[float], int] | None, dict[str, Any] | None]:
+        """:meth:`_evaluate_final` with failure isolation: an exception is logged and returned as a failure."""
+        got, exc = failures.attempt(lambda _poll: self._evaluate_final(m, seeds))
+        if exc is None:
+            return got, None
+        failure = failures.describe(exc, "final evaluation")
+        failures.log_traceback(
+            self.run_dir,
+            f"evo-mpi: member {m} on rank {self.comm.rank} failed in the final evaluation: "
+            f"{failure['type']}: {failure['message']}",
+            exc,
+        )
+        return None, failure
+
     def _final_pick(self) -> dict[str, Any]:
         """Collective: every rank evaluates its own candidates, all pick the same champion; rank 0 writes champion.json.
 
@@ -376,20 +392,33 @@ class EngineBase:
         seeds = champion.seeds(cfg.seed, episodes)
         chosen = champion.candidates(fitness, cfg.final_eval_top, self.broken) if episodes else []
         local: dict[int, list[float]] = {}
+        local_failed: dict[int, dict[str, Any]] = {}
         steps = 0
         for m in chosen:
             if m in self.members:
                 self.activity = f"evaluating member {m} on {episodes} episode(s) for the final pick"
-                local[m], n = self._evaluate_final(m, seeds)
-                steps += n
+                got, failure = self._evaluate_isolated(m, seeds)
+                if got is not None:
+                    local[m], n = got
+                    steps += n
+                elif failure is not None:
+                    local_failed[m] = failure
         self.activity = "gathering the final evaluation"
         gathered = self.comm.allgather_obj(
-            {"returns": local, "steps": steps, "timesteps": {m: self.members[m].timesteps for m in self.local_ids}}
+            {
+                "returns": local,
+                "failed": local_failed,
+                "steps": steps,
+                "timesteps": {m: self.members[m].timesteps for m in self.local_ids},
+            }
         )
         returns: dict[int, list[float]] = {}
+        eval_failures: dict[int, dict[str, Any]] = {}
         for part in gathered:
             returns.update(part["returns"])
-        returns = {m: returns[m] for m in chosen}  # candidate order: best training fitness first
+            eval_failures.update(part["failed"])
+        # candidate order: best training fitness first; a candidate whose evaluation failed is skipped
+        returns = {m: returns[m] for m in chosen if m not in eval_failures}
         best = champion.pick(returns) if returns else next(int(m) for m in rank_order(fitness) if m not in self.broken)
         report = champion.record(
             best,
@@ -403,6 +432,7 @@ class EngineBase:
         report["failures"] = self.failure_total
         report["excluded"] = sorted(self.broken)
         report["scored"] = cfg.fitness  # what the candidates' "returns" hold: the return or info:KEY
+        report["eval_failures"] = [{"member": m, **eval_failures[m]} for m in sorted(eval_failures)]
         if self.comm.rank == 0:
             write_json_atomic(os.path.join(self.run_dir, "champion.json"), report, allow_nan=False)
             if self.board is not None:
@@ -1092,15 +1122,18 @@ def _pick_summary(report: dict[str, Any]) -> str:
     """The ``done:`` line's account of the final pick."""
     m = report["member"]
     fit = math.nan if report["final_fitness"] is None else report["final_fitness"]
+    failed = [int(f["member"]) for f in report.get("eval_failures", [])]
+    skipped = f"; the evaluation of member(s) {failed} failed (errors.log), skipped" if failed else ""
     if report["pick"] == champion.PICK_TRAINING:
-        return f"best member {m} fitness {fit:.2f} (last training fitness; no final evaluation)"
+        why = "every candidate's evaluation failed" if failed else "no final evaluation"
+        return f"best member {m} fitness {fit:.2f} (last training fitness; {why}{skipped})"
     row = next(c for c in report["candidates"] if c["member"] == m)
     mean = math.nan if row["mean"] is None else row["mean"]
     sd = math.nan if row["sd"] is None else row["sd"]
     order = ", ".join(str(c["member"]) for c in report["candidates"])
     return (
         f"champion member {m}, eval {mean:.2f} +- {sd:.2f} over {report['episodes']} episodes "
-        f"(training fitness {fit:.1f}; candidates {order})"
+        f"(training fitness {fit:.1f}; candidates {order}{skipped})"
     )
 
 

@@ -85,12 +85,14 @@ class FlakyCartPole(CartPoleEnv):
     ``fail_seeds``: the first reset seeds of the envs that fail (a member's env
     ``i`` is first reset with ``derive_seed(seed, INIT, member) + i``); None: every
     env fails. ``fail_step`` < 0, or ``EVO_TEST_FIXED=1`` in the environment (the user fixed the bug): never.
+    ``bad_rank_only``: only in the bad rank.
     A rebuilt env has another seed, so it does not fail again.
     """
 
-    def __init__(self, fail_step=-1, fail_seeds=None, **kwargs):
+    def __init__(self, fail_step=-1, fail_seeds=None, bad_rank_only=False, **kwargs):
         super().__init__(**kwargs)
         self.fail_step, self.fail_seeds = int(fail_step), fail_seeds
+        self.bad_rank_only = bad_rank_only
         self.count, self.first_seed = 0, None
 
     def reset(self, *, seed=None, options=None):
@@ -101,7 +103,7 @@ class FlakyCartPole(CartPoleEnv):
     def step(self, action):
         self.count += 1
         chosen = self.fail_seeds is None or self.first_seed in self.fail_seeds
-        chosen = chosen and os.environ.get("EVO_TEST_FIXED") != "1"
+        chosen = chosen and os.environ.get("EVO_TEST_FIXED") != "1" and (_bad_rank() or not self.bad_rank_only)
         if chosen and self.count == self.fail_step:
             raise RuntimeError(f"simulated env bug at step {self.count} (seed {self.first_seed})")
         return super().step(action)

@@ -260,3 +260,37 @@ def test_final_evaluation_of_an_episode_that_never_ends_counts_its_return_so_far
         assert champion.evaluate_sb3(member, [1, 2, 3]) == ([40.0, 40.0, 40.0], 120)
     finally:
         member.close()
+
+
+def _eval_crash_args(run_dir, bad_rank_only: bool) -> list[str]:
+    """Envs whose first reset seed is the final pick's first: they raise at their first step (final evaluation only)."""
+    from evo_mpi.champion import seeds as champion_seeds
+
+    kwargs = {"fail_step": 1, "fail_seeds": [champion_seeds(6, 2)[0]], "bad_rank_only": bad_rank_only}
+    return [
+        *cartpole_args(seed=6, generations=2, steps=256), "--env-id", "tests.buggy_envs:FlakyCartPole-v0",
+        "--env-kwargs", json.dumps(kwargs), "--final-eval-top", "4", "--run-dir", str(run_dir),
+    ]  # fmt: skip
+
+
+def test_a_candidate_whose_final_evaluation_fails_is_skipped_and_recorded(tmp_path):
+    proc = run_evo([*_eval_crash_args(tmp_path / "r", bad_rank_only=True), "--agents-per-rank", "2"], 2)
+    report = json.loads((tmp_path / "r" / "champion.json").read_text())
+    assert [f["member"] for f in report["eval_failures"]] == [2, 3]  # rank 1's members
+    assert all(f["phase"] == "final evaluation" and f["type"] == "RuntimeError" for f in report["eval_failures"])
+    assert report["pick"] == "final_eval" and report["member"] in (0, 1)
+    assert sorted(c["member"] for c in report["candidates"]) == [0, 1]
+    assert (tmp_path / "r" / "best.zip").exists()
+    assert "the evaluation of member(s) [2, 3] failed" in proc.stdout
+    assert "failed in the final evaluation" in (tmp_path / "r" / "errors.log").read_text()
+
+
+def test_when_every_final_evaluation_fails_the_champion_is_the_best_by_training_fitness(tmp_path):
+    run_evo([*_eval_crash_args(tmp_path / "r", bad_rank_only=False), "--agents-per-rank", "3"], None)
+    report = json.loads((tmp_path / "r" / "champion.json").read_text())
+    history = read_history(tmp_path / "r")
+    last = {r["member"]: r["fitness"] for r in history if r["generation"] == 1}
+    assert report["pick"] == "training_fitness" and report["candidates"] == []
+    assert [f["member"] for f in report["eval_failures"]] == [0, 1, 2]
+    assert report["member"] == max(last, key=lambda m: (last[m], -m))
+    assert (tmp_path / "r" / "best.zip").exists()
