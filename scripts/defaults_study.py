@@ -206,17 +206,6 @@ def roots(rows: list[dict[str, Any]]) -> list[int]:
     return counts
 
 
-def bootstrap_diff(a: dict[int, float], b: dict[int, float], draws: int = 10_000) -> tuple[float, float, float]:
-    """Mean of a - b over the seeds both have, and its 95 % percentile bootstrap interval (paired by seed)."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
-        return math.nan, math.nan, math.nan
-    diff = np.array([a[s] - b[s] for s in seeds])
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(len(diff), size=(draws, len(diff)))].mean(axis=1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def objective_lines(env: str, runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """For an arm with ``--fitness info:KEY``: how often its final top member differs from the return's."""
     lines = []
@@ -271,7 +260,7 @@ def report() -> int:
             values = {s: r["test_mean"] for s, r in got.items()}
             v = np.array(list(values.values()))
             sd = float(np.std(v, ddof=1)) if v.size > 1 else math.nan
-            d, lo, hi = bootstrap_diff(values, base) if arm != baseline else (math.nan,) * 3
+            d, lo, hi = zoo_study.bootstrap_diff(values, base) if arm != baseline else (math.nan,) * 3
             collapses = "" if floor is None else f"{int(np.sum(v < floor))}/{v.size}"
             counts = [roots(history(env, arm, s)) for s in sorted(got)]
             exploits = [sum(r.get("parent") is not None for r in history(env, arm, s)) for s in sorted(got)]
