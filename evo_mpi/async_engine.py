@@ -35,7 +35,7 @@ from .atomic import write_text_atomic
 from .comm import Comm, Mailbox
 from .config import Config
 from .decision import Held, View, donors, held_record, observe
-from .engine import EngineBase, fitness_call, mean_finite, missing_fitness_lines, missing_reason
+from .engine import EngineBase, fitness_call, mean_finite, missing_fitness_lines, missing_reason, torch_threads
 from .lineage import read_history
 from .outputs import async_progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
@@ -126,6 +126,8 @@ class AsyncEngine(EngineBase):
         self.served: list[dict[str, Any]] = []  # one entry per snapshot sent: to whom, when, while doing what
         self.train_cpu_s = 0.0
         self.started = time.time()
+        #: Torch threads each local member trained with, from its checkpoint (a resume warns when they change).
+        self.saved_threads: dict[int, int] = {}
         self._start(resuming)
 
     def _start(self, resuming: bool) -> None:
@@ -135,7 +137,7 @@ class AsyncEngine(EngineBase):
                 self._restore(m)
             self._log_rebuilds()
         local = {m: (self.done[m], self.latest.get(m)) for m in self.local_ids}
-        self._check_layouts(None)
+        self._check_layouts(None, self.saved_threads)
         # start-up collective: every member's latest record and interval count (all tickets already used)
         everyone = {m: v for part in self.comm.allgather_obj(local) for m, v in part.items()}
         self.latest = {m: rec for m, (_, rec) in everyone.items() if rec is not None}
@@ -164,6 +166,8 @@ class AsyncEngine(EngineBase):
         self.done[m] = int(meta["done"])
         self.start_fitness[m] = math.nan if meta["start_fitness"] is None else float(meta["start_fitness"])
         self.exploit_steps[m] = int(meta.get("exploit_steps", 0))
+        if "torch_threads" in meta:  # written since the resume warning covers async mode
+            self.saved_threads[m] = int(meta["torch_threads"])
         record = meta["record"]
         self.latest[m] = record
         self.snapshots[m] = Snapshot(record, arrays["snapshot"], arrays["snapshot_aux"])
@@ -486,6 +490,7 @@ class AsyncEngine(EngineBase):
                 "done": k + 1,
                 "start_fitness": self.start_fitness[m] if math.isfinite(self.start_fitness[m]) else None,
                 "exploit_steps": self.exploit_steps[m],
+                "torch_threads": torch_threads(),
                 "record": snap.record | {key: record[key] for key in ("parent", "parent_generation", "seen")},
             },
             {"snapshot": snap.state, "snapshot_aux": snap.aux},

@@ -179,14 +179,19 @@ class EngineBase:
                 f"{math.ceil(limit / per_env)} {unit}s; episodes continue across {unit}s"
             )
 
-    def _check_layouts(self, saved_threads: list[int] | None) -> None:
-        """Start-up collective: members of one architecture must have one state layout; warn when threads changed."""
+    def _check_layouts(self, saved_threads: list[int] | None, saved_here: dict[int, int] | None = None) -> None:
+        """Start-up collective: members of one architecture must have one state layout; warn when threads changed.
+
+        ``saved_threads``: every member's thread count from a sync checkpoint; ``saved_here``: this rank's
+        members' from their own checkpoints (async mode), gathered here.
+        """
         self.activity = "checking that all ranks agree on the member state layout"
         gathered = self.comm.allgather_obj(
             {
                 "threads": torch_threads(),
                 "layouts": {m: self.members[m].state_layout() for m in self.local_ids},
                 "archs": {m: str(self.members[m].hparams.get("net_arch", "")) for m in self.local_ids},
+                "saved": saved_here or {},
             }
         )
         groups: dict[str, dict[int, tuple[int, int, str]]] = {}
@@ -197,6 +202,9 @@ class EngineBase:
             check_layouts(group, self.owner)
         #: Torch threads each member trains with (its rank's); a change on resume can change float sums.
         self.member_threads = [int(gathered[self.owner(m)]["threads"]) for m in range(self.population)]
+        saved = {int(m): int(t) for rank in gathered for m, t in rank["saved"].items()}
+        if saved_threads is None and saved:  # async: members never checkpointed count as unchanged
+            saved_threads = [saved.get(m, self.member_threads[m]) for m in range(self.population)]
         self._warn_threads(saved_threads)
 
     def _open_logs(self, history_bytes: int | None = None, lineage_bytes: int | None = None) -> None:

@@ -106,3 +106,15 @@ def test_more_ranks_than_cores_prints_one_line_with_the_fix(tmp_path, cores, n, 
         assert hints == []
     else:
         assert len(hints) == 1 and "2 ranks on 1 core(s)" in hints[0] and expect in hints[0]
+
+
+def test_async_resume_with_other_thread_count_warns(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*LONG, "--generations", "4", "--mode", "async", "--run-dir", str(run_dir), "--agents-per-rank", "2"]
+    proc = launch(args, None)
+    wait_for_line(proc, "async     2/")
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert proc.returncode == 75
+    warned = run_evo(["--resume", str(run_dir), "--torch-threads", "2"], None)
+    assert "warning: member(s) [0, 1] trained with [1] torch thread(s) per rank and resume with [2]" in warned.stdout
