@@ -143,6 +143,8 @@ class AsyncEngine(EngineBase):
         self.latest = {m: rec for m, (_, rec) in everyone.items() if rec is not None}
         self.published_latest = dict(self.latest)
         self.tickets = sum(done for done, _ in everyone.values())
+        #: Records published before this launch (a resume): the report's count, and W&B's step, go on from them.
+        self.records_before = self.tickets
         if resuming and self.comm.rank == 0:
             self._trim_logs({m: done for m, (done, _) in everyone.items()})
         self._open_logs()
@@ -308,7 +310,7 @@ class AsyncEngine(EngineBase):
                         }
                     ]
                 )
-            total = int(self.seen_count.sum())
+            total = self.records_before + int(self.seen_count.sum())
             if total % self.population == 0:
                 self._report(total)
 

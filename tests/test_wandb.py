@@ -71,3 +71,27 @@ def test_missing_wandb_is_a_configuration_error(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=child_env())
     assert proc.returncode == 2, proc.stderr
     assert "--wandb-project 'p': wandb is not installed (pip install 'evo-mpi[wandb]')" in proc.stderr
+
+
+def test_an_async_resume_continues_the_wandb_steps(tmp_path):
+    """The resumed launch logs steps after the first launch's, not from 0 again (W&B drops earlier steps)."""
+    from helpers import LONG, launch, wait_for_line
+
+    run_dir = tmp_path / "run"
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    args = [*LONG, "--generations", "4", "--mode", "async", "--agents-per-rank", "2"]
+    args += ["--wandb-project", "evo-test", "--run-dir", str(run_dir)]
+    proc = launch(args, None, extra_env=env)
+    wait_for_line(proc, "async     4/")
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert proc.returncode == 75
+    resumed = subprocess.run(
+        [sys.executable, "-m", "evo_mpi.run", "--resume", str(run_dir)],
+        capture_output=True, text=True, timeout=240, env={**child_env(), **env}, cwd=ROOT,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    first, second = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    before, after = sorted(_history(first)), sorted(_history(second))
+    assert before and after and min(after) > max(before), (before, after)
+    assert after[-1] == 3  # 4 intervals per member x 2 members, one report per 2 records: steps 0-3
