@@ -72,6 +72,6 @@ autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 
-html_theme = "furo"
+html_theme = "sphinx_rtd_theme"
 html_title = "evo_mpi"
 html_static_path: list[str] = []

@@ -151,6 +151,8 @@ def test_troubleshooting_messages_are_real(command: str, expected: list[str], tm
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The site, built the way .ci/run builds it: warnings are errors, nitpicky."""
+    pytest.importorskip("sphinx", reason="the docs tools are not installed: pip install -r docs/requirements.txt")
+    pytest.importorskip("sphinxarg", reason="the docs tools are not installed: pip install -r docs/requirements.txt")
     out = tmp_path_factory.mktemp("site")
     proc = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-n", "-q", "-b", "html", str(DOCS), str(out)],
