@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -28,10 +28,8 @@ from . import checkpoint
 from . import config as config_mod
 from .comm import Comm, launcher_mismatch
 from .config import Config, ConfigError, zoo
+from .episodes import EpisodeRecord
 from .status import Callback, GenerationSummary, Status
-
-if TYPE_CHECKING:
-    from .episodes import EpisodeRecord
 
 #: Signals that stop a run at the next env step with a resumable checkpoint.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)

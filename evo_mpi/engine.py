@@ -218,8 +218,8 @@ class EngineBase:
         if lineage_bytes is not None:
             checkpoint.truncate(lineage_path, lineage_bytes)
         self.history = JsonlWriter(history_path)
-        self.lineage = JsonlWriter(lineage_path)
         self.board = PopulationBoard(os.path.join(self.run_dir, "tb", "population"))
+        self.lineage = JsonlWriter(lineage_path, on_write=self.board.log_exploits)
         if self.cfg.wandb_project:
             from .wandb_log import WandbLogger
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
@@ -19,17 +21,21 @@ def member_tag(member: int) -> str:
 class JsonlWriter:
     """Append-only JSON-lines file, flushed and fsynced after each batch."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_write: Callable[[list[Mapping[str, Any]]], None] | None = None) -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
         self._fh: TextIO = open(path, "a", encoding="utf-8")
+        self._on_write = on_write
 
     def write(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Append records and make them durable."""
-        for rec in records:
+        """Append records and make them durable, then hand them to ``on_write`` (e.g. TensorBoard)."""
+        batch = list(records)
+        for rec in batch:
             self._fh.write(json.dumps(rec, sort_keys=True, allow_nan=True) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
+        if self._on_write is not None and batch:
+            self._on_write(batch)
 
     def tell(self) -> int:
         """Current size in bytes (a checkpoint records it)."""
@@ -40,13 +46,102 @@ class JsonlWriter:
         self._fh.close()
 
 
+#: TensorBoard tag of a session's fitness in the HParams runs (``tb/hparams/...``), apart from the members'
+#: own ``pbt/fitness`` so that the custom-scalars charts do not draw each point twice.
+SESSION_FITNESS = "session/fitness"
+#: TensorBoard text tag of the exploit events (``tb/population``).
+EXPLOITS_TAG = "exploits"
+
+
+def _hparam_value(value: Any) -> float | int | str | bool:
+    """A value the HParams plugin takes: numbers and strings as they are, anything else as its string."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def exploit_markdown(records: Iterable[Mapping[str, Any]]) -> str:
+    """Lineage records as a Markdown table: who copied whom, fitness, hyperparameters before and after."""
+    rows = [
+        "| loser | winner | generation | loser fitness | winner fitness | hyperparameters before | after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        old, new = r.get("old_hparams", {}), r.get("new_hparams", {})
+        before = ", ".join(f"{k}={_fmt(old[k])}" for k in sorted(old))
+        after = ", ".join(f"{k}={_fmt(new[k])}" for k in sorted(new))
+        rows.append(
+            f"| {r['loser']} | {r['winner']} | {r['generation']} | {_fmt(r.get('loser_fitness'))} | "
+            f"{_fmt(r.get('winner_fitness'))} | {before} | {after} |"
+        )
+    return "\n".join(rows)
+
+
+def scalars_layout(hparam_names: Iterable[str]) -> dict[str, dict[str, list[Any]]]:
+    """The custom-scalars layout: every member's fitness on one chart, each hyperparameter on one, best/mean/min."""
+    return {
+        "population": {
+            "fitness of every member": ["Multiline", [r"^pbt/fitness$"]],
+            "best, mean and min fitness": ["Multiline", [r"^population/(best|mean|min)_fitness$"]],
+        },
+        "hyperparameters": {name: ["Multiline", [rf"^hparams/{re.escape(name)}$"]] for name in sorted(hparam_names)},
+    }
+
+
 class PopulationBoard:
-    """Population-level TensorBoard scalars (rank 0 only)."""
+    """Population-level TensorBoard (rank 0 only): scalars, the custom-scalars layout, exploits, HParams sessions.
+
+    The HParams dashboard gets one *session* per member and stretch of constant hyperparameters (a new
+    session starts when explore changes a member's values): the plugin models a session as one fixed set of
+    hyperparameters with metrics over time, which is exactly a PBT member between two explores, whereas one
+    session per member would have to show one of its sets beside fitness earned with others. Sessions are
+    runs ``tb/hparams/member_XX-steps_N`` (N: the member's env steps when the stretch began), each with its
+    hyperparameters and the member's fitness as ``session/fitness`` at its env steps.
+    """
 
     def __init__(self, log_dir: str) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(log_dir=log_dir)
+        self._hparams_dir = os.path.join(os.path.dirname(log_dir), "hparams")
+        self._sessions: dict[int, tuple[dict[str, Any], Any]] = {}
+        self._layout: tuple[str, ...] | None = None
+
+    def log_members(self, timesteps: list[int], fitness: np.ndarray, hparams: list[dict[str, Any]]) -> None:
+        """Each member's fitness into the HParams session of its current hyperparameters; the layout once."""
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        numeric = tuple(sorted({k for h in hparams for k, v in h.items() if isinstance(v, (int, float))}))
+        if numeric != self._layout:  # written once, and again only if the searched names change
+            self._writer.add_custom_scalars(scalars_layout(numeric))
+            self._layout = numeric
+        for m, (steps, fit, values) in enumerate(zip(timesteps, fitness, hparams, strict=True)):
+            if not values:  # async: no record of this member yet
+                continue
+            session = self._sessions.get(m)
+            if session is None or session[0] != values:
+                if session is not None:
+                    session[1].close()
+                writer = SummaryWriter(os.path.join(self._hparams_dir, f"{member_tag(m)}-steps_{int(steps):09d}"))
+                _, start, _ = hparams_summary({k: _hparam_value(v) for k, v in values.items()}, {SESSION_FITNESS: 0.0})
+                assert writer.file_writer is not None  # SummaryWriter opens it in __init__
+                writer.file_writer.add_summary(start)
+                session = (dict(values), writer)
+                self._sessions[m] = session
+            if math.isfinite(float(fit)):
+                session[1].add_scalar(SESSION_FITNESS, float(fit), int(steps))
+                session[1].flush()
+
+    def log_exploits(self, records: list[Mapping[str, Any]]) -> None:
+        """Exploit events (lineage records) as a Markdown table under ``exploits``, at the losers' env steps."""
+        step = max(int(r["timesteps"]) for r in records)
+        self._writer.add_text(EXPLOITS_TAG, exploit_markdown(records), step)
+        self._writer.flush()
 
     def log(self, step: int, fitness: np.ndarray, exploits: int, extra: Mapping[str, float] | None = None) -> None:
         """Best/mean/min fitness (finite members) and the exploit count."""
@@ -72,8 +167,11 @@ class PopulationBoard:
         self._writer.flush()
 
     def close(self) -> None:
-        """Flush and close."""
+        """Flush and close, the HParams sessions too."""
         self._writer.close()
+        for _, writer in self._sessions.values():
+            writer.close()
+        self._sessions.clear()
 
 
 def fmt_duration(seconds: float) -> str:
@@ -157,6 +255,7 @@ class Reporter:
         ``returns``: each member's mean episode return, when fitness is another objective (``info:KEY``).
         """
         self.board.log(board_step, fitness, exploits, extra)
+        self.board.log_members(timesteps, fitness, hparams)
         if self.wandb is not None:
             self.wandb.log(index, timesteps, [float(f) for f in fitness], hparams, exploits, returns)
         self.echo(line)

@@ -24,7 +24,7 @@ class Status(str, enum.Enum):
     TIME_LIMIT = "time_limit"
     #: ``target_fitness`` was reached; final models written.
     TARGET_REACHED = "target"
-    #: A stop signal: resume the run.
+    #: A stop signal arrived; the checkpoint is on disk, resume the run.
     INTERRUPTED = "interrupted"
     #: Member failures ended the run (all at once, or more than ``max_failures``): final models of the
     #: healthy members written, no ``best.zip``; the last checkpoint precedes the failures (resumable).

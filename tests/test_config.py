@@ -325,3 +325,18 @@ def test_time_limit_formats(text, seconds):
 
     assert parse_duration(text) == seconds
     assert Config(time_limit=text).time_limit_s == seconds
+
+
+def test_help_prints_every_option_and_exits_0():
+    """argparse formats help texts with %: a bare % in one (e.g. '20 %') breaks --help for every option."""
+    import subprocess
+    import sys
+
+    from evo_mpi.config.schema import FIELDS
+    from helpers import ROOT, child_env
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "evo_mpi.run", "--help"], capture_output=True, text=True, env=child_env(), cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert all(f"--{name.replace('_', '-')}" in proc.stdout for name in FIELDS)

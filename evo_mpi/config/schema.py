@@ -97,13 +97,13 @@ class Config:
     exploit_margin_std: float = _f(
         0.0,
         "Exploit margin: a loser copies its donor only if the donor's fitness beats its own by more than "
-        "max(this x sd, --exploit-margin-abs x |donor's fitness|); sd: the population's fitness standard "
-        "deviation without its worst 20 %. A loser that does not clear it keeps its weights and hyperparameters "
+        "max(this x sd, --exploit-margin-abs x abs(donor's fitness)); sd: the population's fitness standard "
+        "deviation without its worst fifth. A loser that does not clear it keeps its weights and hyperparameters "
         "(history: held). With both 0 any strict improvement copies: ties never do. Not with ttest (its test is "
         "the margin).",
     )
     exploit_margin_abs: float = _f(
-        0.0, "Exploit margin's relative part: a share of the donor's |fitness| (see --exploit-margin-std)."
+        0.0, "Exploit margin's relative part: a share of abs(donor's fitness) (see --exploit-margin-std)."
     )
     explore: str = _f(
         "perturb",
@@ -196,7 +196,7 @@ class Config:
     torch_threads: int = _f(1, "Torch threads per rank; 0 = cores on the node / ranks on the node.")
     device: str = _f(
         "cpu",
-        "Torch device of the SB3 members: cpu; cuda (node-local rank r on visible GPU r % n, honouring "
+        "Torch device of the SB3 members: cpu; cuda (node-local rank r on visible GPU r mod n, honouring "
         "CUDA_VISIBLE_DEVICES; none visible is an error); cuda:N (every rank on visible GPU N); auto (cuda where a "
         "GPU is visible, else cpu). State moves and is checkpointed as CPU tensors, so a run may resume on "
         "another device. May change on resume.",
