@@ -42,10 +42,8 @@ import glob
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -131,40 +129,19 @@ def run_one(out: str, env: str, arm: str, seed: int, commit: bool) -> None:
         return
     path = os.path.join(out, env, arm, f"seed{seed}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    t0 = time.time()
     if not os.path.exists(os.path.join(path, "best.zip")):
         where = code_dir(code)
         scripts = os.path.dirname(os.path.abspath(__file__))  # shaped_envs.py, the same for every arm
         child = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": where + os.pathsep + scripts}
-        with open(path + ".log", "a", encoding="utf-8") as log:
-            proc = subprocess.run(
-                command(env, arm, seed, path), stdout=log, stderr=subprocess.STDOUT, env=child, cwd=where
-            )
-        if proc.returncode != 0:  # the next runs go on; this one is retried (resumed) by the next invocation
-            print(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log", flush=True)
-            return
-        with open(os.path.join(path, "launch_wall.jsonl"), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"wall_s": time.time() - t0}) + "\n")
-    with open(os.path.join(path, "launch_wall.jsonl"), encoding="utf-8") as fh:
-        wall = sum(json.loads(line)["wall_s"] for line in fh)
+        if not zoo_study.launch(path, command(env, arm, seed, path), child, cwd=where):
+            return  # the next runs go on; this one is retried (resumed) by the next invocation
+    wall = zoo_study.launch_wall(path)
     summary = {"env": env, "arm": arm, "seed": seed, "code": code, "generations": ENVS[env]["generations"],
                "steps_per_member": ENVS[env]["generations"] * STEPS, "population": POPULATION,
                "launch_wall_s": wall, **zoo_study.score(path, ENVS[env].get("test_env", env))}  # fmt: skip
-    with open(os.path.join(path, "summary.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=1)
-    for name in SMALL_FILES:
-        if os.path.exists(os.path.join(path, name)):
-            os.makedirs(target, exist_ok=True)
-            shutil.copyfile(os.path.join(path, name), os.path.join(target, name))
+    message = f"defaults study: {env} {arm} seed {seed} (small outputs; test {summary['test_mean']:.1f})"
+    zoo_study.keep(path, target, summary, SMALL_FILES, REPO, message if commit else "")
     print(f"{env} {arm:10s} seed {seed}: test {summary['test_mean']:8.1f} ({wall / 60:.1f} min)", flush=True)
-    if commit:
-        message = f"defaults study: {env} {arm} seed {seed} (small outputs; test {summary['test_mean']:.1f})"
-        for _ in range(30):  # another git command may hold the index for a moment
-            subprocess.run(["git", "add", "--", target], cwd=REPO, capture_output=True)
-            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", target], cwd=REPO, capture_output=True)
-            if done.returncode == 0:
-                break
-            time.sleep(2)
 
 
 # -- the report: from docs/data/defaults alone ------------------------------------------------------
@@ -283,14 +260,7 @@ def report() -> int:
         lineage.set_ylabel("distinct root ancestors (mean over seeds)", fontsize=8)
         lineage.legend(fontsize=7)
         lines += [*objective_lines(env, runs), ""]
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(FIGURE), exist_ok=True)
-    fig.savefig(FIGURE, dpi=100)
-    os.makedirs(DATA, exist_ok=True)
-    with open(os.path.join(DATA, "table.md"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
-    print(f"figure: {os.path.relpath(FIGURE, ROOT)}")
+    zoo_study.save_report(fig, FIGURE, DATA, lines)
     return 0
 
 

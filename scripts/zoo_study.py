@@ -181,6 +181,54 @@ def kept(env: str, arm: str, seed: int) -> str:
     return os.path.join(DATA, env, arm, f"seed{seed}")
 
 
+def launch(path: str, cmd: list[str], child: dict[str, str], cwd: str | None = None) -> bool:
+    """Run one evo_mpi command into run dir ``path`` (output to ``path.log``), adding its wall to launch_wall.jsonl."""
+    t0 = time.time()
+    with open(path + ".log", "a", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=child, cwd=cwd)
+    if proc.returncode != 0:
+        print(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log", flush=True)
+        return False
+    with open(os.path.join(path, "launch_wall.jsonl"), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"wall_s": time.time() - t0}) + "\n")
+    return True
+
+
+def launch_wall(path: str) -> float:
+    """Seconds of every launch that finished (a launch stopped from outside writes none)."""
+    with open(os.path.join(path, "launch_wall.jsonl"), encoding="utf-8") as fh:
+        return sum(json.loads(line)["wall_s"] for line in fh)
+
+
+def keep(path: str, target: str, summary: dict[str, Any], files: tuple[str, ...], repo: str, message: str) -> None:
+    """Write ``summary.json``, copy the run's small outputs to ``target`` and, with a message, commit them."""
+    with open(os.path.join(path, "summary.json"), "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=1)
+    for name in files:
+        if os.path.exists(os.path.join(path, name)):
+            os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
+            shutil.copyfile(os.path.join(path, name), os.path.join(target, name))
+    if message:
+        for _ in range(30):  # another git command may hold the index for a moment
+            subprocess.run(["git", "add", "--", target], cwd=repo, capture_output=True)
+            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", target], cwd=repo, capture_output=True)
+            if done.returncode == 0:
+                break
+            time.sleep(2)
+
+
+def save_report(fig: Any, figure: str, data: str, lines: list[str]) -> None:
+    """Write the figure and ``table.md``, and print the table."""
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(figure), exist_ok=True)
+    fig.savefig(figure, dpi=100)
+    os.makedirs(data, exist_ok=True)
+    with open(os.path.join(data, "table.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+    print("\n".join(lines))
+    print(f"figure: {os.path.relpath(figure, ROOT)}")
+
+
 def run_one(out: str, env: str, arm: str, seed: int, commit: bool) -> None:
     """Run (or resume) one run, score it, keep its small outputs (and commit them)."""
     target = kept(env, arm, seed)
@@ -188,35 +236,16 @@ def run_one(out: str, env: str, arm: str, seed: int, commit: bool) -> None:
         return
     path = os.path.join(out, env, arm, f"seed{seed}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    t0 = time.time()
-    if not os.path.exists(os.path.join(path, "best.zip")):
-        child = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-        with open(path + ".log", "a", encoding="utf-8") as log:
-            proc = subprocess.run(command(env, arm, seed, path), stdout=log, stderr=subprocess.STDOUT, env=child)
-        if proc.returncode != 0:
-            raise SystemExit(f"{path}: evo_mpi exited {proc.returncode}; see {path}.log")
-        with open(os.path.join(path, "launch_wall.jsonl"), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"wall_s": time.time() - t0}) + "\n")
-    with open(os.path.join(path, "launch_wall.jsonl"), encoding="utf-8") as fh:
-        wall = sum(json.loads(line)["wall_s"] for line in fh)
+    child = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    if not os.path.exists(os.path.join(path, "best.zip")) and not launch(path, command(env, arm, seed, path), child):
+        raise SystemExit(1)
+    wall = launch_wall(path)
     summary = {"env": env, "arm": arm, "seed": seed, "generations": ENVS[env]["generations"],
                "steps_per_member": ENVS[env]["generations"] * ENVS[env]["steps"], "population": RANKS * PER_RANK,
                "launch_wall_s": wall, **score(path, env)}  # fmt: skip
-    with open(os.path.join(path, "summary.json"), "w", encoding="utf-8") as fh:
-        json.dump(summary, fh, indent=1)
-    for name in SMALL_FILES:
-        if os.path.exists(os.path.join(path, name)):
-            os.makedirs(os.path.dirname(os.path.join(target, name)), exist_ok=True)
-            shutil.copyfile(os.path.join(path, name), os.path.join(target, name))
+    message = f"zoo study: {env} {arm} seed {seed} (small outputs; test {summary['test_mean']:.1f})"
+    keep(path, target, summary, SMALL_FILES, REPO, message if commit else "")
     print(f"{env} {arm:14s} seed {seed}: test {summary['test_mean']:7.1f} ({wall / 60:.1f} min)", flush=True)
-    if commit:
-        message = f"zoo study: {env} {arm} seed {seed} (small outputs; test {summary['test_mean']:.1f})"
-        for _ in range(30):  # another git command may hold the index for a moment
-            subprocess.run(["git", "add", "--", target], cwd=REPO, capture_output=True)
-            done = subprocess.run(["git", "commit", "-q", "-m", message, "--", target], cwd=REPO, capture_output=True)
-            if done.returncode == 0:
-                break
-            time.sleep(2)
 
 
 # -- the report: from docs/data/zoo alone -----------------------------------------------------------
@@ -342,13 +371,7 @@ def report() -> int:
             ax.axhline(mean, color="grey", linestyle=":", linewidth=1)
             ax.legend(fontsize=7)
         lines.append("")
-    fig.tight_layout()
-    fig.savefig(FIGURE, dpi=100)
-    os.makedirs(DATA, exist_ok=True)
-    with open(os.path.join(DATA, "table.md"), "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
-    print(f"figure: {os.path.relpath(FIGURE, ROOT)}")
+    save_report(fig, FIGURE, DATA, lines)
     return 0
 
 
