@@ -903,7 +903,7 @@ class Engine(EngineBase):
         """Who copies whom after generation ``g`` (the same on every rank); a failed member always copies."""
         cfg = self.cfg
         returns = None
-        if cfg.selection == "ttest":  # the t-test's samples: each member's recent training returns
+        if cfg.selection == "ttest":  # the t-test's samples: recent scores (info:KEY's with --fitness)
             returns = [np.array(self._episode_stats(table, m)[0]) for m in range(self.population)]
         view = View(range(self.population), table[:, _FIT], returns, self._ready(g), failed)
         self.choice = decision.donors(
