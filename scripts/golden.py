@@ -8,8 +8,9 @@ path of the engines: every selection rule, PB2, MF-PBT, the exploit margin, ``--
 true objective, a member failure, architecture mutation, and async mode in one process (the only
 async layout whose history does not depend on timing). ``record`` keeps history.jsonl, lineage.jsonl
 and champion.json as parsed JSON with the fields that measure time removed (``wall``, ``unix``,
-``fetch_s``; champion.json's ``eval_s``), and the SHA-256 of every PNG ``evo_mpi.plot`` draws from the
-run. ``compare`` prints the first difference of each case. Record at the commit before a refactor step
+``fetch_s``; champion.json's ``wall_s``), and the SHA-256 of every PNG ``evo_mpi.plot`` draws from
+the run (async rows' ``wall`` replaced by the row's index first, for the plot over wall time).
+``compare`` prints the first difference of each case. Record at the commit before a refactor step
 and after it; the two must agree.
 """
 
@@ -42,7 +43,7 @@ CASES: dict[str, tuple[int, list[str]]] = {
     "ttest": (2, ["--seed", "4", "--agents-per-rank", "2", "--selection", "ttest", "--ttest-alpha", "0.5"]),
     "pb2": (2, ["--seed", "5", "--agents-per-rank", "2", "--explore", "pb2"]),
     "mfpbt": (0, ["--seed", "6", "--agents-per-rank", "8", "--selection", "mfpbt", "--mfpbt-periods", "1,2"]),
-    "margin": (2, ["--seed", "7", "--agents-per-rank", "2", "--exploit-margin-std", "0.5"]),
+    "margin": (2, ["--seed", "7", "--agents-per-rank", "2", "--exploit-margin-abs", "0.3"]),
     "ready-after": (2, ["--seed", "8", "--agents-per-rank", "2", "--ready-after", "512"]),
     "objective": (
         2, ["--seed", "9", "--agents-per-rank", "2", "--env-id", "tests.user_envs:ScoredCartPole", "--fitness",
@@ -59,7 +60,7 @@ CASES: dict[str, tuple[int, list[str]]] = {
     "async-one-process": (0, ["--seed", "12", "--agents-per-rank", "4", "--mode", "async"]),
 }  # fmt: skip
 #: Fields that measure time, not decisions: left out of the comparison.
-TIMED = {"wall", "unix", "fetch_s", "eval_s"}
+TIMED = {"wall", "unix", "fetch_s", "eval_s", "wall_s"}
 
 
 def _strip(value: Any) -> Any:
@@ -77,6 +78,15 @@ def _jsonl(path: str) -> list[Any]:
         return [_strip(json.loads(line)) for line in fh if line.strip()]
 
 
+def _fix_walls(path: str) -> None:
+    """Async rows' ``wall`` becomes the row's index, so the plot drawn over wall time is the same every run."""
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    if rows and "wall" in rows[0]:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps({**r, "wall": float(i)}) + "\n" for i, r in enumerate(rows))
+
+
 def run_case(name: str, work: str) -> dict[str, Any]:
     """Run case ``name`` in a fresh dir under ``work``; its records and plot hashes."""
     ranks, extra = CASES[name]
@@ -91,6 +101,7 @@ def run_case(name: str, work: str) -> dict[str, Any]:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"golden case {name} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    _fix_walls(os.path.join(run_dir, "history.jsonl"))
     plots = os.path.join(run_dir, "plots")
     subprocess.run([python, "-m", "evo_mpi.plot", run_dir, "--out", plots], cwd=ROOT, env=env, check=True,
                    capture_output=True)  # fmt: skip
@@ -154,7 +165,7 @@ def compare(old: str, new: str) -> int:
             bad += 1
             continue
         with open(os.path.join(old, name), encoding="utf-8") as fa, open(path, encoding="utf-8") as fb:
-            diff = _first_difference(json.load(fa), json.load(fb))
+            diff = _first_difference(_strip(json.load(fa)), _strip(json.load(fb)))
         print(f"{name[:-5]}: {'same' if diff is None else 'DIFFERS ' + diff}")
         bad += diff is not None
     return 1 if bad else 0
