@@ -18,7 +18,6 @@ bit-reproducible; with several ranks the order of events depends on timing.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -369,8 +368,7 @@ class AsyncEngine(EngineBase):
         if cfg.share_experience:
             self._apply_experience()
             self.sharers[m].mark_experience()
-        train = functools.partial(member.train, cfg.steps_per_generation, k)
-        _, failure = self._attempt(m, k, "training", train, self._poll)
+        failure = self._train(m, k, self._poll)
         train_cpu = time.process_time() - cpu0
         self.train_cpu_s += train_cpu
         if self._stopping():

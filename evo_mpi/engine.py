@@ -51,6 +51,8 @@ T = TypeVar("T")
 
 #: Why a fitness is missing, as ``history.jsonl``'s ``fitness_missing`` and the warning say.
 NO_EPISODE, DIVERGED = "no completed episode yet", "diverged"
+#: The failure phase of a member whose envs could not be rebuilt before it trains again.
+REBUILDING = "rebuilding envs"
 
 
 def missing_reason(fitness: float, episodes: int, diverged: bool) -> str | None:
@@ -133,6 +135,8 @@ class EngineBase:
         self.local_failures: dict[int, dict[str, Any]] = {}
         #: Members whose latest generation (interval) failed: no final model, never the champion.
         self.broken: set[int] = set()
+        #: Local members whose envs could not be rebuilt after a failure: they try again before they next train.
+        self.unrecovered: set[int] = set()
         #: Wall-clock time (epoch seconds) when this process started its first training step.
         self.first_train_unix: float | None = None
         self.shared_bytes = 0  # --share-experience: transitions gathered by this rank in the last generation
@@ -254,11 +258,45 @@ class EngineBase:
             f"{failure['type']}: {failure['message']}",
             exc,
         )
-        member = self.members[m]
-        if isinstance(member, Recovers):
-            self.activity = f"rebuilding member {m}'s envs after its failure ({unit} {step})"
-            member.recover(step)
+        if phase != REBUILDING:
+            self._recover(m, step)
         return None, failure
+
+    def _recover(self, m: int, step: int) -> None:
+        """After a failure, local member ``m`` rebuilds its envs; if that raises too, it tries again before it
+        next trains (:attr:`unrecovered`), and each such try that fails is a failure of that generation (interval).
+        """
+        member = self.members[m]
+        if not isinstance(member, Recovers):
+            return
+        unit = "interval" if self.cfg.mode == "async" else "generation"
+        self.activity = f"rebuilding member {m}'s envs after its failure ({unit} {step})"
+        _, exc = failures.attempt(lambda _poll: member.recover(step))
+        if exc is None:
+            self.unrecovered.discard(m)
+            return
+        self.unrecovered.add(m)
+        failures.log_traceback(
+            self.run_dir,
+            f"evo-mpi: member {m} on rank {self.comm.rank} could not rebuild its envs after its failure in {unit} "
+            f"{step} (it tries again before it trains next): {type(exc).__name__}: {exc}",
+            exc,
+        )
+
+    def _train(self, m: int, step: int, should_stop: Callable[[], bool]) -> dict[str, Any] | None:
+        """Train local member ``m`` one generation (interval) with failure isolation; its failure, or None.
+
+        A member whose envs could not be rebuilt after an earlier failure rebuilds them first; if that fails
+        again, the failure (phase ``rebuilding envs``) is this generation's and it does not train.
+        """
+        member = self.members[m]
+        if m in self.unrecovered and isinstance(member, Recovers):
+            _, failure = self._attempt(m, step, REBUILDING, lambda _poll: member.recover(step))
+            if failure is not None:
+                return failure
+            self.unrecovered.discard(m)
+        train = functools.partial(member.train, self.cfg.steps_per_generation, step)
+        return self._attempt(m, step, "training", train, should_stop)[1]
 
     def _finish_failed(self, reason: str) -> None:
         """Failures end the run: save the final models of the members not broken now, say why; no champion."""
@@ -701,10 +739,7 @@ class Engine(EngineBase):
                 break
             if cfg.share_experience:
                 self.sharers[m].mark_experience()
-            member = self.members[m]
-            _, failure = self._attempt(
-                m, g, "training", functools.partial(member.train, cfg.steps_per_generation, g), self.should_stop
-            )
+            failure = self._train(m, g, self.should_stop)
             if failure is not None:
                 self.local_failures[m] = failure
         if self.should_stop():

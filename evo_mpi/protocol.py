@@ -33,7 +33,8 @@ The engine relies on these promises:
   or ``fitness`` raised in generation (or interval) ``step``, to rebuild
   what the error may have broken (the SB3 adapter builds fresh envs). The
   engine then has the member copy a donor at the next decision; without
-  ``recover`` nothing is rebuilt.
+  ``recover`` nothing is rebuilt. If ``recover`` raises, the member calls
+  it again before it next trains, and a failing retry is that step's failure.
 * Optionally ``evaluate_final(seeds)`` (:class:`EvaluatesFinal`): one score
   per seed for the final pick of ``best.zip``; without it a custom member's
   run picks by the last training fitness.

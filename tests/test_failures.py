@@ -1,27 +1,48 @@
 """A failing rank ends the whole job with one clear report; a diverging member does not."""
 
+import json
 import time
 
 from helpers import TINY, history_without_rank, launch, read_history
 
 
 def test_error_outside_a_members_training_ends_every_rank_with_a_report(tmp_path):
-    """The env raises while member 1 trains (isolated), then cannot be rebuilt (not isolated: the job ends)."""
+    """Member 1's checkpoint raises (a full disk; not isolated): one report, every rank ends, nothing waits."""
     run_dir = tmp_path / "run"
-    args = [*TINY, "--env-id", "tests.buggy_envs:CrashingCartPole-v0", "--run-dir", str(run_dir)]
+    args = ["--member", "tests.buggy_members:make_checkpoint_failing", "--generations", "3"]
+    args += ["--steps-per-generation", "256", "--search-space", "learning_rate=loguniform:1e-3:1e-2"]
+    args += ["--search-space", "batch_size=choice:32,64", "--search-space", "weight_decay=const:0.0"]
     t0 = time.monotonic()
-    proc = launch(args, 2, {"EVO_TEST_BAD_RANK": "1"})
+    proc = launch([*args, "--run-dir", str(run_dir)], 2)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert time.monotonic() - t0 < 60  # start-up included; no rank is left waiting in a collective
-    report = "evo-mpi: rank 1 failed while rebuilding member 1's envs after its failure (generation 1): RuntimeError"
-    assert report in err and "cannot build the env again" in err
+    report = "evo-mpi: rank 1 failed while writing the checkpoint of generation 1: OSError: simulated full disk"
+    assert report in err, err
     assert err.count("failed while") == 1  # one report, from the failing rank
+    assert "rank 1 failed while writing the checkpoint of generation 1" in (run_dir / "errors.log").read_text()
+    # the generations finished before the crash are on disk and intact
+    assert [r["generation"] for r in read_history(run_dir)] == [0, 0, 1, 1]
+
+
+def test_an_env_that_cannot_be_rebuilt_costs_its_member_not_the_run(tmp_path):
+    """Member 1's env raises while it trains, then cannot be built again: each generation it fails, the run goes on."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--env-id", "tests.buggy_envs:CrashingCartPole-v0", "--run-dir", str(run_dir)]
+    proc = launch(args, 2, {"EVO_TEST_BAD_RANK": "1"})
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    history = read_history(run_dir)
+    failed = [(r["generation"], r["member"], r["failure"]["phase"]) for r in history if "failure" in r]
+    assert failed == [(1, 1, "training"), (2, 1, "rebuilding envs")]
+    assert all(r["fitness"] is not None for r in history if r["member"] == 0)
     log = (run_dir / "errors.log").read_text()
-    assert "rank 1 failed while rebuilding member 1's envs" in log
     assert "member 1 on rank 1 failed in generation 1 while training: RuntimeError: simulated env bug" in log
-    # the generation finished before the crash is on disk and intact
-    assert [r["generation"] for r in read_history(run_dir)] == [0, 0]
+    assert "member 1 on rank 1 could not rebuild its envs after its failure in generation 1" in log
+    assert "member 1 on rank 1 failed in generation 2 while rebuilding envs: RuntimeError: simulated env bug" in log
+    champion = json.loads((run_dir / "champion.json").read_text())
+    assert champion["member"] == 0 and champion["excluded"] == [1] and champion["failures"] == 2
+    assert (run_dir / "best.zip").exists() and not (run_dir / "final" / "member_01.zip").exists()
 
 
 def test_nan_member_is_ranked_last_replaced_and_reported(tmp_path):

@@ -193,3 +193,41 @@ def test_a_custom_members_failure_is_isolated_and_it_recovers(tmp_path):
     assert record["parent"] not in (None, 1)
     assert "test: member 1 recovered after step 1" in proc.stdout
     assert (run_dir / "best.zip").exists()
+
+
+CUSTOM = ["--member", "tests.buggy_members:make_member", "--agents-per-rank", "4", "--steps-per-generation", "512"]
+CUSTOM += ["--search-space", "learning_rate=loguniform:1e-3:1e-2", "--search-space", "batch_size=choice:32,64"]
+CUSTOM += ["--search-space", "weight_decay=const:0.0"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_member_whose_rebuild_fails_tries_again_before_it_next_trains(tmp_path, monkeypatch, mode):
+    """recover() is isolated too: member 1's first rebuild raises, its retry before its next training works."""
+    monkeypatch.setenv("EVO_TEST_REBUILDS_FAIL", "1")
+    run_dir, proc = run(tmp_path, mode, [*CUSTOM, "--generations", "4", "--mode", mode])
+    (record,) = failure_records(read_history(run_dir))  # the failed rebuild is not a second failure
+    assert (record["member"], record["generation"], record["failure"]["phase"]) == (1, 1, "measuring fitness")
+    unit = "interval" if mode == "async" else "generation"
+    errors = (run_dir / "errors.log").read_text()
+    assert f"member 1 on rank 0 could not rebuild its envs after its failure in {unit} 1" in errors
+    assert "OSError: simulated rebuild bug 1 in member 1 (step 1)" in errors
+    assert "test: member 1 recovered after step 2" in proc.stdout  # the retry, before interval/generation 2
+    later = [r for r in read_history(run_dir) if r["member"] == 1 and r["generation"] >= 2]
+    assert later and all(r["fitness"] is not None for r in later)
+    assert (run_dir / "best.zip").exists()
+
+
+def test_a_member_that_can_never_be_rebuilt_fails_each_generation_until_max_failures_stops_the_run(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("EVO_TEST_REBUILDS_FAIL", "99")
+    args = [*CUSTOM, "--generations", "6", "--max-failures", "2"]
+    run_dir, proc = run(tmp_path, "never", args, check=False)
+    assert proc.returncode == 3, proc.stderr
+    failed = [(r["generation"], r["member"], r["failure"]["phase"]) for r in failure_records(read_history(run_dir))]
+    assert failed == [(1, 1, "measuring fitness"), (2, 1, "rebuilding envs"), (3, 1, "rebuilding envs")]
+    assert "3 member failure(s) so far, more than --max-failures 2" in proc.stdout
+    assert sorted(p.name for p in (run_dir / "final").glob("member_*.zip")) == [
+        "member_00.zip", "member_02.zip", "member_03.zip"
+    ]  # fmt: skip
+    assert not (run_dir / "best.zip").exists()
