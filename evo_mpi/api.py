@@ -26,6 +26,7 @@ import numpy as np
 
 from . import checkpoint
 from . import config as config_mod
+from .atomic import write_json_atomic, write_text_atomic
 from .comm import Comm, launcher_mismatch
 from .config import Config, ConfigError, zoo
 from .episodes import EpisodeRecord
@@ -361,7 +362,8 @@ def execute(
     # imported here, not at the top: the engines import torch and SB3, which `import evo_mpi`,
     # --print-config and configuration errors must not wait for
     from .async_engine import AsyncEngine
-    from .engine import Engine, EngineBase, LayoutMismatch
+    from .engine import Engine
+    from .scheduler import EngineBase, LayoutMismatch
 
     engine: EngineBase | None = None
     try:
@@ -500,8 +502,6 @@ def _open_run_dir(
     devices: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """Rank 0: the run's config (a fresh run) or the resume line, the banner and this launch's placement."""
-    from .engine import write_config
-
     assert plan.cfg is not None
     cfg, run_dir = plan.cfg, plan.run_dir
     population = size * cfg.agents_per_rank
@@ -709,3 +709,9 @@ def train(
 
 
 __all__: Sequence[str] = ("GenerationSummary", "Result", "Status", "train", "execute", "plan_run")
+
+
+def write_config(run_dir: str, data: dict[str, Any], toml_text: str) -> None:
+    """Write ``config.toml`` (feeds back with ``--config``), then ``config.json`` (marks a run dir), atomically."""
+    write_text_atomic(os.path.join(run_dir, "config.toml"), toml_text)
+    write_json_atomic(os.path.join(run_dir, "config.json"), data)

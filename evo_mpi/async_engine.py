@@ -18,9 +18,7 @@ bit-reproducible; with several ranks the order of events depends on timing.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import pickle
 import time
 from collections.abc import Callable
@@ -29,18 +27,21 @@ from typing import Any
 
 import numpy as np
 
-from . import checkpoint, failures, seeding, target
-from .atomic import write_text_atomic
+from . import checkpoint, failures, target
 from .comm import Comm, Mailbox
 from .config import Config
-from .decision import Held, View, donors, held_record, observe
-from .engine import EngineBase, fitness_call, mean_finite, missing_fitness_lines, missing_reason, torch_threads
+from .decision import Held, held_record, observe
+from .fitness import fitness_call, mean_finite, missing_fitness_lines, missing_reason
 from .lineage import read_history
 from .outputs import async_progress_line
-from .pb2 import MAX_OBSERVATIONS, Observation, fit_observations
+from .pb2 import MAX_OBSERVATIONS, Observation
 from .protocol import MemberFactory
+from .records import Failure, HistoryRow, IntervalFields, LineageRow
+from .run_log import trim_to_steps
+from .scheduler import EngineBase, torch_threads
 from .space import Value
 from .status import Status
+from .step import Seen
 
 # Message tags (on the mailbox's own communicator).
 TICKET_REQUEST, TICKET, RECORD, SNAPSHOT_REQUEST, SNAPSHOT, STOP, EXPERIENCE = range(21, 28)
@@ -51,9 +52,9 @@ POLL_S = 1e-3
 
 @dataclass
 class Snapshot:
-    """A member's state exactly as it was when its published fitness was measured."""
+    """A member's state exactly as it was when its published fitness was measured (record None: no state yet)."""
 
-    record: dict[str, Any]
+    record: HistoryRow | None
     state: np.ndarray
     aux: np.ndarray
 
@@ -92,10 +93,10 @@ class AsyncEngine(EngineBase):
         #: The budget in intervals of ``steps_per_generation`` steps: the same total as sync mode.
         self.budget = self.population * cfg.generations
         #: Latest record of every member this rank has seen (its own members' are always current).
-        self.latest: dict[int, dict[str, Any]] = {}
+        self.latest: dict[int, HistoryRow] = {}
         #: Latest *published* record of every member: what the reports show. An own member's new record
         #: is in ``latest`` while it decides (and waits for a donor), before it is published and counted.
-        self.published_latest: dict[int, dict[str, Any]] = {}
+        self.published_latest: dict[int, HistoryRow] = {}
         #: Intervals each local member has completed (its next interval's index).
         self.done: dict[int, int] = {m: 0 for m in self.local_ids}
         self.start_fitness: dict[int, float] = {m: math.nan for m in self.local_ids}
@@ -145,15 +146,16 @@ class AsyncEngine(EngineBase):
         #: Records published before this launch (a resume): the report's count, and W&B's step, go on from them.
         self.records_before = self.tickets
         if resuming and self.comm.rank == 0:
-            self._trim_logs({m: done for m, (done, _) in everyone.items()})
+            trim_to_steps(self.run_dir, {m: done for m, (done, _) in everyone.items()})
         self._open_logs()
         if resuming and self.comm.rank == 0:  # the failures of the intervals the checkpoints hold
             self.failure_total = sum(1 for r in read_history(self.run_dir) if r.get("failure"))
         if resuming and self.cfg.explore == "pb2":
+            rows = [HistoryRow.from_json(r) for r in read_history(self.run_dir)]
             self.observations = [
-                Observation(float(r["generation"]), dict(r["hparams"]), float(r["delta"]))
-                for r in read_history(self.run_dir)
-                if r.get("delta") is not None and r["generation"] < everyone[r["member"]][0]
+                Observation(float(r.step), dict(r.hparams), r.fields.delta)
+                for r in rows
+                if math.isfinite(r.fields.delta) and r.step < everyone[r.member][0]
             ][-MAX_OBSERVATIONS:]
 
     # -- resume --------------------------------------------------------------------------------------
@@ -169,29 +171,9 @@ class AsyncEngine(EngineBase):
         self.exploit_steps[m] = int(meta.get("exploit_steps", 0))
         if "torch_threads" in meta:  # written since the resume warning covers async mode
             self.saved_threads[m] = int(meta["torch_threads"])
-        record = meta["record"]
+        record = HistoryRow.from_json(meta["record"])
         self.latest[m] = record
         self.snapshots[m] = Snapshot(record, arrays["snapshot"], arrays["snapshot_aux"])
-
-    def _trim_logs(self, done: dict[int, int]) -> None:
-        """Rank 0 on resume: drop records of intervals no checkpoint holds (they are trained again)."""
-        for name in ("history.jsonl", "lineage.jsonl"):
-            path = os.path.join(self.run_dir, name)
-            if not os.path.isfile(path):
-                continue
-            with open(path, encoding="utf-8", errors="replace") as fh:
-                lines = fh.readlines()
-            kept = []
-            for line in lines:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a partial last line of a killed run
-                member = rec.get("member", rec.get("loser"))
-                interval = rec.get("generation")
-                if isinstance(member, int) and isinstance(interval, int) and interval < done.get(member, 0):
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            write_text_atomic(path, "".join(kept))
 
     # -- serving -------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -225,7 +207,7 @@ class AsyncEngine(EngineBase):
     def _wire(self, member: int) -> np.ndarray:
         snap = self.snapshots.get(member)
         if snap is None:  # never measured yet: nothing to copy (the requester saw no record of it either)
-            return Snapshot({}, np.empty(0, np.uint8), np.empty(0, np.uint8)).wire()
+            return Snapshot(None, np.empty(0, np.uint8), np.empty(0, np.uint8)).wire()
         return snap.wire()
 
     def _poll(self) -> bool:
@@ -263,19 +245,19 @@ class AsyncEngine(EngineBase):
         return ticket >= 0
 
     # -- records -------------------------------------------------------------------------------------
-    def _take_record(self, record: dict[str, Any]) -> None:
+    def _take_record(self, record: HistoryRow) -> None:
         """A published record (own or received): update the board; rank 0 writes history and lineage."""
-        m = int(record["member"])
+        m = record.member
         self.seen_count[m] += 1
         current = self.latest.get(m)
-        if current is None or record["generation"] >= current["generation"]:
+        if current is None or record.step >= current.step:
             self.latest[m] = record
         shown = self.published_latest.get(m)
-        if shown is None or record["generation"] >= shown["generation"]:
+        if shown is None or record.step >= shown.step:
             self.published_latest[m] = record
         if self.cfg.explore == "pb2":
-            observe(self.observations, record["generation"], record["hparams"], record.get("delta"))
-        if self.history is not None:
+            observe(self.observations, record.step, record.hparams, record.fields.delta)
+        if self.comm.rank == 0:  # rank 0 writes the logs and watches the target and the failures
             fitness = (
                 [_fit(self.published_latest.get(i)) for i in range(self.population)]
                 if self.cfg.target is not None
@@ -283,50 +265,35 @@ class AsyncEngine(EngineBase):
             )
             if not self.target_hit and target.reached(fitness, self.cfg.target, self.cfg.target_metric):
                 self.target_hit = True  # rank 0 hands out no more intervals: every rank stops at its next claim
-                record = {**record, "target_reached": True}
-                where = f"(member {m}, interval {record['generation']}); ranks stop at their next interval end"
+                record = record.replace(target_reached=True)
+                where = f"(member {m}, interval {record.step}); ranks stop at their next interval end"
                 self.echo(target.reached_line(fitness, self.cfg.target_metric, self.cfg.target_fitness, where))
-            self.history.write([record])
-            if record.get("failure"):
+            self.log.write_history([record])
+            if record.failure is not None:
                 self._count_failure(m, record)
-            for line in missing_fitness_lines(
-                f"member {m} interval {record['generation']}", {m: record.get("fitness_missing")}
-            ):
+            for line in missing_fitness_lines(f"member {m} interval {record.step}", {m: record.fitness_missing}):
                 self.echo(line)
-            if self.lineage is not None and record.get("parent") is not None:
-                self.lineage.write(
-                    [
-                        {
-                            "generation": record["generation"],
-                            "loser": m,
-                            "winner": record["parent"],
-                            "winner_generation": record["parent_generation"],
-                            "timesteps": record["timesteps"],
-                            "loser_fitness": record["fitness"],
-                            "winner_fitness": record["parent_fitness"],
-                            "old_hparams": record["hparams"],
-                            "new_hparams": record["new_hparams"],
-                        }
-                    ]
-                )
+            if record.parent is not None:
+                self.log.write_lineage([_lineage_row(record)])
             total = self.records_before + int(self.seen_count.sum())
             if total % self.population == 0:
                 self._report(total)
 
-    def _count_failure(self, m: int, record: dict[str, Any]) -> None:
+    def _count_failure(self, m: int, record: HistoryRow) -> None:
         """Rank 0: a published failure; stop handing out intervals once failures end the run."""
         self.failure_total += 1
-        self.echo(failures.failure_line(f"interval {record['generation']}", m, record["failure"]))
+        assert record.failure is not None
+        self.echo(failures.failure_line(f"interval {record.step}", m, record.failure.to_json()))
         if self.failure_stop is None:
             latest = self.published_latest
-            broken = sum(1 for i in range(self.population) if (latest.get(i) or {}).get("failure"))
+            broken = sum(1 for i in range(self.population) if i in latest and latest[i].failure is not None)
             total, tolerated = self.failure_total, self.tolerated
             why = failures.stop_reason(broken, self.population, total, tolerated, "its latest interval")
             if why is not None:
                 self.failure_stop = why
                 self.echo(f"evo-mpi: {why}: ranks stop at their next interval end")
 
-    def _publish(self, record: dict[str, Any]) -> None:
+    def _publish(self, record: HistoryRow) -> None:
         self._take_record(record)
         for r in range(self.comm.size):
             if r != self.comm.rank:
@@ -336,17 +303,16 @@ class AsyncEngine(EngineBase):
         """Rank 0, every ``population`` records: TensorBoard and a progress line, from the published records."""
         latest = self.published_latest
         fitness = np.array([_fit(latest.get(m)) for m in range(self.population)])
-        steps = sum(int(r["timesteps"]) for r in latest.values())
-        exploits = sum(1 for r in latest.values() if r.get("parent") is not None)
+        steps = sum(r.timesteps for r in latest.values())
+        exploits = sum(1 for r in latest.values() if r.parent is not None)
         line = async_progress_line(total, self.budget, steps, fitness, time.time() - self.started, self.failure_total)
-        timesteps = [int(latest[m]["timesteps"]) if m in latest else 0 for m in range(self.population)]
-        hparams = [dict(latest[m]["hparams"]) if m in latest else {} for m in range(self.population)]
+        timesteps = [latest[m].timesteps if m in latest else 0 for m in range(self.population)]
+        hparams = [dict(latest[m].hparams) if m in latest else {} for m in range(self.population)]
         extra = {"population/failures_total": float(self.failure_total)}
-        assert self.reporter is not None
         returns = None
         if self.cfg.objective_key is not None:
-            returns = [mean_finite(latest[m]["returns"]) if m in latest else math.nan for m in range(self.population)]
-        self.reporter.report(
+            returns = [mean_finite(latest[m].returns) if m in latest else math.nan for m in range(self.population)]
+        self.log.report(
             total // self.population - 1, steps, timesteps, fitness, hparams, exploits, extra, line, returns
         )
 
@@ -376,23 +342,23 @@ class AsyncEngine(EngineBase):
         record, fitness = self._measure(m, k, failure)
         if cfg.share_experience:
             self._share_experience(m)
-        self.snapshots[m] = Snapshot(dict(record), member.pack().copy(), member.pack_aux(False).copy())
+        self.snapshots[m] = Snapshot(record.replace(), member.pack().copy(), member.pack_aux(False).copy())
         self.latest[m] = record
         self.activity = f"deciding for member {m} (interval {k})"
         donor, held, seen = self._decide(m, k)
-        record["seen"] = seen
+        record.fields.seen = seen
         if held is not None:
-            record["held"] = held_record(held)
-        used = record["hparams"]
-        record.update(parent=None, parent_generation=None, parent_fitness=None, fetch_s=None, new_hparams=used)
+            record.held = held_record(held)
+        used = record.hparams
+        record.fields.new_hparams = used
         self.start_fitness[m] = fitness
         if donor is not None:
             self._exploit(m, k, donor, record)
         elif cfg.mutate == "all":
             new = self._explore(m, k, used, record)
-            self._take_hparams(m, new, record.get("mutation", {}))
-            record["new_hparams"] = new
-        member.log(fitness, used, record["parent"])
+            self._take_hparams(m, new, record.mutation or {})
+            record.fields.new_hparams = new
+        member.log(fitness, used, record.parent)
         self.done[m] = k + 1
         self.published[m] += 1
         self._publish(record)
@@ -407,14 +373,14 @@ class AsyncEngine(EngineBase):
                     "rank": self.comm.rank,
                     "train_cpu": train_cpu,
                     "total_wall": wall,
-                    "fetch_s": record["fetch_s"],
+                    "fetch_s": record.fields.fetch_s,
                     "unix": time.time(),
                 }
             ]
         )
         return True
 
-    def _measure(self, m: int, k: int, failure: dict[str, Any] | None) -> tuple[dict[str, Any], float]:
+    def _measure(self, m: int, k: int, failure: dict[str, Any] | None) -> tuple[HistoryRow, float]:
         """Member ``m``'s record after interval ``k`` so far, and its fitness (NaN when training failed)."""
         member = self.members[m]
         self.activity = f"computing fitness of member {m} (interval {k})"
@@ -428,58 +394,59 @@ class AsyncEngine(EngineBase):
         missing = failures.FAILED if failure is not None else None
         if missing is None and not math.isfinite(fitness):
             missing = missing_reason(fitness, len(returns), bool(getattr(member, "diverged", False)))
-        delta = fitness - self.start_fitness[m]
-        record = {
-            "generation": k,
-            "member": m,
-            "rank": self.comm.rank,
-            "timesteps": int(member.timesteps),
-            "wall": time.time() - self.started,
-            "unix": time.time(),
-            "fitness": fitness if math.isfinite(fitness) else None,
-            **({"fitness_missing": missing} if missing is not None else {}),
-            **({"failure": failure} if failure is not None else {}),
-            "returns": [r if math.isfinite(r) else None for r in returns],
-            **({"objectives": [o if math.isfinite(o) else None for o in scores]} if key is not None else {}),
-            "lengths": list(lengths),
-            "hparams": dict(member.hparams),
-            "delta": delta if math.isfinite(delta) else None,
-            "since_exploit": int(member.timesteps) - self.exploit_steps[m],
-        }
+        record = HistoryRow(
+            step=k,
+            member=m,
+            rank=self.comm.rank,
+            timesteps=int(member.timesteps),
+            fitness=fitness,
+            fitness_missing=missing,
+            failure=None if failure is None else Failure.from_json(failure),
+            returns=list(returns),
+            objectives=list(scores) if key is not None else None,
+            hparams=dict(member.hparams),
+            interval=IntervalFields(
+                wall=time.time() - self.started,
+                unix=time.time(),
+                lengths=list(lengths),
+                delta=fitness - self.start_fitness[m],
+                since_exploit=int(member.timesteps) - self.exploit_steps[m],
+            ),
+        )
         return record, fitness
 
-    def _exploit(self, m: int, k: int, donor: int, record: dict[str, Any]) -> None:
+    def _exploit(self, m: int, k: int, donor: int, record: HistoryRow) -> None:
         """Member ``m`` takes ``donor``'s latest snapshot (from its owner), then explores; noted in ``record``."""
         member = self.members[m]
         t1 = time.perf_counter()
         snap = self.snapshots[donor] if donor in self.members else self._fetch(donor)
         fetch_s = time.perf_counter() - t1
-        if not snap.record:  # a member with no record yet has no snapshot (cannot happen once it was seen)
+        given = snap.record
+        if given is None:  # a member with no record yet has no snapshot (cannot happen once it was seen)
             return
-        member.match_layout(snap.record["hparams"])  # the donor's architecture, to load its state
-        returns = [math.nan if r is None else r for r in snap.record["returns"]]
+        member.match_layout(given.hparams)  # the donor's architecture, to load its state
         if self.cfg.objective_key is None:
-            self._adopt(m, snap.state, snap.aux, returns, snap.record["lengths"])
+            self._adopt(m, snap.state, snap.aux, given.returns, given.fields.lengths)
         else:
-            scores = [math.nan if o is None else o for o in snap.record["objectives"]]
-            self._adopt(m, snap.state, snap.aux, scores, snap.record["lengths"], returns)
-        new = self._explore(m, k, snap.record["hparams"], record)
-        self._take_hparams(m, new, record.get("mutation", {}))
-        donor_fit = snap.record["fitness"]
-        self.start_fitness[m] = math.nan if donor_fit is None else float(donor_fit)
+            assert given.objectives is not None
+            self._adopt(m, snap.state, snap.aux, given.objectives, given.fields.lengths, given.returns)
+        new = self._explore(m, k, given.hparams, record)
+        self._take_hparams(m, new, record.mutation or {})
+        self.start_fitness[m] = given.fitness
         self.exploit_steps[m] = int(member.timesteps)
-        record.update(
-            parent=donor,
-            parent_generation=snap.record["generation"],
-            parent_fitness=donor_fit,
-            fetch_s=fetch_s if donor not in self.members else 0.0,
-            new_hparams=new,
-        )
+        record.parent = donor
+        fields = record.fields
+        fields.parent_step, fields.parent_fitness = given.step, given.fitness
+        fields.fetch_s = fetch_s if donor not in self.members else 0.0
+        fields.new_hparams = new
 
-    def _checkpoint(self, m: int, k: int, record: dict[str, Any]) -> None:
+    def _checkpoint(self, m: int, k: int, record: HistoryRow) -> None:
         """Member ``m`` after interval ``k``, with the snapshot its published record was measured with."""
         self.activity = f"writing member {m}'s checkpoint (interval {k})"
         member, snap = self.members[m], self.snapshots[m]
+        assert snap.record is not None
+        kept = snap.record.replace(parent=record.parent)  # the snapshot's row with the decision's outcome
+        kept.fields.parent_step, kept.fields.seen = record.fields.parent_step, record.fields.seen
         checkpoint.write_interval(
             self.run_dir,
             m,
@@ -491,7 +458,7 @@ class AsyncEngine(EngineBase):
                 "start_fitness": self.start_fitness[m] if math.isfinite(self.start_fitness[m]) else None,
                 "exploit_steps": self.exploit_steps[m],
                 "torch_threads": torch_threads(),
-                "record": snap.record | {key: record[key] for key in ("parent", "parent_generation", "seen")},
+                "record": _checkpoint_row(kept),
             },
             {"snapshot": snap.state, "snapshot_aux": snap.aux},
             keep=self.cfg.keep_checkpoints,
@@ -499,46 +466,22 @@ class AsyncEngine(EngineBase):
 
     def _decide(self, m: int, k: int) -> tuple[int | None, Held | None, list[int]]:
         """The donor ``m`` copies after interval ``k`` (None: keep going), the margin's refusal, the records seen."""
-        cfg = self.cfg
         ids = sorted(self.latest)
-        seen = [int(self.latest[i]["generation"]) if i in self.latest else -1 for i in range(self.population)]
+        seen = [self.latest[i].step if i in self.latest else -1 for i in range(self.population)]
         if len(ids) < 2:
             return None, None, seen
-        fitness = np.array([_fit(self.latest[i]) for i in ids])
-        returns = None
-        if cfg.selection == "ttest":  # the t-test's samples: the objective's with --fitness info:KEY
-            samples = "returns" if cfg.objective_key is None else "objectives"
-            returns = [
-                np.array([math.nan if r is None else r for r in self.latest[i][samples]], dtype=np.float64) for i in ids
-            ]
-        failed: list[int] = []
-        if self.latest[m].get("failure"):  # a failed member always copies a donor, whatever the rule decided
-            failed = [i for i in ids if self.latest[i].get("failure")]
-        view = View(ids, fitness, returns, self._ready(ids), failed)
-        choice = donors(
-            cfg, view, seeding.stream(cfg.seed, seeding.SELECT, m, k), seeding.stream(cfg.seed, seeding.REPAIR, m, k)
-        )
+        rows = [self.latest[i] for i in ids]
+        view = [Seen(r.member, r.fitness, r.scores(), r.fields.since_exploit, r.failure is not None) for r in rows]
+        choice = self.pbt.choose(k, view, deciding=m)
         return choice.donors.get(m), choice.held.get(m), seen
 
-    def _ready(self, ids: list[int]) -> np.ndarray | None:
-        """--ready-after: which of ``ids`` trained enough env steps since their last exploit, by their latest record.
-
-        A record without ``since_exploit`` (written before async supported it) counts as ready.
-        """
-        need = self.cfg.ready_after
-        if need <= 0:
-            return None
-        return np.array([int(self.latest[i].get("since_exploit", need)) >= need for i in ids], dtype=bool)
-
-    def _explore(self, m: int, k: int, donor_hparams: dict[str, Value], record: dict[str, Any]) -> dict[str, Value]:
+    def _explore(self, m: int, k: int, donor_hparams: dict[str, Value], record: HistoryRow) -> dict[str, Value]:
         """Member ``m``'s hyperparameters after interval ``k``, mutated from ``donor_hparams``; notes the mutation."""
-        kind, mutated, mutation = self.explorer.mutation(k, m, donor_hparams)
-        if mutation:
-            record["mutation"] = mutation
-        if kind != "hparams":
-            return mutated
-        kernel = fit_observations(self.observations, self.space) if self.cfg.explore == "pb2" else None
-        return self.explorer.explore(k, m, donor_hparams, self.observations, kernel)
+        new, mutation = self.pbt.explore(k, m, donor_hparams, self.observations)
+        if mutation is not None:
+            record.mutation = mutation
+        assert new is not None
+        return new
 
     def _fetch(self, donor: int) -> Snapshot:
         """The donor's latest snapshot from the rank that owns it, which serves it while it trains."""
@@ -578,12 +521,12 @@ class AsyncEngine(EngineBase):
             self.echo(f"evo-mpi: --time-limit {self.cfg.time_limit}: the run ends before its budget is spent")
         for m in self.local_ids:  # final models are the states the last published fitness was measured with
             snap = self.snapshots.get(m)
-            if snap is not None and snap.record:
-                self.members[m].match_layout(snap.record["hparams"])
+            if snap is not None and snap.record is not None:
+                self.members[m].match_layout(snap.record.hparams)
                 self.members[m].unpack(snap.state)
                 if snap.aux.nbytes:
                     self.members[m].unpack_aux(snap.aux, False)
-                self.members[m].apply_hparams(snap.record["hparams"])
+                self.members[m].apply_hparams(snap.record.hparams)
         if status == Status.FAILED:
             assert failed_why is not None
             self._finish_failed(failed_why)
@@ -624,7 +567,7 @@ class AsyncEngine(EngineBase):
         )
         for e in ends:
             self.latest.update(e["latest"])
-        self.broken = {m for m, rec in self.latest.items() if rec.get("failure")}
+        self.broken = {m for m, rec in self.latest.items() if rec.failure is not None}
         self.last_fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
         summary = {
             "rank": self.comm.rank,
@@ -682,7 +625,7 @@ class AsyncEngine(EngineBase):
         """Local members the final evaluation may take: fitness still changes, so as many as could be candidates."""
         return self.local_ids[: min(self.cfg.final_eval_top, len(self.local_ids))]
 
-    def _own_latest(self) -> dict[int, dict[str, Any]]:
+    def _own_latest(self) -> dict[int, HistoryRow]:
         return {m: self.latest[m] for m in self.local_ids if m in self.latest}
 
     def _drain(self, ends: list[dict[str, Any]]) -> None:
@@ -713,8 +656,31 @@ class AsyncEngine(EngineBase):
                 time.sleep(1e-3)
 
 
-def _fit(record: dict[str, Any] | None) -> float:
-    """A record's fitness as a float (NaN when missing or null)."""
-    if record is None or record.get("fitness") is None:
-        return math.nan
-    return float(record["fitness"])
+def _fit(record: HistoryRow | None) -> float:
+    """A record's fitness (NaN when there is no record or its fitness is missing)."""
+    return math.nan if record is None else record.fitness
+
+
+def _lineage_row(record: HistoryRow) -> LineageRow:
+    """The exploit an async row records (it has a parent)."""
+    assert record.parent is not None
+    fields = record.fields
+    return LineageRow(
+        step=record.step,
+        loser=record.member,
+        winner=record.parent,
+        winner_step=fields.parent_step,
+        timesteps=record.timesteps,
+        loser_fitness=record.fitness,
+        winner_fitness=fields.parent_fitness,
+        old_hparams=record.hparams,
+        new_hparams=fields.new_hparams,
+    )
+
+
+def _checkpoint_row(row: HistoryRow) -> dict[str, Any]:
+    """The row a member's checkpoint keeps: the snapshot's, with the decision's parent and what it saw."""
+    data = row.to_json()
+    for key in ("parent_fitness", "fetch_s", "new_hparams", "target_reached"):
+        data.pop(key, None)
+    return data

@@ -54,9 +54,11 @@ def write_text_atomic(path: str, text: str, tmp: str | None = None) -> None:
     write_atomic(path, lambda fh: fh.write(data), tmp)
 
 
-def write_json_atomic(path: str, data: Any, *, allow_nan: bool = True) -> None:
-    """Replace ``path`` atomically by ``data`` as JSON: indented by 2, keys sorted, a final newline."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=allow_nan) + "\n")
+def write_json_atomic(path: str, data: Any) -> None:
+    """Replace ``path`` atomically by ``data`` as strict JSON (NaN raises: write it as null), indented by 2,
+    keys sorted, a final newline.
+    """
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def save_atomic(path: str, save: Callable[[str], object], tmp: str) -> None:

@@ -58,6 +58,7 @@ def _crash_point(point: str) -> None:
 
 
 def _write_json(path: str, data: Mapping[str, Any]) -> None:
+    # checkpoint internals, read only by evo_mpi: a member's own meta may hold NaN (Python's JSON reads it back)
     write_synced(path, lambda fh: fh.write(json.dumps(data, sort_keys=True).encode("utf-8")))
 
 

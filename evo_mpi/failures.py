@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 #: ``history.jsonl``'s ``fitness_missing`` for a member whose training or fitness raised.
 FAILED = "failed"
+#: The failure phase of a member whose envs could not be rebuilt before it trains again.
+REBUILDING = "rebuilding envs"
 
 #: Longest exception message kept in ``history.jsonl`` (the whole traceback is in ``errors.log``).
 MAX_MESSAGE = 500
@@ -101,4 +103,4 @@ def failure_line(when: str, member: int, failure: dict[str, Any]) -> str:
     )
 
 
-__all__ = ["FAILED", "attempt", "describe", "failure_line", "limit", "log_traceback", "stop_reason"]
+__all__ = ["FAILED", "REBUILDING", "attempt", "describe", "failure_line", "limit", "log_traceback", "stop_reason"]

@@ -38,6 +38,7 @@ from .algorithms._sb3 import Linear, optimizers
 from .arch import WeightNoise
 from .config import Config
 from .episodes import OBJECTIVE, EpisodeRecorder, obs_arrays
+from .fitness import ObjectiveMissing
 from .resolvers import resolve_env
 from .space import MUTATED_APART, Value, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
@@ -45,10 +46,6 @@ from .torchstate import FlatTorchState, init_optimizer_state
 #: Prefixes of :meth:`Member.checkpoint_tensors` keys that hold the slot's running episodes (its envs'
 #: records and SB3's last observation): they stay with the slot, an exploit never moves them.
 EPISODE_KEYS = ("episode:", "_last_obs:", "_last_original_obs:")
-
-
-class ObjectiveMissing(ValueError):
-    """``--fitness info:KEY`` with a key that no ended episode's info has: a configuration error, not a failure."""
 
 
 def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | None = None) -> VecEnv:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -11,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
 import numpy as np
+
+from .records import dumps
 
 
 def member_tag(member: int) -> str:
@@ -31,7 +32,7 @@ class JsonlWriter:
         """Append records and make them durable, then hand them to ``on_write`` (e.g. TensorBoard)."""
         batch = list(records)
         for rec in batch:
-            self._fh.write(json.dumps(rec, sort_keys=True, allow_nan=True) + "\n")
+            self._fh.write(dumps(rec) + "\n")  # strict JSON: writers turn NaN into null (records.finite)
         self._fh.flush()
         os.fsync(self._fh.fileno())
         if self._on_write is not None and batch:

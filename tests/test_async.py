@@ -301,21 +301,39 @@ def test_api_refuses_a_callback_in_async_mode(tmp_path):
 
 
 def test_error_outside_a_members_training_ends_every_async_rank_with_one_report(tmp_path):
-    """Rank 1's env raises mid-run (a member failure) and cannot be rebuilt (not isolated) while rank 0 trains
-    or serves: the job ends, once reported, nothing hangs."""
+    """Member 1's checkpoint raises (a full disk; not isolated) while rank 0 trains or serves: the job ends,
+    once reported, nothing hangs."""
     run_dir = tmp_path / "run"
-    args = [*ASYNC, "--env-id", "tests.buggy_envs:CrashingCartPole-v0", "--run-dir", str(run_dir)]
+    args = ["--member", "tests.buggy_members:make_checkpoint_failing", "--generations", "3", "--mode", "async"]
+    args += ["--steps-per-generation", "256", "--search-space", "learning_rate=loguniform:1e-3:1e-2"]
+    args += ["--search-space", "batch_size=choice:32,64", "--search-space", "weight_decay=const:0.0"]
     t0 = time.monotonic()
-    proc = launch(args, 2, {"EVO_TEST_BAD_RANK": "1"})
+    proc = launch([*args, "--run-dir", str(run_dir)], 2)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert time.monotonic() - t0 < 60
-    report = "evo-mpi: rank 1 failed while rebuilding member 1's envs after its failure (interval 1): RuntimeError"
-    assert report in err and "cannot build the env again" in err
+    report = "evo-mpi: rank 1 failed while writing member 1's checkpoint (interval 1): OSError: simulated full disk"
+    assert report in err, err
     assert err.count("failed while") == 1
-    assert "rank 1 failed while rebuilding member 1's envs" in (run_dir / "errors.log").read_text()
+    assert "rank 1 failed while writing member 1's checkpoint" in (run_dir / "errors.log").read_text()
     history = read_history(run_dir)  # what was published before the crash is intact
     assert (1, 0) in {(r["member"], r["generation"]) for r in history}
+
+
+def test_an_env_that_cannot_be_rebuilt_costs_its_async_member_not_the_run(tmp_path):
+    """Rank 1's env raises mid-run and cannot be built again: member 1 fails each interval after, the run ends."""
+    run_dir = tmp_path / "run"
+    args = [*ASYNC, "--env-id", "tests.buggy_envs:CrashingCartPole-v0", "--max-failures", "100"]
+    proc = launch([*args, "--run-dir", str(run_dir)], 2, {"EVO_TEST_BAD_RANK": "1"})
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    history = read_history(run_dir)
+    phases = [r["failure"]["phase"] for r in sorted(history, key=lambda r: r["generation"]) if "failure" in r]
+    assert phases[0] == "training" and phases[1:] and set(phases[1:]) == {"rebuilding envs"}
+    assert all(r["member"] == 1 for r in history if "failure" in r)
+    assert all(r["fitness"] is not None for r in history if r["member"] == 0)
+    assert "member 1 on rank 1 could not rebuild its envs" in (run_dir / "errors.log").read_text()
+    assert json.loads((run_dir / "champion.json").read_text())["member"] == 0
 
 
 @pytest.mark.parametrize("rule", [["--selection", "ttest"], ["--explore", "pb2"]], ids=["ttest", "pb2"])

@@ -1,0 +1,93 @@
+"""History and lineage rows as types: one NaN <-> null codec, rows of older versions stay readable."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from evo_mpi.records import Failure, HistoryRow, IntervalFields, LineageRow, dumps, finite, number
+
+DATA = Path(__file__).resolve().parents[1] / "docs" / "data"
+#: Committed runs written by older versions: a sync PBT run, an async one (2026-12-03, before
+#: ``since_exploit``), and a sync run of the defaults study (exploit margin era).
+OLD_RUNS = [
+    DATA / "methods" / "Pendulum-v1" / "pbt" / "seed0",
+    DATA / "hard" / "LunarLander-v3" / "pbt-async" / "seed0",
+    DATA / "defaults" / "Pendulum-v1" / "pbt-margin3" / "seed0",
+]
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("run", OLD_RUNS, ids=lambda p: "/".join(p.parts[-3:]))
+def test_rows_written_by_older_versions_read_back_and_write_the_same_fields(run):
+    rows = _lines(run / "history.jsonl")
+    assert rows
+    for data in rows:
+        row = HistoryRow.from_json(data)
+        assert (row.step, row.member) == (data["generation"], data["member"])
+        assert row.fitness == data["fitness"] or (data["fitness"] is None and math.isnan(row.fitness))
+        out = row.to_json()
+        assert {k: out[k] for k in data} == data  # every field it had, unchanged
+        assert set(out) - set(data) <= {"since_exploit"}  # an old async row gains only since_exploit: null
+
+
+def test_an_old_async_row_has_no_since_exploit_and_counts_as_ready():
+    data = _lines(OLD_RUNS[1] / "history.jsonl")[0]
+    assert "since_exploit" not in data
+    row = HistoryRow.from_json(data)
+    assert row.interval is not None and row.fields.since_exploit is None
+    assert row.fields.delta != row.fields.delta  # null delta -> NaN
+
+
+def test_missing_numbers_are_null_on_disk_and_nan_in_memory():
+    row = HistoryRow(
+        step=3, member=1, rank=0, timesteps=10, fitness=math.nan, hparams={"lr": 0.1},
+        returns=[1.0, math.inf, -2.5], fitness_missing="diverged", objectives=[math.nan],
+        failure=Failure("RuntimeError", "boom", "training"),
+    )  # fmt: skip
+    out = row.to_json()
+    assert out["fitness"] is None and out["returns"] == [1.0, None, -2.5] and out["objectives"] == [None]
+    assert out["failure"] == {"type": "RuntimeError", "message": "boom", "phase": "training"}
+    assert "held" not in out and "mutation" not in out and "target_reached" not in out and "wall" not in out
+    text = dumps(out)
+    assert "NaN" not in text and "Infinity" not in text
+    back = HistoryRow.from_json(json.loads(text))
+    assert math.isnan(back.fitness) and math.isnan(back.returns[1]) and back.failure == row.failure
+    assert finite(math.nan) is None and finite(2) == 2.0 and math.isnan(number(None))
+
+
+def test_the_strict_policy_refuses_a_nan_left_unconverted():
+    with pytest.raises(ValueError):
+        dumps({"fitness": math.nan})
+
+
+def test_an_async_row_writes_its_exploit_fields_null_until_it_exploits():
+    fields = IntervalFields(wall=1.0, unix=2.0, lengths=[5], delta=math.nan, since_exploit=64, seen=[0, -1])
+    row = HistoryRow(step=0, member=0, rank=0, timesteps=64, fitness=1.5, hparams={}, returns=[1.5], interval=fields)
+    out = row.to_json()
+    assert (out["parent"], out["parent_generation"], out["parent_fitness"], out["delta"]) == (None, None, None, None)
+    copy = row.replace(parent=1)
+    copy.fields.parent_step, copy.fields.parent_fitness = 4, 9.0
+    assert row.fields.parent_step is None  # the copy's async fields are its own
+    assert (copy.to_json()["parent_generation"], copy.to_json()["parent_fitness"]) == (4, 9.0)
+    with pytest.raises(ValueError, match="sync row"):
+        _ = HistoryRow(step=0, member=2, rank=0, timesteps=0, fitness=0.0, hparams={}, returns=[]).fields
+
+
+@pytest.mark.parametrize(
+    "data",
+    [  # a sync exploit with a mutation and MF-PBT's source; an async one with the donor's interval
+        {"generation": 4, "loser": 3, "winner": 0, "timesteps": 2048, "loser_fitness": None, "winner_fitness": 12.5,
+         "old_hparams": {"lr": 0.1}, "new_hparams": {"lr": 0.12}, "mutation": {"kind": "grow"}, "hparams_from": 1},
+        {"generation": 7, "loser": 2, "winner": 5, "winner_generation": 6, "timesteps": 4096, "loser_fitness": -3.0,
+         "winner_fitness": 8.0, "old_hparams": {}, "new_hparams": {"n_epochs": 3}},
+    ],
+)  # fmt: skip
+def test_lineage_rows_read_and_write_every_field(data):
+    row = LineageRow.from_json(data)
+    assert row.to_json() == data
+    assert (row.step, row.loser, row.winner) == (data["generation"], data["loser"], data["winner"])
