@@ -19,16 +19,15 @@ bit-reproducible; with several ranks the order of events depends on timing.
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import checkpoint, failures, target
-from .comm import Comm, Mailbox
+from .async_mail import AsyncMail, Snapshot
+from .comm import Comm
 from .config import Config
 from .decision import Held, held_record, observe
 from .fitness import fitness_call, mean_finite, missing_fitness_lines, missing_reason
@@ -43,37 +42,8 @@ from .space import Value
 from .status import Status
 from .step import Seen
 
-# Message tags (on the mailbox's own communicator).
-TICKET_REQUEST, TICKET, RECORD, SNAPSHOT_REQUEST, SNAPSHOT, STOP, EXPERIENCE = range(21, 28)
 
-#: Serve other ranks at most this often from inside training (seconds); bounds the polling cost.
-POLL_S = 1e-3
-
-
-@dataclass
-class Snapshot:
-    """A member's state exactly as it was when its published fitness was measured (record None: no state yet)."""
-
-    record: HistoryRow | None
-    state: np.ndarray
-    aux: np.ndarray
-
-    def wire(self) -> np.ndarray:
-        """One uint8 message: header length, pickled record and sizes, state, aux."""
-        header = np.frombuffer(pickle.dumps((self.record, self.state.nbytes, self.aux.nbytes)), dtype=np.uint8)
-        size = np.array([header.nbytes], dtype=np.int64).view(np.uint8)
-        return np.concatenate([size, header, self.state, self.aux])
-
-    @staticmethod
-    def from_wire(buf: np.ndarray) -> Snapshot:
-        """Inverse of :meth:`wire` (views into ``buf``)."""
-        n = int(buf[:8].view(np.int64)[0])
-        record, state_n, aux_n = pickle.loads(buf[8 : 8 + n].tobytes())
-        start = 8 + n
-        return Snapshot(record, buf[start : start + state_n], buf[start + state_n : start + state_n + aux_n])
-
-
-class AsyncEngine(EngineBase):
+class AsyncEngine(EngineBase, AsyncMail):
     """Runs asynchronous PBT for one rank's members."""
 
     def __init__(
@@ -107,23 +77,10 @@ class AsyncEngine(EngineBase):
         self.seen_count = np.zeros(self.population, dtype=np.int64)
         self.published = {m: 0 for m in self.local_ids}
         self.observations: list[Observation] = []
-        self.stop_notice = False
         self.target_hit = False  # rank 0: --target-fitness reached
         self.failure_stop: str | None = None  # rank 0: why member failures end the run (no more intervals)
-        self.experience_sent = 0  # --share-experience: messages sent to each other rank
-        self.experience_received = np.zeros(comm.size, dtype=np.int64)  # ... and received from each rank
-        self.shared_bytes = 0
-        self.pending_experience: list[np.ndarray] = []
-        self.share_s = 0.0  # packing and adding shared transitions
-        self.stops_sent = False
-        self.stops_received = 0
-        self.tickets = 0  # rank 0: intervals handed out (including those completed before a resume)
         self.last_interval_s: dict[int, float] = {}
-        self.box = Mailbox(comm)
-        self._last_poll = 0.0
-        self.wait_s = 0.0  # waiting for tickets and snapshots
-        self.serve_s = 0.0
-        self.served: list[dict[str, Any]] = []  # one entry per snapshot sent: to whom, when, while doing what
+        self._init_mail()
         self.train_cpu_s = 0.0
         self.started = time.time()
         #: Torch threads each local member trained with, from its checkpoint (a resume warns when they change).
@@ -175,75 +132,6 @@ class AsyncEngine(EngineBase):
         self.latest[m] = record
         self.snapshots[m] = Snapshot(record, arrays["snapshot"], arrays["snapshot_aux"])
 
-    # -- serving -------------------------------------------------------------------------------------
-    def serve(self) -> None:
-        """Answer every message that has arrived: records, snapshot and ticket requests, stop notices."""
-        t0 = time.perf_counter()
-        for source, tag, obj in self.box.incoming((RECORD, SNAPSHOT_REQUEST, TICKET_REQUEST, STOP)):
-            if tag == RECORD:
-                self._take_record(obj)
-            elif tag == SNAPSHOT_REQUEST:
-                wire = self._wire(int(obj))
-                self.box.send_buffer(source, SNAPSHOT, wire)
-                self.served.append(
-                    {
-                        "served": int(obj),
-                        "to": source,
-                        "bytes": wire.nbytes,
-                        "unix": time.time(),
-                        "during": self.activity,
-                    }
-                )
-            elif tag == TICKET_REQUEST:
-                self.box.send(source, TICKET, self._issue())
-            else:
-                self.stop_notice = True
-                self.stops_received += 1
-        if self.cfg.share_experience:
-            for source, buf in self.box.incoming_buffers(EXPERIENCE):
-                self._take_experience(source, buf)
-        self.serve_s += time.perf_counter() - t0
-
-    def _wire(self, member: int) -> np.ndarray:
-        snap = self.snapshots.get(member)
-        if snap is None:  # never measured yet: nothing to copy (the requester saw no record of it either)
-            return Snapshot(None, np.empty(0, np.uint8), np.empty(0, np.uint8)).wire()
-        return snap.wire()
-
-    def _poll(self) -> bool:
-        """Called by members at every env and optimizer step: serve now and then; True once a stop is due."""
-        now = time.perf_counter()
-        if now - self._last_poll >= POLL_S:
-            self._last_poll = now
-            self.serve()
-        return self._stopping()
-
-    def _stopping(self) -> bool:
-        if self.should_stop() and not self.stops_sent:
-            self.stops_sent = True  # tell every rank, so a signal to one process stops the whole job
-            for r in range(self.comm.size):
-                if r != self.comm.rank:
-                    self.box.send(r, STOP, self.comm.rank)
-        return self.stops_sent or self.stop_notice
-
-    # -- the budget ----------------------------------------------------------------------------------
-    def _issue(self) -> int:
-        """Rank 0: hand out the next interval of the budget, or -1 when it is spent."""
-        if self.tickets >= self.budget or self.target_hit or self.failure_stop is not None:
-            return -1
-        self.tickets += 1
-        return self.tickets - 1
-
-    def _claim(self) -> bool:
-        t0 = time.perf_counter()
-        if self.comm.rank == 0:
-            ticket = self._issue()
-        else:
-            self.box.send(0, TICKET_REQUEST, self.comm.rank)
-            ticket = int(self.box.receive(0, TICKET, self.serve))
-        self.wait_s += time.perf_counter() - t0
-        return ticket >= 0
-
     # -- records -------------------------------------------------------------------------------------
     def _take_record(self, record: HistoryRow) -> None:
         """A published record (own or received): update the board; rank 0 writes history and lineage."""
@@ -292,12 +180,6 @@ class AsyncEngine(EngineBase):
             if why is not None:
                 self.failure_stop = why
                 self.echo(f"evo-mpi: {why}: ranks stop at their next interval end")
-
-    def _publish(self, record: HistoryRow) -> None:
-        self._take_record(record)
-        for r in range(self.comm.size):
-            if r != self.comm.rank:
-                self.box.send(r, RECORD, record)
 
     def _report(self, total: int) -> None:
         """Rank 0, every ``population`` records: TensorBoard and a progress line, from the published records."""
@@ -483,15 +365,6 @@ class AsyncEngine(EngineBase):
         assert new is not None
         return new
 
-    def _fetch(self, donor: int) -> Snapshot:
-        """The donor's latest snapshot from the rank that owns it, which serves it while it trains."""
-        self.activity = f"fetching member {donor}'s snapshot from rank {self.owner(donor)}"
-        t0 = time.perf_counter()
-        self.box.send(self.owner(donor), SNAPSHOT_REQUEST, donor)
-        snap = Snapshot.from_wire(self.box.receive_buffer(self.owner(donor), SNAPSHOT, self.serve))
-        self.wait_s += time.perf_counter() - t0
-        return snap
-
     # -- whole run -----------------------------------------------------------------------------------
     def run(self) -> Status:
         """Spend the budget, then stop together; ``finished``, ``time_limit`` or ``interrupted`` (like sync mode)."""
@@ -569,57 +442,8 @@ class AsyncEngine(EngineBase):
             self.latest.update(e["latest"])
         self.broken = {m for m, rec in self.latest.items() if rec.failure is not None}
         self.last_fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
-        summary = {
-            "rank": self.comm.rank,
-            "summary": True,
-            "first_train_unix": self.first_train_unix,
-            "end_unix": t_end,
-            "train_cpu": self.train_cpu_s,
-            "wait_s": self.wait_s,
-            "serve_s": self.serve_s,
-            "drain_s": drain_s,
-            "intervals": sum(self.published.values()),
-            "shared_bytes": self.shared_bytes,
-            "share_s": self.share_s,
-            "status": status,
-        }
-        self.timings.write([summary] + [{"rank": self.comm.rank, **entry} for entry in self.served])
+        self._write_summary(status, t_end, drain_s)
         return status, failed_why
-
-    # -- shared experience ------------------------------------------------------------------------
-    def _share_experience(self, m: int) -> None:
-        """Member ``m``'s new transitions to the other local members now, and to every other rank without waiting."""
-        t0 = time.perf_counter()
-        rows = self.sharers[m].new_experience()
-        for other in self.local_ids:
-            if other != m:
-                self.sharers[other].add_experience(rows)
-        if self.comm.size > 1:
-            message = np.concatenate([np.array([m], dtype=np.int64).view(np.uint8), rows])
-            for r in range(self.comm.size):
-                if r != self.comm.rank:
-                    self.box.send_buffer(r, EXPERIENCE, message)
-            self.experience_sent += 1
-            self.shared_bytes += message.nbytes * (self.comm.size - 1)
-        self.share_s += time.perf_counter() - t0
-
-    def _take_experience(self, source: int, message: np.ndarray) -> None:
-        """Another rank's member's transitions, kept until no local member is in the middle of an interval.
-
-        Adding them to a buffer that its member is filling would split the
-        member's own rows of the interval, which it shares as one block.
-        """
-        self.pending_experience.append(message[8:])
-        self.experience_received[source] += 1
-
-    def _apply_experience(self) -> None:
-        """Received transitions into every local member's replay buffer (between intervals)."""
-        t0 = time.perf_counter()
-        for rows in self.pending_experience:
-            for m in self.local_ids:
-                self.sharers[m].add_experience(rows)
-        self.pending_experience.clear()
-        self.share_s += time.perf_counter() - t0
 
     def _final_candidates_here(self) -> list[int]:
         """Local members the final evaluation may take: fitness still changes, so as many as could be candidates."""
@@ -627,33 +451,6 @@ class AsyncEngine(EngineBase):
 
     def _own_latest(self) -> dict[int, HistoryRow]:
         return {m: self.latest[m] for m in self.local_ids if m in self.latest}
-
-    def _drain(self, ends: list[dict[str, Any]]) -> None:
-        """Receive every record and stop notice still in flight, so history is complete and nothing is left over."""
-        expected = np.zeros(self.population, dtype=np.int64)
-        for e in ends:
-            for m, n in e["published"].items():
-                expected[int(m)] = n
-        stops = sum(1 for r, e in enumerate(ends) if e["stops"] and r != self.comm.rank)
-        experience = np.array([0 if r == self.comm.rank else e["experience"] for r, e in enumerate(ends)])
-
-        def pending() -> bool:
-            return (
-                bool((self.seen_count < expected).any())
-                or self.stops_received < stops
-                or bool((self.experience_received < experience).any())
-            )
-
-        while pending():
-            for _, tag, obj in self.box.incoming((RECORD, STOP)):
-                if tag == RECORD:
-                    self._take_record(obj)
-                else:
-                    self.stops_received += 1
-            for source, buf in self.box.incoming_buffers(EXPERIENCE):
-                self._take_experience(source, buf)
-            if pending():
-                time.sleep(1e-3)
 
 
 def _fit(record: HistoryRow | None) -> float:

@@ -23,7 +23,7 @@ from . import checkpoint, failures, target
 from .comm import Comm
 from .config import Config, ConfigError
 from .decision import Choice, held_record, observe
-from .fitness import fitness_call, mean_finite, missing_fitness_lines, missing_reason
+from .fitness import fitness_call, mean_finite, missing_fitness_lines
 from .outputs import progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation
 from .protocol import MemberFactory
@@ -32,16 +32,11 @@ from .scheduler import EngineBase, torch_threads
 from .space import Value
 from .status import Callback, GenerationSummary, Status
 from .step import Seen, start_fitness
+from .sync_exchange import SyncExchange
+from .table import FitnessTable
 
 #: Most recent observations PB2 keeps: the ones its GP uses (one constant, in pb2.py).
 PB2_MAX_OBSERVATIONS = MAX_OBSERVATIONS
-#: The auxiliary state of a member that has none to move.
-_NO_AUX = np.zeros(0, dtype=np.uint8)
-
-#: Columns of the gathered table before the per-episode returns and lengths (``_DIV``: 1 if diverged,
-#: ``_FAIL``: 1 if the member's training or fitness raised in this generation).
-_FIT, _STEPS, _NEP, _DIV, _FAIL, _NOKEY = 0, 1, 2, 3, 4, 5
-_COLS = 6
 
 
 @dataclass(frozen=True)
@@ -64,7 +59,7 @@ class Generation:
     """
 
     generation: int
-    table: np.ndarray
+    table: FitnessTable
     donors: dict[int, int]
     wall: float
     timings: dict[str, Any]
@@ -76,7 +71,7 @@ class Generation:
     failed: str | None = None
 
 
-class Engine(EngineBase):
+class Engine(EngineBase, SyncExchange):
     """Runs PBT for one rank's members, in lockstep with the other ranks (``--mode sync``)."""
 
     def __init__(
@@ -128,52 +123,31 @@ class Engine(EngineBase):
 
     # -- one generation ----------------------------------------------------------
     def _local_rows(self, generation: int) -> np.ndarray:
-        width = self.cfg.fitness_window
-        rows = np.full((len(self.local_ids), _COLS + 3 * width), math.nan)
+        """The rank's rows of the fitness table (:class:`~evo_mpi.table.FitnessTable`) after ``generation``."""
+        rows = FitnessTable.local(len(self.local_ids), self.cfg.fitness_window)
         for i, m in enumerate(self.local_ids):
             self.activity = f"computing fitness of member {m} (generation {generation})"
             member = self.members[m]
-            rows[i, _NOKEY] = 0.0
+            fit, no_key = math.nan, False
             if m not in self.local_failures:
                 missing: list[Exception] = []  # a configuration error: every rank stops on the gathered table
-                fit, failure = self._attempt(
+                got, failure = self._attempt(
                     m, generation, "measuring fitness", fitness_call(member, generation, missing)
                 )
                 if missing:
                     self.echo(f"evo-mpi: member {m}: {missing[0]}")
-                    rows[i, _NOKEY] = 1.0
-                rows[i, _FIT] = math.nan if failure is not None else fit
+                    no_key = True
                 if failure is not None:
                     self.local_failures[m] = failure
-            if self.cfg.objective_key is not None:
-                episode_returns = member.episode_returns()  # type: ignore[attr-defined]
-                rows[i, _COLS + 2 * width : _COLS + 2 * width + len(episode_returns)] = episode_returns
-            returns, lengths = member.episode_stats()
-            rows[i, _FAIL] = float(m in self.local_failures)
-            rows[i, _STEPS] = member.timesteps
-            rows[i, _NEP] = len(returns)
-            rows[i, _DIV] = float(bool(getattr(member, "diverged", False)))
-            rows[i, _COLS : _COLS + len(returns)] = returns
-            rows[i, _COLS + width : _COLS + width + len(lengths)] = lengths
+                elif got is not None:
+                    fit = got
+            scores, lengths = member.episode_stats()
+            returns = member.episode_returns() if self.cfg.objective_key is not None else None  # type: ignore[attr-defined]
+            diverged = bool(getattr(member, "diverged", False))
+            FitnessTable.fill(
+                rows, i, fit, member.timesteps, scores, lengths, returns, diverged, m in self.local_failures, no_key
+            )
         return rows
-
-    def _episode_stats(self, table: np.ndarray, member: int) -> tuple[list[float], list[float]]:
-        """A member's gathered scores (the fitness's samples) and episode lengths."""
-        width = self.cfg.fitness_window
-        n = int(table[member, _NEP])
-        return list(table[member, _COLS : _COLS + n]), list(table[member, _COLS + width : _COLS + width + n])
-
-    def _episode_returns(self, table: np.ndarray, member: int) -> list[float]:
-        """A member's gathered episode returns (the scores themselves unless fitness is ``info:KEY``)."""
-        if self.cfg.objective_key is None:
-            return self._episode_stats(table, member)[0]
-        start = _COLS + 2 * self.cfg.fitness_window
-        return list(table[member, start : start + int(table[member, _NEP])])
-
-    def _missing(self, table: np.ndarray, member: int) -> str | None:
-        if table[member, _FAIL]:
-            return failures.FAILED
-        return missing_reason(float(table[member, _FIT]), int(table[member, _NEP]), bool(table[member, _DIV]))
 
     def generation(self, g: int) -> Generation | None:
         """Run generation ``g`` (0-based) and return what happened, or None if a stop was requested."""
@@ -195,17 +169,10 @@ class Engine(EngineBase):
             self.shared_bytes = self._share_experience()
         timer.start("exchange")
         self.activity = f"gathering fitness (generation {g})"
-        table = self.comm.allgather(rows)
-        fitness = table[:, _FIT]
+        table = FitnessTable(self.comm.allgather(rows), cfg.fitness_window, cfg.objective_key is not None)
+        fitness = table.fitness
         self.last_fitness = fitness
-        if table[:, _NOKEY].any():
-            key, ids = cfg.objective_key, [int(m) for m in np.flatnonzero(table[:, _NOKEY])]
-            raise ConfigError(
-                [
-                    f"--fitness info:{key}: episodes ended (member(s) {ids}, generation {g}) and no final info had "
-                    f"{key!r}; check the key (e.g. info:is_success) or use --fitness return"
-                ]  # fmt: skip
-            )
+        _check_objective_key(table, cfg.objective_key, g)
         failed, why = self._gather_failures(g, table)
         if why is not None:
             return self._failed_generation(g, table, failed, why, t0)
@@ -257,11 +224,11 @@ class Engine(EngineBase):
         timer.start("fitness")
         return self._local_rows(g)
 
-    def _ending(self, g: int, table: np.ndarray, t0: float) -> tuple[bool, bool, bool]:
+    def _ending(self, g: int, table: FitnessTable, t0: float) -> tuple[bool, bool, bool]:
         """Whether the run ends after generation ``g``: (the callback, the target, the time limit); every rank alike."""
         cfg = self.cfg
         early = self._ask_callback(g, table)
-        hit = target.reached(table[:, _FIT], cfg.target, cfg.target_metric) and not early  # same table everywhere
+        hit = target.reached(table.fitness, cfg.target, cfg.target_metric) and not early  # same table everywhere
         # --time-limit: end now if another generation as long as this one, then the final evaluation, would not fit
         spent = time.perf_counter() - t0
         out_of_time = (
@@ -273,7 +240,7 @@ class Engine(EngineBase):
     def _log_generation(
         self,
         g: int,
-        table: np.ndarray,
+        table: FitnessTable,
         donors: dict[int, int],
         failed: dict[int, dict[str, Any]],
         hit: bool,
@@ -281,15 +248,15 @@ class Engine(EngineBase):
     ) -> None:
         """Each member's TensorBoard log; on rank 0 the history and lineage records; missing-fitness warnings."""
         for m in self.local_ids:
-            self.members[m].log(float(table[m, _FIT]), self.hparams[m], donors.get(m))
+            self.members[m].log(float(table.fitness[m]), self.hparams[m], donors.get(m))
         if self.comm.rank == 0:  # every rank could build the rows; only rank 0 writes them
-            self.log.write_history(self._history_records(g, table, donors, failed, hit))
-            self.log.write_lineage(self._lineage_records(g, table, donors, new_hparams))
+            self.log.write_history(self._history_rows(g, table, donors, failed, hit))
+            self.log.write_lineage(self._lineage_rows(g, table, donors, new_hparams))
         self._echo_missing(g, table, failed)
 
-    def _gather_failures(self, g: int, table: np.ndarray) -> tuple[dict[int, dict[str, Any]], str | None]:
+    def _gather_failures(self, g: int, table: FitnessTable) -> tuple[dict[int, dict[str, Any]], str | None]:
         """Every member's failure in generation ``g`` (all ranks see all), and why they end the run (None: not)."""
-        ids = [int(m) for m in np.flatnonzero(table[:, _FAIL])]
+        ids = table.failed
         self.broken = set(ids)
         if not ids:
             return {}, None
@@ -300,43 +267,27 @@ class Engine(EngineBase):
         why = failures.stop_reason(len(ids), self.population, self.failure_total, self.tolerated, f"generation {g}")
         return failed, why
 
-    def _echo_missing(self, g: int, table: np.ndarray, failed: dict[int, dict[str, Any]]) -> None:
+    def _echo_missing(self, g: int, table: FitnessTable, failed: dict[int, dict[str, Any]]) -> None:
         """Rank 0: one warning per failed member, and which members have no fitness and why."""
         if self.comm.rank != 0:
             return
         for m in sorted(failed):
             self.echo(failures.failure_line(f"generation {g}", m, failed[m]))
-        for line in missing_fitness_lines(
-            f"generation {g}", {m: self._missing(table, m) for m in range(self.population)}
-        ):
+        for line in missing_fitness_lines(f"generation {g}", {m: table.missing(m) for m in range(self.population)}):
             self.echo(line)
 
     def _failed_generation(
-        self, g: int, table: np.ndarray, failed: dict[int, dict[str, Any]], why: str, t0: float
+        self, g: int, table: FitnessTable, failed: dict[int, dict[str, Any]], why: str, t0: float
     ) -> Generation:
         """Failures end the run after generation ``g``: its records; no exploit, no checkpoint."""
         self.mutations = {}
         if self.comm.rank == 0:
-            self.log.write_history(self._history_records(g, table, {}, failed))
+            self.log.write_history(self._history_rows(g, table, {}, failed))
         self._echo_missing(g, table, failed)
         wall = time.perf_counter() - t0
         return Generation(g, table, {}, wall, self.timer.stop(), self.hparams, stop=True, failed=why)
 
-    def _share_experience(self) -> int:
-        """Every member's new transitions into every other member's replay buffer; returns the bytes gathered.
-
-        One ``Allgatherv`` of contiguous buffers; each member then appends the
-        others' rows in member order, whatever the rank layout, so the buffers
-        (and the run) are the same on any layout and after a resume.
-        """
-        parts = self.comm.allgather_parts([self.sharers[m].new_experience() for m in self.local_ids])
-        for m in self.local_ids:
-            for k, part in enumerate(parts):
-                if k != m:
-                    self.sharers[m].add_experience(part)
-        return int(sum(p.nbytes for p in parts))
-
-    def _ask_callback(self, g: int, table: np.ndarray) -> bool:
+    def _ask_callback(self, g: int, table: FitnessTable) -> bool:
         """Whether the user's callback (run on every rank) asks any rank to end the run after generation ``g``."""
         if self.callback is None:
             return False
@@ -344,8 +295,8 @@ class Engine(EngineBase):
         summary = GenerationSummary(
             generation=g,
             generations=self.cfg.generations,
-            timesteps=[int(t) for t in table[:, _STEPS]],
-            fitness=[float(f) for f in table[:, _FIT]],
+            timesteps=table.timesteps,
+            fitness=[float(f) for f in table.fitness],
             hparams=[dict(h) for h in self.hparams],
         )
         return self.comm.any(bool(self.callback(summary)))
@@ -383,68 +334,11 @@ class Engine(EngineBase):
             )
         self.comm.barrier()
 
-    def _exploit(self, donors: dict[int, int], table: np.ndarray, new_hparams: list[dict[str, Value]]) -> None:
-        """Losers take their winner's state; then every local member that mutates takes its new hyperparameters.
-
-        A loser first takes its winner's architecture (:meth:`match_layout`), so
-        the state arrives in a buffer of the winner's size; winners that also
-        lose are packed before that. Mutations (a new architecture grown from
-        the received weights, weight noise) come only after every local loser
-        has its copy, so no loser copies another's mutation.
-        """
-        me = self.comm.rank
-        changed = [m for m in self.local_ids if m in donors or m in self.mutations or new_hparams[m] != self.hparams[m]]
-        if donors:  # every rank takes part: a rank with no loser may hold a winner
-            losers = [loser for loser in sorted(donors) if self.owner(loser) == me]
-            held = {
-                w: self.members[w].pack().copy() for w in set(donors.values()) if self.owner(w) == me and w in donors
-            }
-            for loser in losers:
-                self.members[loser].match_layout(self.hparams[donors[loser]])
-            first_loser: dict[int, int] = {}  # winner -> the local loser that receives its state in place
-            for loser in losers:
-                first_loser.setdefault(donors[loser], loser)
-
-            def pack(w: int) -> np.ndarray:
-                return held[w] if w in held else self.members[w].pack()
-
-            def size_of(w: int) -> int:
-                return pack(w).nbytes if self.owner(w) == me else self.members[first_loser[w]].state_nbytes
-
-            buffers = self.comm.move(
-                donors,
-                self.owner,
-                pack,
-                size_of,
-                self.cfg.backend,
-                receive_into=lambda w: self.members[first_loser[w]].receive_buffer() if w in first_loser else None,
-            )
-            # VecNormalize statistics and (optionally) replay buffers move in a second, separate exchange.
-            replay = self.cfg.copy_replay_buffer
-            aux_nbytes = self.members[self.local_ids[0]].aux_nbytes(replay)
-            aux: dict[int, np.ndarray] = {}
-            if aux_nbytes:
-                aux = self.comm.move(
-                    donors, self.owner, lambda w: self.members[w].pack_aux(replay), aux_nbytes, self.cfg.backend
-                )
-            for loser in losers:
-                winner = donors[loser]
-                self._adopt(
-                    loser,
-                    buffers[winner],
-                    aux.get(winner, _NO_AUX),
-                    *self._episode_stats(table, winner),
-                    self._episode_returns(table, winner) if self.cfg.objective_key is not None else None,
-                )
-        for m in changed:
-            self._take_hparams(m, new_hparams[m], self.mutations.get(m, {}))
-
-    def _choose_donors(self, g: int, table: np.ndarray, failed: list[int]) -> dict[int, int]:
+    def _choose_donors(self, g: int, table: FitnessTable, failed: list[int]) -> dict[int, int]:
         """Who copies whom after generation ``g`` (the same on every rank); a failed member always copies."""
         spg = self.cfg.steps_per_generation
         seen = [
-            Seen(m, float(table[m, _FIT]), self._episode_stats(table, m)[0], int(g - self.last_exploit[m]) * spg,
-                 m in failed)
+            Seen(m, float(table.fitness[m]), table.scores(m), int(g - self.last_exploit[m]) * spg, m in failed)
             for m in range(self.population)
         ]  # fmt: skip
         self.choice = self.pbt.choose(g, seen)
@@ -484,49 +378,15 @@ class Engine(EngineBase):
         self.start_fitness = start_fitness(fitness, donors)
         return new_hparams
 
-    def _lineage_records(
-        self, g: int, table: np.ndarray, donors: dict[int, int], new_hparams: list[dict[str, Value]]
-    ) -> list[LineageRow]:
-        return [
-            LineageRow(
-                step=g,
-                loser=loser,
-                winner=winner,
-                timesteps=int(table[loser, _STEPS]),
-                loser_fitness=float(table[loser, _FIT]),
-                winner_fitness=float(table[winner, _FIT]),
-                old_hparams=self.hparams[loser],
-                new_hparams=new_hparams[loser],
-                mutation=self.mutations.get(loser),
-                hparams_from=self.choice.hparams_from.get(loser),
-            )
-            for loser, winner in sorted(donors.items())
-        ]
-
-    def _history_records(
-        self, g: int, table: np.ndarray, donors: dict[int, int], failed: dict[int, dict[str, Any]], hit: bool = False
+    def _history_rows(
+        self, g: int, table: FitnessTable, donors: dict[int, int], failed: dict[int, dict[str, Any]], hit: bool = False
     ) -> list[HistoryRow]:
-        objective = self.cfg.objective_key is not None
-        return [
-            HistoryRow(
-                step=g,
-                member=m,
-                rank=self.owner(m),
-                timesteps=int(table[m, _STEPS]),
-                fitness=float(table[m, _FIT]),
-                fitness_missing=self._missing(table, m),
-                hparams=self.hparams[m],
-                parent=donors.get(m),
-                returns=self._episode_returns(table, m),
-                objectives=self._episode_stats(table, m)[0] if objective else None,
-                mutation=self.mutations.get(m),
-                held=held_record(self.choice.held[m]) if m in self.choice.held else None,
-                hparams_from=self.choice.hparams_from.get(m),
-                failure=Failure.from_json(failed[m]) if m in failed else None,
-                target_reached=hit,
-            )
-            for m in range(self.population)
-        ]
+        return history_rows(g, table, self.hparams, self.owner, donors, failed, self.mutations, self.choice, hit)
+
+    def _lineage_rows(
+        self, g: int, table: FitnessTable, donors: dict[int, int], new_hparams: list[dict[str, Value]]
+    ) -> list[LineageRow]:
+        return lineage_rows(g, table, self.hparams, new_hparams, donors, self.mutations, self.choice)
 
     # -- whole run ---------------------------------------------------------------
     def run(self) -> Status:
@@ -578,26 +438,23 @@ class Engine(EngineBase):
             summary.timings,
         )
         overhead_s = sum(v for k, v in timings["wall"].items() if k not in ("train", "wait"))
-        record = {"generation": g, "rank": self.comm.rank, "total_wall": wall, **timings}
-        record["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        record["first_train_unix"] = self.first_train_unix
-        record["unix"] = time.time()
-        record["torch_threads"] = torch_threads()
         member = self.members[self.local_ids[0]]
+        record = {"generation": g, "rank": self.comm.rank, "total_wall": wall, **timings, **_process_stats()}
+        record["first_train_unix"] = self.first_train_unix
         record["state_bytes"] = member.state_nbytes + member.aux_nbytes(self.cfg.copy_replay_buffer)
         if self.cfg.share_experience:
             record["shared_bytes"] = self.shared_bytes  # transitions of every member, gathered by every rank
         self.timings.write([record])
         if self.comm.rank != 0:
             return
-        fitness = table[:, _FIT]
+        fitness = table.fitness
         steps = self.population * self.cfg.steps_per_generation
         remaining = self.cfg.generations - g - 1
-        failed_now = int(table[:, _FAIL].sum())
+        failed_now = len(table.failed)
         line = progress_line(
             g,
             self.cfg.generations,
-            int(table[:, _STEPS].max()),
+            max(table.timesteps),
             fitness,
             steps / wall if wall > 0 else 0.0,
             len(donors),
@@ -611,8 +468,86 @@ class Engine(EngineBase):
             "population/failures": float(failed_now),
             "population/failures_total": float(self.failure_total),
         }
-        timesteps = [int(t) for t in table[:, _STEPS]]
+        timesteps = table.timesteps
         returns = None
         if self.cfg.objective_key is not None:
-            returns = [mean_finite(self._episode_returns(table, m)) for m in range(self.population)]
+            returns = [mean_finite(table.returns(m)) for m in range(self.population)]
         self.log.report(g, max(timesteps), timesteps, fitness, summary.hparams, len(donors), extra, line, returns)
+
+
+def history_rows(
+    g: int,
+    table: FitnessTable,
+    hparams: list[dict[str, Value]],
+    owner: Callable[[int], int],
+    donors: dict[int, int],
+    failed: dict[int, dict[str, Any]],
+    mutations: dict[int, dict[str, Any]],
+    choice: Choice,
+    hit: bool = False,
+) -> list[HistoryRow]:
+    """Every member's history row of generation ``g`` (``hparams``: what each trained with)."""
+    return [
+        HistoryRow(
+            step=g,
+            member=m,
+            rank=owner(m),
+            timesteps=table.timesteps[m],
+            fitness=float(table.fitness[m]),
+            fitness_missing=table.missing(m),
+            hparams=hparams[m],
+            parent=donors.get(m),
+            returns=table.returns(m),
+            objectives=table.scores(m) if table.objective else None,
+            mutation=mutations.get(m),
+            held=held_record(choice.held[m]) if m in choice.held else None,
+            hparams_from=choice.hparams_from.get(m),
+            failure=Failure.from_json(failed[m]) if m in failed else None,
+            target_reached=hit,
+        )
+        for m in range(len(hparams))
+    ]
+
+
+def lineage_rows(
+    g: int,
+    table: FitnessTable,
+    hparams: list[dict[str, Value]],
+    new_hparams: list[dict[str, Value]],
+    donors: dict[int, int],
+    mutations: dict[int, dict[str, Any]],
+    choice: Choice,
+) -> list[LineageRow]:
+    """The exploits after generation ``g``, loser by loser."""
+    return [
+        LineageRow(
+            step=g,
+            loser=loser,
+            winner=winner,
+            timesteps=table.timesteps[loser],
+            loser_fitness=float(table.fitness[loser]),
+            winner_fitness=float(table.fitness[winner]),
+            old_hparams=hparams[loser],
+            new_hparams=new_hparams[loser],
+            mutation=mutations.get(loser),
+            hparams_from=choice.hparams_from.get(loser),
+        )
+        for loser, winner in sorted(donors.items())
+    ]
+
+
+def _check_objective_key(table: FitnessTable, key: str | None, g: int) -> None:
+    """Every rank alike: a ConfigError when episodes ended and none had ``--fitness info:KEY``'s key."""
+    if table.no_key:
+        raise ConfigError(
+            [
+                f"--fitness info:{key}: episodes ended (member(s) {table.no_key}, generation {g}) and no final info "
+                f"had {key!r}; check the key (e.g. info:is_success) or use --fitness return"
+            ]
+        )
+
+
+def _process_stats() -> dict[str, Any]:
+    """The process now: peak memory (MB), the time, torch's threads (a timings row's)."""
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"peak_rss_mb": peak_mb, "unix": time.time(), "torch_threads": torch_threads()}
