@@ -50,6 +50,10 @@ class JsonlWriter:
 #: TensorBoard tag of a session's fitness in the HParams runs (``tb/hparams/...``), apart from the members'
 #: own ``pbt/fitness`` so that the custom-scalars charts do not draw each point twice.
 SESSION_FITNESS = "session/fitness"
+#: The session's mean episode return (the fitness itself unless fitness is ``--fitness info:KEY``).
+SESSION_RETURN = "session/return"
+#: The session's objective, ``info[KEY]`` with ``--fitness info:KEY`` (there the same as its fitness); absent otherwise.
+SESSION_OBJECTIVE = "session/objective"
 #: TensorBoard text tag of the exploit events (``tb/population``).
 EXPLOITS_TAG = "exploits"
 
@@ -101,7 +105,9 @@ class PopulationBoard:
     hyperparameters with metrics over time, which is exactly a PBT member between two explores, whereas one
     session per member would have to show one of its sets beside fitness earned with others. Sessions are
     runs ``tb/hparams/member_XX-steps_N`` (N: the member's env steps when the stretch began), each with its
-    hyperparameters and the member's fitness as ``session/fitness`` at its env steps.
+    hyperparameters and, at the member's env steps, its metrics: ``session/fitness``, ``session/return`` (the
+    mean episode return) and, with ``--fitness info:KEY``, ``session/objective`` (the mean ``info[KEY]``, which
+    is then the fitness). The plugin makes a column of every scalar tag in the session runs.
     """
 
     def __init__(self, log_dir: str) -> None:
@@ -112,8 +118,22 @@ class PopulationBoard:
         self._sessions: dict[int, tuple[dict[str, Any], Any]] = {}
         self._layout: tuple[str, ...] | None = None
 
-    def log_members(self, timesteps: list[int], fitness: np.ndarray, hparams: list[dict[str, Any]]) -> None:
-        """Each member's fitness into the HParams session of its current hyperparameters; the layout once."""
+    def log_members(
+        self,
+        timesteps: list[int],
+        fitness: np.ndarray,
+        hparams: list[dict[str, Any]],
+        returns: list[float] | None = None,
+    ) -> None:
+        """Each member's metrics into the HParams session of its current hyperparameters; the layout once.
+
+        Args:
+            timesteps: Each member's env steps (the metrics' step).
+            fitness: Each member's fitness (NaN: not logged).
+            hparams: Each member's hyperparameters (empty: no record of it yet, skipped).
+            returns: Each member's mean episode return when fitness is the objective (``--fitness info:KEY``);
+                None when fitness is the return, which is then logged as both.
+        """
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
@@ -134,9 +154,16 @@ class PopulationBoard:
                 writer.file_writer.add_summary(start)
                 session = (dict(values), writer)
                 self._sessions[m] = session
-            if math.isfinite(float(fit)):
-                session[1].add_scalar(SESSION_FITNESS, float(fit), int(steps))
-                session[1].flush()
+            metrics = {SESSION_FITNESS: float(fit)}
+            if returns is None:
+                metrics[SESSION_RETURN] = float(fit)
+            else:
+                metrics[SESSION_RETURN] = float(returns[m])
+                metrics[SESSION_OBJECTIVE] = float(fit)
+            for tag, value in metrics.items():
+                if math.isfinite(value):
+                    session[1].add_scalar(tag, value, int(steps))
+            session[1].flush()
 
     def log_exploits(self, records: list[Mapping[str, Any]]) -> None:
         """Exploit events (lineage records) as a Markdown table under ``exploits``, at the losers' env steps."""
@@ -253,10 +280,11 @@ class Reporter:
     ) -> None:
         """One report: ``index`` counts reports (W&B's step), ``board_step`` is TensorBoard's env-step axis.
 
-        ``returns``: each member's mean episode return, when fitness is another objective (``info:KEY``).
+        ``returns``: each member's mean episode return, when fitness is another objective (``info:KEY``);
+        passed exactly then, since the HParams sessions take it as the sign that fitness is the objective.
         """
         self.board.log(board_step, fitness, exploits, extra)
-        self.board.log_members(timesteps, fitness, hparams)
+        self.board.log_members(timesteps, fitness, hparams, returns)
         if self.wandb is not None:
             self.wandb.log(index, timesteps, [float(f) for f in fitness], hparams, exploits, returns)
         self.echo(line)

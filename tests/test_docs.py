@@ -233,6 +233,18 @@ def test_the_readme_is_a_landing_page():
     assert test_command in ci  # .ci/run runs the README's test command
 
 
+def test_the_docs_requirements_are_the_docs_extra():
+    """docs/requirements.txt (what .ci/run and the README install) pins exactly pyproject's ``docs`` extra."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
+    lines = (DOCS / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    pins = [line.replace(" ", "") for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    assert sorted(pins) == sorted(req.replace(" ", "") for req in extra["docs"])
+
+
 def test_the_docs_build_command_is_the_ci_one():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "-m sphinx -W --keep-going -n -b html docs docs/_build/html" in ci
