@@ -4,7 +4,7 @@ Pure (standard library only). In memory a missing number is NaN; on disk it is
 ``null`` (JSON has no NaN), so every file evo_mpi writes is strict JSON
 (:func:`dumps`, ``allow_nan=False``). Writers build a :class:`HistoryRow` or
 :class:`LineageRow` and call ``to_json()``; readers that want numbers call
-:func:`number` / :func:`numbers`. ``from_json`` reads rows written by any
+:func:`number` (and ``numbers`` for lists). ``from_json`` reads rows written by any
 version: the fields a row lacks take their defaults.
 
 A sync row is one member's generation; an async row is one member's interval

@@ -91,3 +91,22 @@ def test_lineage_rows_read_and_write_every_field(data):
     row = LineageRow.from_json(data)
     assert row.to_json() == data
     assert (row.step, row.loser, row.winner) == (data["generation"], data["loser"], data["winner"])
+
+
+def _documented(section: str) -> set[str]:
+    """The field names of a section's tables in docs/outputs.md (the outputs reference)."""
+    text = (DATA.parent / "outputs.md").read_text()
+    body = text.split(f"## `{section}`", 1)[1].split("\n## ", 1)[0]
+    return {line.split("`")[1] for line in body.splitlines() if line.startswith("| `")}
+
+
+def test_the_outputs_reference_documents_exactly_the_fields_rows_write():
+    fields = IntervalFields(wall=1.0, unix=2.0, lengths=[5], delta=0.5, since_exploit=64, seen=[0], parent_step=1)
+    row = HistoryRow(
+        step=0, member=0, rank=0, timesteps=64, fitness=math.nan, hparams={}, returns=[], parent=1,
+        fitness_missing="failed", objectives=[], mutation={"kind": "arch"}, held={"donor": 1}, hparams_from=2,
+        failure=Failure("E", "m", "training"), target_reached=True, interval=fields,
+    )  # fmt: skip
+    assert _documented("history.jsonl") == set(row.to_json())
+    lineage = LineageRow(1, 2, 3, 64, 1.0, 2.0, {}, {}, winner_step=0, mutation={"kind": "arch"}, hparams_from=3)
+    assert _documented("lineage.jsonl") == set(lineage.to_json())
