@@ -82,13 +82,7 @@ class EngineBase(FinalModels):
         self._build_members(member_factory)
         self._note_episode_length()
         #: --share-experience: the local members as sharers (checked once, here, not at every use).
-        self.sharers: dict[int, SharesExperience] = {}
-        if cfg.share_experience:
-            for m in self.local_ids:
-                member = self.members[m]
-                if not isinstance(member, SharesExperience):
-                    raise TypeError(f"member {m} ({type(member).__name__}) cannot share experience")
-                self.sharers[m] = member
+        self.sharers = self._sharers() if cfg.share_experience else {}
         #: The PBT step (:mod:`evo_mpi.step`): who copies whom and what members try next, for both modes.
         self.pbt = PBTStep(cfg, self.space, "relu" if cfg.member else algorithms.get(cfg.algo).activation)
         #: What each member's mutation after the last generation (async: interval) decided, by member.
@@ -114,6 +108,16 @@ class EngineBase(FinalModels):
         self.timings = JsonlWriter(os.path.join(run_dir, "timings", f"rank_{comm.rank:03d}.jsonl"))
         #: Rank 0's outputs (history, lineage, TensorBoard, W&B, reports); a log that writes nothing elsewhere.
         self.log: NullLog = NullLog()
+
+    def _sharers(self) -> dict[int, SharesExperience]:
+        """The local members as members that share experience (TypeError naming one that cannot)."""
+        sharers: dict[int, SharesExperience] = {}
+        for m in self.local_ids:
+            member = self.members[m]
+            if not isinstance(member, SharesExperience):
+                raise TypeError(f"member {m} ({type(member).__name__}) cannot share experience")
+            sharers[m] = member
+        return sharers
 
     def _build_members(self, member_factory: MemberFactory | None) -> None:
         """Build the rank's members: the SB3 adapter, or the user's factory (``--member``)."""
