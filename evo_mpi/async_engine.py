@@ -37,13 +37,13 @@ from .pb2 import MAX_OBSERVATIONS, Observation
 from .protocol import MemberFactory
 from .records import Failure, HistoryRow, IntervalFields, LineageRow
 from .run_log import trim_to_steps
-from .scheduler import EngineBase, torch_threads
+from .scheduler import torch_threads
 from .space import Value
 from .status import Status
 from .step import Seen
 
 
-class AsyncEngine(EngineBase, AsyncMail):
+class AsyncEngine(AsyncMail):
     """Runs asynchronous PBT for one rank's members."""
 
     def __init__(

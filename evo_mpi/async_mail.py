@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .comm import Comm, Mailbox
-from .config import Config
-from .outputs import JsonlWriter
-from .protocol import SharesExperience
+from .comm import Mailbox
 from .records import HistoryRow
+from .scheduler import EngineBase
 from .status import Status
 
 # Message tags (on the mailbox's own communicator).
@@ -52,23 +49,16 @@ class Snapshot:
         return Snapshot(record, buf[start : start + state_n], buf[start + state_n : start + state_n + aux_n])
 
 
-class AsyncMail:
-    """Serving, tickets, publishing, fetching, stopping together and shared experience for the async scheduler."""
+class AsyncMail(EngineBase):
+    """Serving, tickets, publishing, fetching, the drain and shared experience: the layer of the async scheduler
+    over :class:`EngineBase`.
+    """
 
-    cfg: Config
-    comm: Comm
-    activity: str
-    should_stop: Callable[[], bool]
-    population: int
-    local_ids: list[int]
-    sharers: dict[int, SharesExperience]
     snapshots: dict[int, Snapshot]
     seen_count: np.ndarray
     budget: int
     target_hit: bool
     failure_stop: str | None
-    timings: JsonlWriter
-    first_train_unix: float | None
     train_cpu_s: float
     published: dict[int, int]
 
@@ -91,10 +81,6 @@ class AsyncMail:
 
     def _take_record(self, record: HistoryRow) -> None:
         """A published row, own or received (the scheduler's)."""
-        raise NotImplementedError
-
-    def owner(self, member: int) -> int:
-        """Rank holding ``member``."""
         raise NotImplementedError
 
     # -- serving -------------------------------------------------------------------------------------

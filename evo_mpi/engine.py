@@ -28,7 +28,7 @@ from .outputs import progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation
 from .protocol import MemberFactory
 from .records import Failure, HistoryRow, LineageRow
-from .scheduler import EngineBase, torch_threads
+from .scheduler import torch_threads
 from .space import Value
 from .status import Callback, GenerationSummary, Status
 from .step import Seen, start_fitness
@@ -71,7 +71,7 @@ class Generation:
     failed: str | None = None
 
 
-class Engine(EngineBase, SyncExchange):
+class Engine(SyncExchange):
     """Runs PBT for one rank's members, in lockstep with the other ranks (``--mode sync``)."""
 
     def __init__(

@@ -10,13 +10,9 @@ member's replay buffer through one ``Allgatherv``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from .comm import Comm
-from .config import Config
-from .protocol import PBTMember, SharesExperience
+from .scheduler import EngineBase
 from .space import Value
 from .table import FitnessTable
 
@@ -24,34 +20,8 @@ from .table import FitnessTable
 _NO_AUX = np.zeros(0, dtype=np.uint8)
 
 
-class SyncExchange:
-    """State moves and shared experience of the sync scheduler (which sets these attributes)."""
-
-    cfg: Config
-    comm: Comm
-    members: dict[int, PBTMember]
-    local_ids: list[int]
-    sharers: dict[int, SharesExperience]
-    hparams: list[dict[str, Value]]
-    mutations: dict[int, dict[str, Any]]
-
-    def owner(self, member: int) -> int:
-        """Rank holding ``member`` (the scheduler's)."""
-        raise NotImplementedError
-
-    def _adopt(
-        self,
-        m: int,
-        state: np.ndarray,
-        aux: np.ndarray,
-        returns: list[float],
-        lengths: list[float],
-        episode_returns: list[float] | None = None,
-    ) -> None:
-        raise NotImplementedError
-
-    def _take_hparams(self, m: int, hparams: dict[str, Value], mutation: dict[str, Any]) -> None:
-        raise NotImplementedError
+class SyncExchange(EngineBase):
+    """State moves and shared experience: the layer of the sync scheduler over :class:`EngineBase`."""
 
     def _exploit(self, donors: dict[int, int], table: FitnessTable, new_hparams: list[dict[str, Value]]) -> None:
         """Losers take their winner's state; then every local member that mutates takes its new hyperparameters.
