@@ -241,7 +241,7 @@ def _plan_resume(plan: Plan, cfg: Config, run_dir: str, saved: Mapping[str, Any]
                 "directory away to resume from the one before it"
             )
             return
-        plan.finished = bool(last.get("finished")) and os.path.isfile(os.path.join(run_dir, "best.zip"))
+        plan.finished = last.finished and os.path.isfile(os.path.join(run_dir, "best.zip"))
 
 
 # -- running (every rank) --------------------------------------------------------------------------

@@ -122,15 +122,12 @@ class AsyncEngine(AsyncMail):
             return  # the member never finished an interval: it starts afresh
         self.activity = f"loading member {m}'s checkpoint of interval {done[-1]}"
         tensors, meta, arrays = checkpoint.load_interval(self.run_dir, m, done[-1])
-        self.members[m].restore(tensors, meta["member"])
-        self.done[m] = int(meta["done"])
-        self.start_fitness[m] = math.nan if meta["start_fitness"] is None else float(meta["start_fitness"])
-        self.exploit_steps[m] = int(meta.get("exploit_steps", 0))
-        if "torch_threads" in meta:  # written since the resume warning covers async mode
-            self.saved_threads[m] = int(meta["torch_threads"])
-        record = HistoryRow.from_json(meta["record"])
-        self.latest[m] = record
-        self.snapshots[m] = Snapshot(record, arrays["snapshot"], arrays["snapshot_aux"])
+        self.members[m].restore(tensors, meta.member)
+        self.done[m], self.start_fitness[m], self.exploit_steps[m] = meta.done, meta.start_fitness, meta.exploit_steps
+        if meta.torch_threads is not None:  # written since the resume warning covers async mode
+            self.saved_threads[m] = meta.torch_threads
+        self.latest[m] = meta.record
+        self.snapshots[m] = Snapshot(meta.record, arrays["snapshot"], arrays["snapshot_aux"])
 
     # -- records -------------------------------------------------------------------------------------
     def _take_record(self, record: HistoryRow) -> None:
@@ -329,22 +326,13 @@ class AsyncEngine(AsyncMail):
         assert snap.record is not None
         kept = snap.record.replace(parent=record.parent)  # the snapshot's row with the decision's outcome
         kept.fields.parent_step, kept.fields.seen = record.fields.parent_step, record.fields.seen
-        checkpoint.write_interval(
-            self.run_dir,
-            m,
-            k,
-            member.checkpoint_tensors(),
-            {
-                "member": member.checkpoint_meta(),
-                "done": k + 1,
-                "start_fitness": self.start_fitness[m] if math.isfinite(self.start_fitness[m]) else None,
-                "exploit_steps": self.exploit_steps[m],
-                "torch_threads": torch_threads(),
-                "record": _checkpoint_row(kept),
-            },
-            {"snapshot": snap.state, "snapshot_aux": snap.aux},
-            keep=self.cfg.keep_checkpoints,
+        state = checkpoint.IntervalState(
+            member.checkpoint_meta(), k + 1, self.start_fitness[m], self.exploit_steps[m], kept, torch_threads()
         )
+        checkpoint.write_interval(
+            self.run_dir, m, k, member.checkpoint_tensors(), state, {"snapshot": snap.state, "snapshot_aux": snap.aux},
+            keep=self.cfg.keep_checkpoints,
+        )  # fmt: skip
 
     def _decide(self, m: int, k: int) -> tuple[int | None, Held | None, list[int]]:
         """The donor ``m`` copies after interval ``k`` (None: keep going), the margin's refusal, the records seen."""
@@ -473,11 +461,3 @@ def _lineage_row(record: HistoryRow) -> LineageRow:
         old_hparams=record.hparams,
         new_hparams=fields.new_hparams,
     )
-
-
-def _checkpoint_row(row: HistoryRow) -> dict[str, Any]:
-    """The row a member's checkpoint keeps: the snapshot's, with the decision's parent and what it saw."""
-    data = row.to_json()
-    for key in ("parent_fitness", "fetch_s", "new_hparams", "target_reached"):
-        data.pop(key, None)
-    return data

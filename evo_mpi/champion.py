@@ -18,11 +18,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import seeding
+from .records import Failure, finite, finite_list, number, numbers
 from .selection import rank_order
 
 #: Longest final evaluation episode: one that has not ended by then counts its return so far (no hang).
@@ -66,9 +68,108 @@ def pick(returns: Mapping[int, Sequence[float]]) -> int:
     return ids[int(rank_order(means)[0])]
 
 
-def _num(value: float) -> float | None:
-    """A float for JSON (None when NaN or infinite)."""
-    return float(value) if math.isfinite(value) else None
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate of the final pick: its training fitness and its evaluation returns."""
+
+    member: int
+    final_fitness: float
+    returns: list[float]
+
+    def to_json(self) -> dict[str, Any]:
+        """As written, with the returns' mean and sd (NaN as null)."""
+        mean, sd = mean_sd(self.returns)
+        return {
+            "member": self.member,
+            "final_fitness": finite(self.final_fitness),
+            "returns": finite_list(self.returns),
+            "mean": finite(mean),
+            "sd": finite(sd),
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Candidate:
+        """As read."""
+        return Candidate(int(data["member"]), number(data.get("final_fitness")), numbers(data.get("returns", [])))
+
+
+@dataclass
+class ChampionReport:
+    """``champion.json``: the final pick.
+
+    Attributes:
+        member: The champion (the member in ``best.zip``).
+        pick: :data:`PICK_EVAL` or :data:`PICK_TRAINING` (no evaluation, or every candidate's failed).
+        seeds: The evaluation episodes' reset seeds (empty: no evaluation).
+        top: ``final_eval_top``.
+        final_fitness: The champion's last training fitness (NaN: missing).
+        candidates: The evaluated candidates, best training fitness first.
+        eval_steps: Env steps the evaluation took, all ranks together.
+        wall_s: Wall time of the final phase.
+        failures: Member failures in the whole run.
+        excluded: Members left out because their last generation (interval) failed.
+        scored: What the candidates' returns hold: ``return`` or ``info:KEY`` (``--fitness``).
+        eval_failures: Candidates whose evaluation raised, and how.
+
+    """
+
+    member: int
+    pick: str
+    seeds: list[int]
+    top: int
+    final_fitness: float
+    candidates: list[Candidate]
+    eval_steps: int
+    wall_s: float
+    failures: int = 0
+    excluded: list[int] = field(default_factory=list)
+    scored: str = "return"
+    eval_failures: dict[int, Failure] = field(default_factory=dict)
+
+    @property
+    def episodes(self) -> int:
+        """Evaluation episodes per candidate (0: no evaluation)."""
+        return len(self.seeds)
+
+    def row(self, member: int) -> Candidate | None:
+        """``member``'s candidate row (None: not evaluated)."""
+        return next((c for c in self.candidates if c.member == member), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """As written (strict JSON)."""
+        return {
+            "member": self.member,
+            "pick": self.pick,
+            "episodes": self.episodes,
+            "seeds": list(self.seeds),
+            "top": self.top,
+            "final_fitness": finite(self.final_fitness),
+            "candidates": [c.to_json() for c in self.candidates],
+            "eval_steps": self.eval_steps,
+            "wall_s": self.wall_s,
+            "failures": self.failures,
+            "excluded": list(self.excluded),
+            "scored": self.scored,
+            "eval_failures": [{"member": m, **f.to_json()} for m, f in sorted(self.eval_failures.items())],
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> ChampionReport:
+        """As read; a file written before a field existed gets its default."""
+        return ChampionReport(
+            member=int(data["member"]),
+            pick=str(data["pick"]),
+            seeds=[int(s) for s in data.get("seeds", [])],
+            top=int(data.get("top", 0)),
+            final_fitness=number(data.get("final_fitness")),
+            candidates=[Candidate.from_json(c) for c in data.get("candidates", [])],
+            eval_steps=int(data.get("eval_steps", 0)),
+            wall_s=float(data.get("wall_s", math.nan)),
+            failures=int(data.get("failures", 0)),
+            excluded=[int(m) for m in data.get("excluded", [])],
+            scored=str(data.get("scored", "return")),
+            eval_failures={int(f["member"]): Failure.from_json(f) for f in data.get("eval_failures", [])},
+        )
 
 
 def record(
@@ -79,42 +180,30 @@ def record(
     returns: Mapping[int, Sequence[float]],
     eval_steps: int,
     wall_s: float,
-) -> dict[str, Any]:
-    """The ``champion.json`` content (plain JSON: NaN and infinities become null).
+) -> ChampionReport:
+    """The final pick's report (the run-level fields, ``failures`` to ``eval_failures``, at their defaults).
 
     Args:
         member: The champion.
         fitness: Every member's final training fitness.
         top: ``final_eval_top``.
-        episode_seeds: The evaluation seeds (empty: no evaluation, the pick is by training fitness).
+        episode_seeds: The evaluation seeds (no ``returns``: no evaluation, the pick is by training fitness).
         returns: Each candidate's evaluation returns, in candidate order (empty: no evaluation).
         eval_steps: Env steps the evaluation took, all ranks together.
         wall_s: Wall time of the final phase.
 
     """
-    rows = []
-    for m, rets in returns.items():
-        mean, sd = mean_sd(rets)
-        rows.append(
-            {
-                "member": int(m),
-                "final_fitness": _num(float(fitness[m])),
-                "returns": [_num(float(r)) for r in rets],
-                "mean": _num(mean),
-                "sd": _num(sd),
-            }
-        )
-    return {
-        "member": int(member),
-        "pick": PICK_EVAL if returns else PICK_TRAINING,
-        "episodes": len(episode_seeds) if returns else 0,
-        "seeds": [int(s) for s in episode_seeds] if returns else [],
-        "top": int(top),
-        "final_fitness": _num(float(fitness[member])),
-        "candidates": rows,
-        "eval_steps": int(eval_steps),
-        "wall_s": float(wall_s),
-    }
+    rows = [Candidate(int(m), float(fitness[m]), [float(r) for r in rets]) for m, rets in returns.items()]
+    return ChampionReport(
+        member=int(member),
+        pick=PICK_EVAL if returns else PICK_TRAINING,
+        seeds=[int(s) for s in episode_seeds] if returns else [],
+        top=int(top),
+        final_fitness=float(fitness[member]),
+        candidates=rows,
+        eval_steps=int(eval_steps),
+        wall_s=float(wall_s),
+    )
 
 
 def estimate_s(candidates_here: int, episodes: int, episode_length: float, step_s: float) -> float:

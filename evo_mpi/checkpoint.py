@@ -22,14 +22,140 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import shutil
 import signal
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .atomic import fsync_dir, write_synced
+from .pb2 import Observation
+from .records import HistoryRow, finite, finite_list, numbers
+
+
+@dataclass
+class PopulationState:
+    """``population.json``: the population after one sync generation (written last: it completes the checkpoint).
+
+    Attributes:
+        generation: The generation it follows.
+        finished: It is the run's last generation.
+        population: The number of members.
+        hparams: Each member's hyperparameters for the next generation.
+        fitness: Each member's fitness in it (NaN: missing).
+        history_bytes: ``history.jsonl``'s size then (a resume cuts the log back to it).
+        lineage_bytes: ``lineage.jsonl``'s size then.
+        start_fitness: Each member's fitness when its next generation starts (PB2's baseline).
+        observations: PB2's data so far.
+        last_exploit: The generation after which each member last copied a donor (-1: never).
+        failures: Member failures in the run so far.
+        torch_threads: The torch threads each member trained with (None: written before it was kept).
+
+    """
+
+    generation: int
+    finished: bool
+    population: int
+    hparams: list[dict[str, Any]]
+    fitness: list[float]
+    history_bytes: int = 0
+    lineage_bytes: int = 0
+    start_fitness: list[float] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+    last_exploit: list[int] = field(default_factory=list)
+    failures: int = 0
+    torch_threads: list[int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As written (NaN as null)."""
+        return {
+            "generation": self.generation,
+            "finished": self.finished,
+            "population": self.population,
+            "hparams": self.hparams,
+            "fitness": finite_list(self.fitness),
+            "history_bytes": self.history_bytes,
+            "lineage_bytes": self.lineage_bytes,
+            "start_fitness": finite_list(self.start_fitness),
+            "pb2": [{"time": o.time, "hparams": dict(o.hparams), "delta": o.delta} for o in self.observations],
+            "last_exploit": [int(x) for x in self.last_exploit],
+            "failures": self.failures,
+            "torch_threads": self.torch_threads,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> PopulationState:
+        """As read; a checkpoint written before a field existed gets its default (sizes, PB2, exploits: none)."""
+        population = int(data["population"])
+        start = numbers(data.get("start_fitness", []))
+        threads = data.get("torch_threads")
+        return PopulationState(
+            generation=int(data["generation"]),
+            finished=bool(data.get("finished", False)),
+            population=population,
+            hparams=[dict(h) for h in data["hparams"]],
+            fitness=numbers(data["fitness"]),
+            history_bytes=int(data.get("history_bytes", 0)),
+            lineage_bytes=int(data.get("lineage_bytes", 0)),
+            start_fitness=start if len(start) == population else [math.nan] * population,
+            observations=[Observation(o["time"], o["hparams"], o["delta"]) for o in data.get("pb2", [])],
+            last_exploit=[int(x) for x in data.get("last_exploit", [-1] * population)],
+            failures=int(data.get("failures", 0)),
+            torch_threads=None if threads is None else [int(t) for t in threads],
+        )
+
+
+@dataclass
+class IntervalState:
+    """An async member checkpoint's ``member.json``: the member after one of its intervals.
+
+    Attributes:
+        member: The member's own metadata (``checkpoint_meta()``: step counts, episodes).
+        done: Intervals it has completed.
+        start_fitness: Its fitness when its next interval starts (NaN: none).
+        exploit_steps: Its step count when it last copied a donor (0: never).
+        record: Its last published record, the one its snapshot's fitness was measured with.
+        torch_threads: The torch threads it trained with (None: written before it was kept).
+
+    """
+
+    member: dict[str, Any]
+    done: int
+    start_fitness: float
+    exploit_steps: int
+    record: HistoryRow
+    torch_threads: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As written: the record without what the next reader recomputes (the donor's fitness, fetch time)."""
+        record = self.record.to_json()
+        for key in ("parent_fitness", "fetch_s", "new_hparams", "target_reached"):
+            record.pop(key, None)
+        return {
+            "member": self.member,
+            "done": self.done,
+            "start_fitness": finite(self.start_fitness),
+            "exploit_steps": self.exploit_steps,
+            "torch_threads": self.torch_threads,
+            "record": record,
+        }
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> IntervalState:
+        """As read (``torch_threads`` None and ``exploit_steps`` 0 in checkpoints written before they were kept)."""
+        threads = data.get("torch_threads")
+        return IntervalState(
+            member=dict(data["member"]),
+            done=int(data["done"]),
+            start_fitness=math.nan if data.get("start_fitness") is None else float(data["start_fitness"]),
+            exploit_steps=int(data.get("exploit_steps", 0)),
+            record=HistoryRow.from_json(data["record"]),
+            torch_threads=None if threads is None else int(threads),
+        )
+
 
 _DIR_RE = re.compile(r"^gen_(\d{6})$")
 
@@ -84,10 +210,10 @@ def write_member(
     _write_json(os.path.join(tmp, f"member_{member:02d}.json"), meta)
 
 
-def commit(run_dir: str, generation: int, population: Mapping[str, Any], keep: int) -> str:
+def commit(run_dir: str, generation: int, population: PopulationState, keep: int) -> str:
     """Rank 0, after every rank wrote its members: publish the checkpoint, prune old ones."""
     tmp = _tmp_dir(run_dir, generation)
-    _write_json(os.path.join(tmp, "population.json"), population)
+    _write_json(os.path.join(tmp, "population.json"), population.to_json())
     fsync_dir(tmp)
     _crash_point(f"commit:{generation}")
     final = _final_dir(run_dir, generation)
@@ -115,11 +241,14 @@ def complete(run_dir: str) -> list[int]:
     return sorted(gens)
 
 
-def load_population(run_dir: str, generation: int) -> dict[str, Any]:
-    """The population-level record of a complete checkpoint."""
+def load_population(run_dir: str, generation: int) -> PopulationState:
+    """The population-level record of a complete checkpoint (ValueError: not such a record)."""
     with open(os.path.join(_final_dir(run_dir, generation), "population.json"), encoding="utf-8") as fh:
-        data: dict[str, Any] = json.load(fh)
-    return data
+        data = json.load(fh)
+    try:
+        return PopulationState.from_json(data)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"population.json lacks or mangles {exc}") from exc
 
 
 def load_member(run_dir: str, generation: int, member: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -157,7 +286,7 @@ def write_interval(
     member: int,
     interval: int,
     tensors: Mapping[str, Any],
-    meta: Mapping[str, Any],
+    meta: IntervalState,
     arrays: Mapping[str, Any],
     keep: int,
 ) -> None:
@@ -180,7 +309,7 @@ def write_interval(
     write_synced(os.path.join(tmp, "member.pt"), lambda fh: torch.save(cpu, fh))
     for key, array in arrays.items():
         write_synced(os.path.join(tmp, key + ".npy"), functools.partial(np.save, arr=array, allow_pickle=False))
-    _write_json(os.path.join(tmp, "member.json"), meta)
+    _write_json(os.path.join(tmp, "member.json"), meta.to_json())
     fsync_dir(tmp)
     _crash_point(f"interval:{member}:{interval}")
     os.rename(tmp, os.path.join(root, name))
@@ -205,7 +334,7 @@ def intervals(run_dir: str, member: int) -> list[int]:
     return sorted(found)
 
 
-def load_interval(run_dir: str, member: int, interval: int) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+def load_interval(run_dir: str, member: int, interval: int) -> tuple[dict[str, Any], IntervalState, dict[str, Any]]:
     """(tensors, meta, arrays) of one member's checkpoint; nothing is unpickled."""
     import numpy as np
     import torch
@@ -213,7 +342,7 @@ def load_interval(run_dir: str, member: int, interval: int) -> tuple[dict[str, A
     base = os.path.join(member_root(run_dir, member), f"interval_{interval:06d}")
     tensors: dict[str, Any] = torch.load(os.path.join(base, "member.pt"), weights_only=True, map_location="cpu")
     with open(os.path.join(base, "member.json"), encoding="utf-8") as fh:
-        meta: dict[str, Any] = json.load(fh)
+        meta = IntervalState.from_json(json.load(fh))
     arrays = {
         name[: -len(".npy")]: np.load(os.path.join(base, name), allow_pickle=False)
         for name in sorted(os.listdir(base))

@@ -97,25 +97,23 @@ class Engine(SyncExchange):
         self.last_exploit = np.full(self.population, -1, dtype=np.int64)
         #: First generation this process runs (> 0 after a resume).
         self.start = 0
-        saved: dict[str, Any] = {}
+        saved: checkpoint.PopulationState | None = None
         if resume_from is not None:
             saved = self._resume(resume_from)
-        self._check_layouts(saved.get("torch_threads"))
-        self._open_logs((int(saved.get("history_bytes", 0)), int(saved.get("lineage_bytes", 0))))
+        self._check_layouts(None if saved is None else saved.torch_threads)
+        self._open_logs((0, 0) if saved is None else (saved.history_bytes, saved.lineage_bytes))  # a fresh start: empty
 
-    def _resume(self, generation: int) -> dict[str, Any]:
+    def _resume(self, generation: int) -> checkpoint.PopulationState:
         """Take the population's state after ``generation`` from its checkpoint; returns the saved population."""
         self.activity = f"loading checkpoint of generation {generation}"
-        saved: dict[str, Any] = checkpoint.load_population(self.run_dir, generation)
-        self.hparams = saved["hparams"]
-        self.last_fitness = np.array([math.nan if f is None else f for f in saved["fitness"]])
-        self.start = int(saved["generation"]) + 1
-        self.start_fitness = np.array([math.nan if f is None else f for f in saved.get("start_fitness", [])])
-        if self.start_fitness.size != self.population:
-            self.start_fitness = np.full(self.population, math.nan)
-        self.observations = [Observation(o["time"], o["hparams"], o["delta"]) for o in saved.get("pb2", [])]
-        self.last_exploit = np.array(saved.get("last_exploit", [-1] * self.population), dtype=np.int64)
-        self.failure_total = int(saved.get("failures", 0))
+        saved = checkpoint.load_population(self.run_dir, generation)
+        self.hparams = saved.hparams
+        self.last_fitness = np.array(saved.fitness)
+        self.start = saved.generation + 1
+        self.start_fitness = np.array(saved.start_fitness)
+        self.observations = list(saved.observations)
+        self.last_exploit = np.array(saved.last_exploit, dtype=np.int64)
+        self.failure_total = saved.failures
         for m in self.local_ids:
             self.members[m].restore(*checkpoint.load_member(self.run_dir, generation, m))
         self._log_rebuilds()
@@ -312,26 +310,12 @@ class Engine(SyncExchange):
         self.comm.barrier()
         if self.comm.rank == 0:
             history_bytes, lineage_bytes = self.log.sizes()
-            fitness = [float(f) if np.isfinite(f) else None for f in self.last_fitness]
-            checkpoint.commit(
-                self.run_dir,
-                g,
-                {
-                    "generation": g,
-                    "finished": finished,
-                    "population": self.population,
-                    "hparams": self.hparams,
-                    "fitness": fitness,
-                    "history_bytes": history_bytes,
-                    "lineage_bytes": lineage_bytes,
-                    "start_fitness": [float(f) if np.isfinite(f) else None for f in self.start_fitness],
-                    "pb2": [{"time": o.time, "hparams": o.hparams, "delta": o.delta} for o in self.observations],
-                    "last_exploit": [int(x) for x in self.last_exploit],
-                    "failures": self.failure_total,
-                    "torch_threads": self.member_threads,
-                },
-                keep=self.cfg.keep_checkpoints,
-            )
+            state = checkpoint.PopulationState(
+                g, finished, self.population, self.hparams, list(self.last_fitness), history_bytes, lineage_bytes,
+                list(self.start_fitness), self.observations, list(self.last_exploit), self.failure_total,
+                self.member_threads,
+            )  # fmt: skip
+            checkpoint.commit(self.run_dir, g, state, keep=self.cfg.keep_checkpoints)
         self.comm.barrier()
 
     def _choose_donors(self, g: int, table: FitnessTable, failed: list[int]) -> dict[int, int]:

@@ -23,6 +23,7 @@ from .config import Config
 from .member import Member
 from .outputs import member_tag
 from .protocol import EvaluatesFinal, PBTMember
+from .records import Failure
 from .run_log import NullLog
 from .selection import rank_order
 
@@ -60,7 +61,7 @@ class FinalModels:
             self.members[m].save_normalization(os.path.join(self.run_dir, "final", member_tag(m) + ".vecnormalize.pkl"))
         self.comm.barrier()
         report = self._final_pick()
-        best = int(report["member"])
+        best = report.member
         self.comm.barrier()  # champion.json is on disk before best.zip
         if best in self.members:  # best.zip last: it marks the run finished
             self.members[best].save_normalization(os.path.join(self.run_dir, "best.vecnormalize.pkl"))
@@ -102,7 +103,7 @@ class FinalModels:
         )
         return None, failure
 
-    def _final_pick(self) -> dict[str, Any]:
+    def _final_pick(self) -> champion.ChampionReport:
         """Collective: every rank evaluates its own candidates, all pick the same champion; rank 0 writes champion.json.
 
         Without an evaluation (``--final-eval-episodes 0``, or a custom member
@@ -154,12 +155,12 @@ class FinalModels:
             sum(int(p["steps"]) for p in gathered),
             time.perf_counter() - t0,
         )
-        report["failures"] = self.failure_total
-        report["excluded"] = sorted(self.broken)
-        report["scored"] = cfg.fitness  # what the candidates' "returns" hold: the return or info:KEY
-        report["eval_failures"] = [{"member": m, **eval_failures[m]} for m in sorted(eval_failures)]
+        report.failures = self.failure_total
+        report.excluded = sorted(self.broken)
+        report.scored = cfg.fitness  # what the candidates' returns hold: the return or info:KEY
+        report.eval_failures = {m: Failure.from_json(eval_failures[m]) for m in sorted(eval_failures)}
         if self.comm.rank == 0:
-            write_json_atomic(os.path.join(self.run_dir, "champion.json"), report)
+            write_json_atomic(os.path.join(self.run_dir, "champion.json"), report.to_json())
         self.log.log_champion(max(int(t) for p in gathered for t in p["timesteps"].values()), report)
         return report
 
@@ -215,20 +216,18 @@ class FinalModels:
         )
 
 
-def _pick_summary(report: dict[str, Any]) -> str:
+def _pick_summary(report: champion.ChampionReport) -> str:
     """The ``done:`` line's account of the final pick."""
-    m = report["member"]
-    fit = math.nan if report["final_fitness"] is None else report["final_fitness"]
-    failed = [int(f["member"]) for f in report.get("eval_failures", [])]
+    m, fit = report.member, report.final_fitness
+    failed = sorted(report.eval_failures)
     skipped = f"; the evaluation of member(s) {failed} failed (errors.log), skipped" if failed else ""
-    if report["pick"] == champion.PICK_TRAINING:
+    row = report.row(m)
+    if report.pick == champion.PICK_TRAINING or row is None:
         why = "every candidate's evaluation failed" if failed else "no final evaluation"
         return f"best member {m} fitness {fit:.2f} (last training fitness; {why}{skipped})"
-    row = next(c for c in report["candidates"] if c["member"] == m)
-    mean = math.nan if row["mean"] is None else row["mean"]
-    sd = math.nan if row["sd"] is None else row["sd"]
-    order = ", ".join(str(c["member"]) for c in report["candidates"])
+    mean, sd = champion.mean_sd(row.returns)
+    order = ", ".join(str(c.member) for c in report.candidates)
     return (
-        f"champion member {m}, eval {mean:.2f} +- {sd:.2f} over {report['episodes']} episodes "
+        f"champion member {m}, eval {mean:.2f} +- {sd:.2f} over {report.episodes} episodes "
         f"(training fitness {fit:.1f}; candidates {order}{skipped})"
     )

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .champion import ChampionReport, mean_sd
 from .records import dumps
 
 
@@ -184,14 +185,14 @@ class PopulationBoard:
             self._writer.add_scalar(key, value, step)
         self._writer.flush()
 
-    def log_champion(self, step: int, report: Mapping[str, Any]) -> None:
+    def log_champion(self, step: int, report: ChampionReport) -> None:
         """The final pick (``champion.json``): ``champion/member``, and its ``eval_mean`` / ``eval_sd`` if evaluated."""
-        self._writer.add_scalar("champion/member", int(report["member"]), step)
-        row = next((c for c in report.get("candidates", []) if c["member"] == report["member"]), None)
+        self._writer.add_scalar("champion/member", report.member, step)
+        row = report.row(report.member)
         if row is not None:
-            for key, tag in (("mean", "champion/eval_mean"), ("sd", "champion/eval_sd")):
-                if row[key] is not None:
-                    self._writer.add_scalar(tag, float(row[key]), step)
+            for value, tag in zip(mean_sd(row.returns), ("champion/eval_mean", "champion/eval_sd"), strict=True):
+                if math.isfinite(value):
+                    self._writer.add_scalar(tag, value, step)
         self._writer.flush()
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import checkpoint
 from .atomic import write_text_atomic
+from .champion import ChampionReport
 from .config import Config
 from .outputs import JsonlWriter, PopulationBoard, Reporter
 from .records import HistoryRow, LineageRow
@@ -35,7 +36,7 @@ class NullLog:
     def report(self, *args: Any, **kwargs: Any) -> None:
         """One population report (:meth:`evo_mpi.outputs.Reporter.report`): TensorBoard, W&B, the progress line."""
 
-    def log_champion(self, timesteps: int, report: Mapping[str, Any]) -> None:
+    def log_champion(self, timesteps: int, report: ChampionReport) -> None:
         """The final pick in TensorBoard."""
 
     def sizes(self) -> tuple[int, int]:
@@ -79,9 +80,9 @@ class RunLog(NullLog):
         """One population report (:meth:`evo_mpi.outputs.Reporter.report`): TensorBoard, W&B, the progress line."""
         self.reporter.report(*args, **kwargs)
 
-    def log_champion(self, timesteps: int, report: Mapping[str, Any]) -> None:
+    def log_champion(self, timesteps: int, report: ChampionReport) -> None:
         """The final pick in TensorBoard."""
-        self.board.log_champion(timesteps, dict(report))
+        self.board.log_champion(timesteps, report)
 
     def sizes(self) -> tuple[int, int]:
         """Bytes in history and lineage so far (a sync checkpoint records them)."""

@@ -38,12 +38,14 @@ def test_pick_by_best_mean_ties_to_the_lowest_id_nan_last():
 
 def test_record_is_plain_json_with_mean_and_sd():
     fitness = np.array([10.0, math.nan, 30.0])
-    rec = champion.record(2, fitness, 4, [11, 12], {2: [1.0, 3.0], 0: [2.0, math.nan]}, 40, 0.5)
+    report = champion.record(2, fitness, 4, [11, 12], {2: [1.0, 3.0], 0: [2.0, math.nan]}, 40, 0.5)
+    rec = report.to_json()
+    assert champion.ChampionReport.from_json(rec).to_json() == rec  # written and read back: the same file
     assert json.loads(json.dumps(rec, allow_nan=False)) == rec
     assert rec["pick"] == "final_eval" and rec["episodes"] == 2 and rec["seeds"] == [11, 12] and rec["top"] == 4
     assert rec["candidates"][0] == {"member": 2, "final_fitness": 30.0, "returns": [1.0, 3.0], "mean": 2.0, "sd": 1.0}
     assert rec["candidates"][1]["returns"] == [2.0, None] and rec["candidates"][1]["mean"] is None
-    plain = champion.record(1, fitness, 4, [], {}, 0, 0.1)
+    plain = champion.record(1, fitness, 4, [], {}, 0, 0.1).to_json()
     assert plain["pick"] == "training_fitness" and plain["candidates"] == [] and plain["final_fitness"] is None
     assert champion.seeds(7, 3) == [seeding.derive_seed(7, seeding.CHAMPION, j) for j in range(3)]
     assert champion.estimate_s(2, 10, 50.0, 1e-3) == pytest.approx(1.0)

@@ -110,3 +110,44 @@ def test_the_outputs_reference_documents_exactly_the_fields_rows_write():
     assert _documented("history.jsonl") == set(row.to_json())
     lineage = LineageRow(1, 2, 3, 64, 1.0, 2.0, {}, {}, winner_step=0, mutation={"kind": "arch"}, hparams_from=3)
     assert _documented("lineage.jsonl") == set(lineage.to_json())
+
+
+def test_every_committed_champion_json_reads_as_a_report_and_writes_its_fields_back():
+    """champion.json files of every version so far (some before ``failures``, ``scored``, ``eval_failures``)."""
+    from evo_mpi.champion import ChampionReport
+
+    paths = sorted(DATA.rglob("champion.json"))
+    assert len(paths) >= 20
+    without_scored = 0
+    for path in paths:
+        data = json.loads(path.read_text())
+        report = ChampionReport.from_json(data)
+        out = report.to_json()
+        without_scored += "scored" not in data
+        for key in ("member", "pick", "episodes", "seeds", "top", "final_fitness", "eval_steps", "failures"):
+            if key in data:
+                assert out[key] == data[key], (path, key)
+        kept = [{k: c[k] for k in ("member", "final_fitness", "returns")} for c in data["candidates"]]
+        assert [{k: c[k] for k in ("member", "final_fitness", "returns")} for c in out["candidates"]] == kept
+    assert without_scored > 0  # an older file among them, whose missing fields took their defaults
+
+
+def test_checkpoint_states_write_null_for_nan_and_read_back():
+    from evo_mpi.checkpoint import IntervalState, PopulationState
+    from evo_mpi.pb2 import Observation
+
+    state = PopulationState(3, False, 2, [{"lr": 0.1}, {"lr": 0.2}], [1.0, math.nan], 10, 20, [math.nan, 2.0],
+                            [Observation(1.0, {"lr": 0.1}, 0.5)], [-1, 2], 1, [1, 1])  # fmt: skip
+    data = json.loads(dumps(state.to_json()))
+    assert data["fitness"] == [1.0, None] and data["start_fitness"] == [None, 2.0]
+    back = PopulationState.from_json(data)
+    assert back.to_json() == state.to_json() and math.isnan(back.fitness[1])
+    later = ("start_fitness", "pb2", "last_exploit", "failures", "torch_threads")
+    old = {k: v for k, v in data.items() if k not in later}
+    older = PopulationState.from_json(old)  # a checkpoint written before those were kept
+    assert older.last_exploit == [-1, -1] and older.torch_threads is None and all(map(math.isnan, older.start_fitness))
+    row = HistoryRow(4, 1, 0, 512, math.nan, {"lr": 0.1}, [], parent=0)
+    interval = IntervalState({"timesteps": 512}, 5, math.nan, 256, row, 1)
+    written = json.loads(dumps(interval.to_json()))
+    assert written["start_fitness"] is None and written["record"]["fitness"] is None
+    assert IntervalState.from_json(written).to_json() == interval.to_json()

@@ -106,11 +106,11 @@ def test_checkpoint_files_load_without_pickle(tmp_path):
     run_evo([*LONG, "--generations", "2", "--run-dir", str(run_dir), "--agents-per-rank", "2"], 2)
     last = checkpoint.complete(str(run_dir))[-1]
     pop = checkpoint.load_population(str(run_dir), last)
-    assert pop["finished"] is True and pop["generation"] == 1 and len(pop["hparams"]) == POPULATION
+    assert pop.finished is True and pop.generation == 1 and len(pop.hparams) == POPULATION
     tensors, meta = checkpoint.load_member(str(run_dir), last, 3)  # torch.load(weights_only=True)
     assert meta["timesteps"] == 2 * LONG_STEPS and len(meta["returns"]) == len(meta["lengths"]) > 0
     assert all(isinstance(t, torch.Tensor) for t in tensors["policy"].values())
-    assert os.path.getsize(run_dir / "history.jsonl") == pop["history_bytes"]
+    assert os.path.getsize(run_dir / "history.jsonl") == pop.history_bytes
 
 
 @pytest.mark.parametrize("point", ["member:2:1", "commit:2", "prune:3"])
