@@ -347,6 +347,25 @@ def execute(
         return None
     assert plan.cfg is not None
     cfg, run_dir = plan.cfg, plan.run_dir
+    _refuse_async_callback(cfg, callback)
+    if plan.finished:
+        say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
+        return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
+    placement = _set_threads(comm, cfg, say)
+    device, devices = _place_device(comm, cfg, say)
+    options: dict[str, Any] = {
+        "echo": say,
+        "should_stop": should_stop,
+        "env_factory": env_factory,
+        "member_factory": member_factory,
+        "deadline": None if cfg.time_limit_s is None else launched + cfg.time_limit_s,
+        "device": device,
+    }
+    return _run_engine(comm, plan, placement, devices, callback, report_failures, options)
+
+
+def _refuse_async_callback(cfg: Config, callback: Callback | None) -> None:
+    """ConfigError for a per-generation ``callback`` with ``--mode async``, which has no generations."""
     if cfg.mode == "async" and callback is not None:
         raise ConfigError(
             [
@@ -354,11 +373,23 @@ def execute(
                 "(--time-limit and the history work in both modes)"
             ]
         )
-    if plan.finished:
-        say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
-        return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
-    placement = _set_threads(comm, cfg, say)
-    device, devices = _place_device(comm, cfg, say)
+
+
+def _run_engine(
+    comm: Comm,
+    plan: Plan,
+    placement: Placement,
+    devices: Sequence[Mapping[str, Any]],
+    callback: Callback | None,
+    report_failures: bool,
+    options: dict[str, Any],
+) -> Result:
+    """Rank 0 opens the run dir, every rank runs the engine; an unexpected error is reported and aborts the job.
+
+    ``options`` are the engine's keyword arguments shared by both modes (``echo`` is rank 0's ``say``).
+    """
+    assert plan.cfg is not None
+    cfg, run_dir, say = plan.cfg, plan.run_dir, options["echo"]
     # imported here, not at the top: the engines import torch and SB3, which `import evo_mpi`,
     # --print-config and configuration errors must not wait for
     from .async_engine import AsyncEngine
@@ -370,19 +401,10 @@ def execute(
         if comm.rank == 0:
             _open_run_dir(comm.size, plan, placement, say, devices)
         comm.barrier()
-        deadline = None if cfg.time_limit_s is None else launched + cfg.time_limit_s
-        shared: dict[str, Any] = {
-            "echo": say,
-            "should_stop": should_stop,
-            "env_factory": env_factory,
-            "member_factory": member_factory,
-            "deadline": deadline,
-            "device": device,
-        }
         if cfg.mode == "async":
-            engine = AsyncEngine(cfg, comm, run_dir, resuming=plan.resuming, **shared)
+            engine = AsyncEngine(cfg, comm, run_dir, resuming=plan.resuming, **options)
         else:
-            engine = Engine(cfg, comm, run_dir, resume_from=plan.resume_from, callback=callback, **shared)
+            engine = Engine(cfg, comm, run_dir, resume_from=plan.resume_from, callback=callback, **options)
         status = engine.run()
         engine.close()
         if status == INTERRUPTED:
