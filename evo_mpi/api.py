@@ -687,31 +687,7 @@ def train(
         ConfigError: listing every problem with the options, on every rank, before any work.
 
     """
-    unknown = sorted(set(options) - set(config_mod.FIELDS))
-    if unknown:
-        raise ConfigError([f"unknown option {name!r} (see evo_mpi.Config)" for name in unknown])
-    values: dict[str, Any] = {}
-    if config is not None:  # its fields at their defaults count as not given (--zoo fills those)
-        default = Config()
-        values.update({k: v for k, v in dataclasses.asdict(config).items() if v != getattr(default, k)})
-    values.update(options)
-    env_factory = None
-    if callable(env):
-        env_factory, values["env_id"] = env, _import_path(env)
-    elif env is not None:
-        values["env_id"] = env
-    if objective is not None:
-        from .episodes import OBJECTIVE_INFO_KEY
-        from .resolvers import resolve_env
-
-        env_factory = _with_objective(env_factory or resolve_env(values.get("env_id", Config().env_id)), objective)
-        values["fitness"] = f"info:{OBJECTIVE_INFO_KEY}"
-    member_factory = None
-    if callable(member):
-        member_factory, values["member"] = member, _import_path(member)
-    elif member is not None:
-        values["member"] = member
-    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    values, env_factory, member_factory = _call_values(config, env, member, objective, options)
     comm = connect()
     parsed = config_mod.Parsed(values, {}, None, False, resume)
     flag = {"signal": 0}
@@ -728,6 +704,52 @@ def train(
         )
     assert result is not None
     return result
+
+
+def _call_values(
+    config: Config | None,
+    env: str | Callable[..., Any] | None,
+    member: str | Callable[..., Any] | None,
+    objective: Callable[[EpisodeRecord], float] | None,
+    options: Mapping[str, Any],
+) -> tuple[dict[str, Any], Callable[..., Any] | None, Callable[..., Any] | None]:
+    """A :func:`train` call as the command line's option values, with its env and member factories."""
+    values = _given_values(config, options)
+    env_factory = _take_factory(env, values, "env_id")
+    if objective is not None:
+        from .episodes import OBJECTIVE_INFO_KEY
+        from .resolvers import resolve_env
+
+        env_factory = _with_objective(env_factory or resolve_env(values.get("env_id", Config().env_id)), objective)
+        values["fitness"] = f"info:{OBJECTIVE_INFO_KEY}"
+    member_factory = _take_factory(member, values, "member")
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return values, env_factory, member_factory
+
+
+def _given_values(config: Config | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``config``'s fields not at their defaults, then ``options``; ConfigError naming every unknown option."""
+    unknown = sorted(set(options) - set(config_mod.FIELDS))
+    if unknown:
+        raise ConfigError([f"unknown option {name!r} (see evo_mpi.Config)" for name in unknown])
+    values: dict[str, Any] = {}
+    if config is not None:  # its fields at their defaults count as not given (--zoo fills those)
+        default = Config()
+        values.update({k: v for k, v in dataclasses.asdict(config).items() if v != getattr(default, k)})
+    values.update(options)
+    return values
+
+
+def _take_factory(
+    target: str | Callable[..., Any] | None, values: dict[str, Any], key: str
+) -> Callable[..., Any] | None:
+    """Set ``values[key]`` to ``target``'s name (a callable's import path); return ``target`` if it is callable."""
+    if callable(target):
+        values[key] = _import_path(target)
+        return target
+    if target is not None:
+        values[key] = target
+    return None
 
 
 __all__: Sequence[str] = ("GenerationSummary", "Result", "Status", "train", "execute", "plan_run")
