@@ -347,6 +347,25 @@ def execute(
         return None
     assert plan.cfg is not None
     cfg, run_dir = plan.cfg, plan.run_dir
+    _refuse_async_callback(cfg, callback)
+    if plan.finished:
+        say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
+        return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
+    placement = _set_threads(comm, cfg, say)
+    device, devices = _place_device(comm, cfg, say)
+    options: dict[str, Any] = {
+        "echo": say,
+        "should_stop": should_stop,
+        "env_factory": env_factory,
+        "member_factory": member_factory,
+        "deadline": None if cfg.time_limit_s is None else launched + cfg.time_limit_s,
+        "device": device,
+    }
+    return _run_engine(comm, plan, placement, devices, callback, report_failures, options)
+
+
+def _refuse_async_callback(cfg: Config, callback: Callback | None) -> None:
+    """ConfigError for a per-generation ``callback`` with ``--mode async``, which has no generations."""
     if cfg.mode == "async" and callback is not None:
         raise ConfigError(
             [
@@ -354,11 +373,23 @@ def execute(
                 "(--time-limit and the history work in both modes)"
             ]
         )
-    if plan.finished:
-        say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
-        return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
-    placement = _set_threads(comm, cfg, say)
-    device, devices = _place_device(comm, cfg, say)
+
+
+def _run_engine(
+    comm: Comm,
+    plan: Plan,
+    placement: Placement,
+    devices: Sequence[Mapping[str, Any]],
+    callback: Callback | None,
+    report_failures: bool,
+    options: dict[str, Any],
+) -> Result:
+    """Rank 0 opens the run dir, every rank runs the engine; an unexpected error is reported and aborts the job.
+
+    ``options`` are the engine's keyword arguments shared by both modes (``echo`` is rank 0's ``say``).
+    """
+    assert plan.cfg is not None
+    cfg, run_dir, say = plan.cfg, plan.run_dir, options["echo"]
     # imported here, not at the top: the engines import torch and SB3, which `import evo_mpi`,
     # --print-config and configuration errors must not wait for
     from .async_engine import AsyncEngine
@@ -370,19 +401,10 @@ def execute(
         if comm.rank == 0:
             _open_run_dir(comm.size, plan, placement, say, devices)
         comm.barrier()
-        deadline = None if cfg.time_limit_s is None else launched + cfg.time_limit_s
-        shared: dict[str, Any] = {
-            "echo": say,
-            "should_stop": should_stop,
-            "env_factory": env_factory,
-            "member_factory": member_factory,
-            "deadline": deadline,
-            "device": device,
-        }
         if cfg.mode == "async":
-            engine = AsyncEngine(cfg, comm, run_dir, resuming=plan.resuming, **shared)
+            engine = AsyncEngine(cfg, comm, run_dir, resuming=plan.resuming, **options)
         else:
-            engine = Engine(cfg, comm, run_dir, resume_from=plan.resume_from, callback=callback, **shared)
+            engine = Engine(cfg, comm, run_dir, resume_from=plan.resume_from, callback=callback, **options)
         status = engine.run()
         engine.close()
         if status == INTERRUPTED:
@@ -665,31 +687,7 @@ def train(
         ConfigError: listing every problem with the options, on every rank, before any work.
 
     """
-    unknown = sorted(set(options) - set(config_mod.FIELDS))
-    if unknown:
-        raise ConfigError([f"unknown option {name!r} (see evo_mpi.Config)" for name in unknown])
-    values: dict[str, Any] = {}
-    if config is not None:  # its fields at their defaults count as not given (--zoo fills those)
-        default = Config()
-        values.update({k: v for k, v in dataclasses.asdict(config).items() if v != getattr(default, k)})
-    values.update(options)
-    env_factory = None
-    if callable(env):
-        env_factory, values["env_id"] = env, _import_path(env)
-    elif env is not None:
-        values["env_id"] = env
-    if objective is not None:
-        from .episodes import OBJECTIVE_INFO_KEY
-        from .resolvers import resolve_env
-
-        env_factory = _with_objective(env_factory or resolve_env(values.get("env_id", Config().env_id)), objective)
-        values["fitness"] = f"info:{OBJECTIVE_INFO_KEY}"
-    member_factory = None
-    if callable(member):
-        member_factory, values["member"] = member, _import_path(member)
-    elif member is not None:
-        values["member"] = member
-    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    values, env_factory, member_factory = _call_values(config, env, member, objective, options)
     comm = connect()
     parsed = config_mod.Parsed(values, {}, None, False, resume)
     flag = {"signal": 0}
@@ -706,6 +704,52 @@ def train(
         )
     assert result is not None
     return result
+
+
+def _call_values(
+    config: Config | None,
+    env: str | Callable[..., Any] | None,
+    member: str | Callable[..., Any] | None,
+    objective: Callable[[EpisodeRecord], float] | None,
+    options: Mapping[str, Any],
+) -> tuple[dict[str, Any], Callable[..., Any] | None, Callable[..., Any] | None]:
+    """A :func:`train` call as the command line's option values, with its env and member factories."""
+    values = _given_values(config, options)
+    env_factory = _take_factory(env, values, "env_id")
+    if objective is not None:
+        from .episodes import OBJECTIVE_INFO_KEY
+        from .resolvers import resolve_env
+
+        env_factory = _with_objective(env_factory or resolve_env(values.get("env_id", Config().env_id)), objective)
+        values["fitness"] = f"info:{OBJECTIVE_INFO_KEY}"
+    member_factory = _take_factory(member, values, "member")
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return values, env_factory, member_factory
+
+
+def _given_values(config: Config | None, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``config``'s fields not at their defaults, then ``options``; ConfigError naming every unknown option."""
+    unknown = sorted(set(options) - set(config_mod.FIELDS))
+    if unknown:
+        raise ConfigError([f"unknown option {name!r} (see evo_mpi.Config)" for name in unknown])
+    values: dict[str, Any] = {}
+    if config is not None:  # its fields at their defaults count as not given (--zoo fills those)
+        default = Config()
+        values.update({k: v for k, v in dataclasses.asdict(config).items() if v != getattr(default, k)})
+    values.update(options)
+    return values
+
+
+def _take_factory(
+    target: str | Callable[..., Any] | None, values: dict[str, Any], key: str
+) -> Callable[..., Any] | None:
+    """Set ``values[key]`` to ``target``'s name (a callable's import path); return ``target`` if it is callable."""
+    if callable(target):
+        values[key] = _import_path(target)
+        return target
+    if target is not None:
+        values[key] = target
+    return None
 
 
 __all__: Sequence[str] = ("GenerationSummary", "Result", "Status", "train", "execute", "plan_run")

@@ -322,23 +322,57 @@ def pb2_explore(
         ValueError: if a name in ``space`` is missing from ``winner_hparams`` or ``beta < 0``.
 
     """
+    _check_arguments(winner_hparams, space, beta)
+    names = _numeric_names(space)
+    data = _training_data(observations, names, space)
+    if data is None:
+        return explore(winner_hparams, space, factors, resample_probability, rng)
+    pending_t, pending_x = _pending_points(pending, names, space, time)
+    winner = _winner_point(winner_hparams, names, space)
+    best = _maximise_ucb(data, winner, time, pending_t, pending_x, rng, beta=beta, params=params)
+    return _explore_others(winner_hparams, space, names, best, factors, resample_probability, rng)
+
+
+def _check_arguments(winner_hparams: Mapping[str, Value], space: Mapping[str, Prior], beta: float) -> None:
+    """ValueError for a name of ``space`` that ``winner_hparams`` lacks, or for a negative ``beta``."""
     missing = sorted(set(space) - set(winner_hparams))
     if missing:
         raise ValueError(f"pb2_explore: winner hyperparameters lack {', '.join(missing)}")
     if not beta >= 0.0:
         raise ValueError(f"pb2_explore: beta must be >= 0, got {beta}")
-    names = _numeric_names(space)
-    data = _training_data(observations, names, space)
-    if data is None:
-        return explore(winner_hparams, space, factors, resample_probability, rng)
-    t, x, y = data
+
+
+def _pending_points(
+    pending: Sequence[Mapping[str, Value]], names: Sequence[str], space: Mapping[str, Prior], time: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Times (all ``time``) and unit-cube points of the usable pending values, the kriging believers."""
     pending_points = [p for p in (_point(h, names, space) for h in pending) if p is not None]
     pending_x = np.array(pending_points).reshape(len(pending_points), len(names))
     pending_t = np.full(len(pending_points), float(time))
+    return pending_t, pending_x
 
+
+def _winner_point(winner_hparams: Mapping[str, Value], names: Sequence[str], space: Mapping[str, Prior]) -> np.ndarray:
+    """The winner's unit-cube point; ValueError when one of its numeric values is missing or not finite."""
     winner = _point(winner_hparams, names, space)
     if winner is None:
         raise ValueError(f"pb2_explore: winner hyperparameters {sorted(names)} must be finite numbers")
+    return winner
+
+
+def _maximise_ucb(
+    data: tuple[np.ndarray, np.ndarray, np.ndarray],
+    winner: np.ndarray,
+    time: float,
+    pending_t: np.ndarray,
+    pending_x: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    beta: float,
+    params: KernelParams | None,
+) -> np.ndarray:
+    """The candidate around ``winner`` with the highest GP-UCB at ``time`` (the first one on ties)."""
+    t, x, y = data
     candidates = _candidates(winner, rng)
     mean, std = gp_posterior(
         t,
@@ -350,8 +384,19 @@ def pb2_explore(
         pending_x=pending_x,
         params=params,
     )
-    best = candidates[int(np.argmax(mean + math.sqrt(beta) * std))]
+    return candidates[int(np.argmax(mean + math.sqrt(beta) * std))]
 
+
+def _explore_others(
+    winner_hparams: Mapping[str, Value],
+    space: Mapping[str, Prior],
+    names: Sequence[str],
+    best: np.ndarray,
+    factors: Sequence[float],
+    resample_probability: float,
+    rng: np.random.Generator,
+) -> dict[str, Value]:
+    """The non-numeric hyperparameters explored PBT-style, the numeric ones (``names``) set to the point ``best``."""
     others = {n: p for n, p in space.items() if n not in names}
     out = explore(winner_hparams, others, factors, resample_probability, rng)
     for k, name in enumerate(names):

@@ -144,26 +144,12 @@ def _generation_starts(hist: History, config: dict[str, Any] | None) -> np.ndarr
 
 def plot_fitness(hist: History, config: dict[str, Any] | None, path: str, member: int, dpi: int) -> None:
     """Fitness per member vs env steps; exploits as x (loser) and a dashed link from the winner."""
-    from matplotlib.collections import LineCollection
-    from matplotlib.lines import Line2D
-
     P, G = hist.population, hist.generations
     colors = run_colors(config, P)
     x, y = hist.timesteps.astype(np.float64), hist.fitness
     fig = _new_figure(10 if P <= LEGEND_MAX else 11, 5.5)
     ax = fig.add_subplot()
-    kept: list[Any] = []
-    kept_colors: list[Any] = []
-    links: list[Any] = []
-    link_colors: list[Any] = []
-    for g in range(G - 1):
-        for m in range(P):
-            src = m if hist.parent[g, m] < 0 else int(hist.parent[g, m])
-            seg = [(x[g, src], y[g, src]), (x[g + 1, m], y[g + 1, m])]
-            (kept if src == m else links).append(seg)
-            (kept_colors if src == m else link_colors).append(colors[m])
-    ax.add_collection(LineCollection(kept, colors=kept_colors, linewidths=1.4))
-    ax.add_collection(LineCollection(links, colors=link_colors, linewidths=0.8, linestyles="dashed"))
+    _fitness_steps(ax, hist, x, y, colors)
     size = 14 if G * P <= 2000 else 4
     ax.scatter(x.ravel(), y.ravel(), c=[colors[m] for _ in range(G) for m in range(P)], s=size, zorder=3)
     lineage = hist.ancestry(member)
@@ -176,6 +162,36 @@ def plot_fitness(hist: History, config: dict[str, Any] | None, path: str, member
         zorder=1,
         solid_capstyle="round",
     )
+    null_losers = _mark_fitness_exploits(ax, hist, x, y)
+    ax.autoscale_view()
+    ax.set_xlabel("env steps per member")
+    ax.set_ylabel("fitness")
+    ax.grid(alpha=0.3)
+    ax.set_title(_title(hist, config, "fitness"), fontsize="medium")
+    _member_key(fig, ax, P, colors, _fitness_key(member, null_losers), _member_labels(config, P))
+    fig.savefig(path, dpi=dpi)
+
+
+def _fitness_steps(ax: Any, hist: History, x: np.ndarray, y: np.ndarray, colors: list[Any]) -> None:
+    """Each member's line to its next generation: solid where it kept its weights, dashed from the winner it copied."""
+    from matplotlib.collections import LineCollection
+
+    kept: list[Any] = []
+    kept_colors: list[Any] = []
+    links: list[Any] = []
+    link_colors: list[Any] = []
+    for g in range(hist.generations - 1):
+        for m in range(hist.population):
+            src = m if hist.parent[g, m] < 0 else int(hist.parent[g, m])
+            seg = [(x[g, src], y[g, src]), (x[g + 1, m], y[g + 1, m])]
+            (kept if src == m else links).append(seg)
+            (kept_colors if src == m else link_colors).append(colors[m])
+    ax.add_collection(LineCollection(kept, colors=kept_colors, linewidths=1.4))
+    ax.add_collection(LineCollection(links, colors=link_colors, linewidths=0.8, linestyles="dashed"))
+
+
+def _mark_fitness_exploits(ax: Any, hist: History, x: np.ndarray, y: np.ndarray) -> bool:
+    """An x on each exploit loser (a triangle at the bottom edge when its fitness is null); True if any is null."""
     events = hist.exploits()
     finite = [(g, m) for g, m, _ in events if math.isfinite(y[g, m])]
     ax.scatter([x[g, m] for g, m in finite], [y[g, m] for g, m in finite], marker="x", color="black", s=36, zorder=4)
@@ -190,20 +206,21 @@ def plot_fitness(hist: History, config: dict[str, Any] | None, path: str, member
             transform=ax.get_xaxis_transform(),
             zorder=4,
         )
-    ax.autoscale_view()
-    ax.set_xlabel("env steps per member")
-    ax.set_ylabel("fitness")
-    ax.grid(alpha=0.3)
-    ax.set_title(_title(hist, config, "fitness"), fontsize="medium")
+    return bool(nonfinite)
+
+
+def _fitness_key(member: int, null_losers: bool) -> list[Any]:
+    """Legend entries of the fitness plot besides the members: exploit marks, winner links, the lineage."""
+    from matplotlib.lines import Line2D
+
     extra = [
         Line2D([], [], color="black", marker="x", linestyle="none", label="replaced (exploit loser)"),
         Line2D([], [], color="grey", linewidth=0.8, linestyle="--", label="copied from winner"),
         Line2D([], [], color="black", alpha=0.25, linewidth=5, label=f"lineage of member {member}"),
     ]
-    if nonfinite:
+    if null_losers:
         extra.append(Line2D([], [], color="black", marker="v", linestyle="none", label="replaced, fitness null"))
-    _member_key(fig, ax, P, colors, extra, _member_labels(config, P))
-    fig.savefig(path, dpi=dpi)
+    return extra
 
 
 def _numeric(values: Sequence[Any]) -> bool:
@@ -212,9 +229,7 @@ def _numeric(values: Sequence[Any]) -> bool:
 
 def plot_hparams(hist: History, config: dict[str, Any] | None, path: str, member: int, dpi: int) -> None:
     """One panel per searched hyperparameter: value per member vs env steps, exploits marked."""
-    from matplotlib.lines import Line2D
-
-    P, G = hist.population, hist.generations
+    P = hist.population
     colors = run_colors(config, P)
     specs = config.get("search_space", {}) if config else {}
     specs = specs if isinstance(specs, dict) else {}
@@ -229,35 +244,7 @@ def plot_hparams(hist: History, config: dict[str, Any] | None, path: str, member
     lineage = hist.ancestry(member)
     for i, name in enumerate(names):
         ax = axes[i // ncols][i % ncols]
-        values, levels = _hparam_values(hist, name)
-        if levels:
-            ax.set_yticks(range(len(levels)), levels)
-        for m in range(P):
-            edges = np.append(starts[:, m], ends[-1, m])
-            ax.stairs(values[:, m], edges, baseline=None, color=colors[m], linewidth=1.3)
-        ax.plot(
-            [x for g, s in lineage for x in (starts[g, s], ends[g, s])],
-            [values[g, s] for g, s in lineage for _ in range(2)],
-            color="black",
-            alpha=0.25,
-            linewidth=5,
-            zorder=1,
-        )
-        for g, loser, winner in hist.exploits():
-            at = ends[g, loser]
-            ax.scatter([at], [values[g, loser]], marker="x", color="black", s=30, zorder=4)
-            if g + 1 < G:
-                ax.plot(
-                    [at, at],
-                    [values[g, winner], values[g + 1, loser]],
-                    color=colors[loser],
-                    linestyle="--",
-                    linewidth=0.8,
-                )
-        if str(specs.get(name, "")).startswith("loguniform"):
-            ax.set_yscale("log")
-        ax.set_title(f"{name}  ({specs[name]})" if name in specs else name, fontsize="small")
-        ax.grid(alpha=0.3)
+        _hparam_panel(ax, hist, name, specs, starts, ends, lineage, colors)
     for j in range(len(names), nrows * ncols):
         ax = axes[j // ncols][j % ncols]
         ax.set_axis_off()
@@ -265,13 +252,66 @@ def plot_hparams(hist: History, config: dict[str, Any] | None, path: str, member
             ax.text(0.5, 0.5, "no searched hyperparameters", ha="center", va="center", transform=ax.transAxes)
     for ax in axes[-1]:
         ax.set_xlabel("env steps per member")
-    extra = [
+    _member_key(fig, axes[0][-1], P, colors, _hparams_key(member), _member_labels(config, P))
+    fig.savefig(path, dpi=dpi)
+
+
+def _hparam_panel(
+    ax: Any,
+    hist: History,
+    name: str,
+    specs: Mapping[str, Any],
+    starts: np.ndarray,
+    ends: np.ndarray,
+    lineage: Sequence[tuple[int, int]],
+    colors: list[Any],
+) -> None:
+    """Hyperparameter ``name`` of every member as steps over its env steps, the lineage and the exploits."""
+    values, levels = _hparam_values(hist, name)
+    if levels:
+        ax.set_yticks(range(len(levels)), levels)
+    for m in range(hist.population):
+        edges = np.append(starts[:, m], ends[-1, m])
+        ax.stairs(values[:, m], edges, baseline=None, color=colors[m], linewidth=1.3)
+    ax.plot(
+        [x for g, s in lineage for x in (starts[g, s], ends[g, s])],
+        [values[g, s] for g, s in lineage for _ in range(2)],
+        color="black",
+        alpha=0.25,
+        linewidth=5,
+        zorder=1,
+    )
+    _mark_hparam_exploits(ax, hist, values, ends, colors)
+    if str(specs.get(name, "")).startswith("loguniform"):
+        ax.set_yscale("log")
+    ax.set_title(f"{name}  ({specs[name]})" if name in specs else name, fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def _mark_hparam_exploits(ax: Any, hist: History, values: np.ndarray, ends: np.ndarray, colors: list[Any]) -> None:
+    """An x on each exploit loser's value, and a dashed jump from the winner's value to the explored one."""
+    for g, loser, winner in hist.exploits():
+        at = ends[g, loser]
+        ax.scatter([at], [values[g, loser]], marker="x", color="black", s=30, zorder=4)
+        if g + 1 < hist.generations:
+            ax.plot(
+                [at, at],
+                [values[g, winner], values[g + 1, loser]],
+                color=colors[loser],
+                linestyle="--",
+                linewidth=0.8,
+            )
+
+
+def _hparams_key(member: int) -> list[Any]:
+    """Legend entries of the hyperparameter plot besides the members: exploit marks, explore jumps, the lineage."""
+    from matplotlib.lines import Line2D
+
+    return [
         Line2D([], [], color="black", marker="x", linestyle="none", label="replaced (exploit loser)"),
         Line2D([], [], color="grey", linewidth=0.8, linestyle="--", label="winner's value -> explored value"),
         Line2D([], [], color="black", alpha=0.25, linewidth=5, label=f"lineage of member {member}"),
     ]
-    _member_key(fig, axes[0][-1], P, colors, extra, _member_labels(config, P))
-    fig.savefig(path, dpi=dpi)
 
 
 def _hparam_values(hist: History, name: str) -> tuple[np.ndarray, list[str]]:
