@@ -146,9 +146,7 @@ class AsyncEngine(AsyncMail):
             observe(self.observations, record.step, record.hparams, record.fields.delta)
         if self.comm.rank == 0:  # rank 0 writes the logs and watches the target and the failures
             fitness = (
-                [_fit(self.published.get(i)) for i in range(self.population)]
-                if self.cfg.target is not None
-                else []
+                [_fit(self.published.get(i)) for i in range(self.population)] if self.cfg.target is not None else []
             )
             if not self.target_hit and target.reached(fitness, self.cfg.target, self.cfg.target_metric):
                 self.target_hit = True  # rank 0 hands out no more intervals: every rank stops at its next claim
