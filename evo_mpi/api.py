@@ -30,6 +30,7 @@ from .atomic import write_json_atomic, write_text_atomic
 from .comm import Comm, launcher_mismatch
 from .config import Config, ConfigError, zoo
 from .episodes import EpisodeRecord
+from .records import step_of
 from .status import Callback, GenerationSummary, Status
 
 #: Signals that stop a run at the next env step with a resumable checkpoint.
@@ -582,7 +583,7 @@ def _result(status: Status, cfg: Config, run_dir: str, rank: int) -> Result:
     if history and status not in (INTERRUPTED, MEMBERS_FAILED):
         latest: dict[int, dict[str, Any]] = {}  # each member's last record (sync: all of the last generation)
         for r in history:
-            if r["member"] not in latest or r["generation"] >= latest[r["member"]]["generation"]:
+            if r["member"] not in latest or step_of(r) >= step_of(latest[r["member"]]):
                 latest[r["member"]] = r
         records = [latest[m] for m in sorted(latest)]
         from .selection import rank_order

@@ -3,7 +3,7 @@
 Each rank loops: claim an interval of the budget (a ticket), train its member
 with the fewest steps for ``steps_per_generation`` steps, measure fitness,
 keep a snapshot of the state that fitness was measured with, decide with the
-latest published record of every member (the sync rules, applied to what this
+newest published record of every member (the sync rules, applied to what this
 rank has seen), exploit by fetching the donor's snapshot from its owner, which
 serves it from inside its own training loop, explore, publish the record to
 every rank, checkpoint the member. Between start-up and the end nothing waits
@@ -62,20 +62,22 @@ class AsyncEngine(AsyncMail):
         super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, None, member_factory, deadline, device)
         #: The budget in intervals of ``steps_per_generation`` steps: the same total as sync mode.
         self.budget = self.population * cfg.generations
-        #: Latest record of every member this rank has seen (its own members' are always current).
-        self.latest: dict[int, HistoryRow] = {}
-        #: Latest *published* record of every member: what the reports show. An own member's new record
-        #: is in ``latest`` while it decides (and waits for a donor), before it is published and counted.
-        self.published_latest: dict[int, HistoryRow] = {}
+        #: The newest record of every member this rank knows: what it decides with (its own members' are
+        #: current, even before publication).
+        self.known: dict[int, HistoryRow] = {}
+        #: The newest *published* record of every member: what the reports show. An own member's new record
+        #: is in ``known`` while it decides (and waits for a donor), before it is published and counted.
+        self.published: dict[int, HistoryRow] = {}
         #: Intervals each local member has completed (its next interval's index).
         self.done: dict[int, int] = {m: 0 for m in self.local_ids}
         self.start_fitness: dict[int, float] = {m: math.nan for m in self.local_ids}
         #: Each local member's step count when it last copied a donor (0: never); --ready-after counts from it.
         self.exploit_steps: dict[int, int] = {m: 0 for m in self.local_ids}
         self.snapshots: dict[int, Snapshot] = {}
-        #: Records of each member received or made in this launch (to drain every one at the end).
-        self.seen_count = np.zeros(self.population, dtype=np.int64)
-        self.published = {m: 0 for m in self.local_ids}
+        #: Records of each member this rank took in this launch, its own included (to drain every one at the end).
+        self.receive_count = np.zeros(self.population, dtype=np.int64)
+        #: Records each local member published in this launch.
+        self.publish_count = {m: 0 for m in self.local_ids}
         self.observations: list[Observation] = []
         self.target_hit = False  # rank 0: --target-fitness reached
         self.failure_stop: str | None = None  # rank 0: why member failures end the run (no more intervals)
@@ -93,12 +95,12 @@ class AsyncEngine(AsyncMail):
             for m in self.local_ids:
                 self._restore(m)
             self._log_rebuilds()
-        local = {m: (self.done[m], self.latest.get(m)) for m in self.local_ids}
+        local = {m: (self.done[m], self.known.get(m)) for m in self.local_ids}
         self._check_layouts(None, self.saved_threads)
         # start-up collective: every member's latest record and interval count (all tickets already used)
         everyone = {m: v for part in self.comm.allgather_obj(local) for m, v in part.items()}
-        self.latest = {m: rec for m, (_, rec) in everyone.items() if rec is not None}
-        self.published_latest = dict(self.latest)
+        self.known = {m: rec for m, (_, rec) in everyone.items() if rec is not None}
+        self.published = dict(self.known)
         self.tickets = sum(done for done, _ in everyone.values())
         #: Records published before this launch (a resume): the report's count, and W&B's step, go on from them.
         self.records_before = self.tickets
@@ -126,27 +128,25 @@ class AsyncEngine(AsyncMail):
         self.done[m], self.start_fitness[m], self.exploit_steps[m] = meta.done, meta.start_fitness, meta.exploit_steps
         if meta.torch_threads is not None:  # written since the resume warning covers async mode
             self.saved_threads[m] = meta.torch_threads
-        self.latest[m] = meta.record
+        self.known[m] = meta.record
         self.snapshots[m] = Snapshot(meta.record, arrays["snapshot"], arrays["snapshot_aux"])
 
     # -- records -------------------------------------------------------------------------------------
     def _take_record(self, record: HistoryRow) -> None:
         """A published record (own or received): update the board; rank 0 writes history and lineage."""
         m = record.member
-        self.seen_count[m] += 1
-        current = self.latest.get(m)
+        self.receive_count[m] += 1
+        current = self.known.get(m)
         if current is None or record.step >= current.step:
-            self.latest[m] = record
-        shown = self.published_latest.get(m)
+            self.known[m] = record
+        shown = self.published.get(m)
         if shown is None or record.step >= shown.step:
-            self.published_latest[m] = record
+            self.published[m] = record
         if self.cfg.explore == "pb2":
             observe(self.observations, record.step, record.hparams, record.fields.delta)
         if self.comm.rank == 0:  # rank 0 writes the logs and watches the target and the failures
             fitness = (
-                [_fit(self.published_latest.get(i)) for i in range(self.population)]
-                if self.cfg.target is not None
-                else []
+                [_fit(self.published.get(i)) for i in range(self.population)] if self.cfg.target is not None else []
             )
             if not self.target_hit and target.reached(fitness, self.cfg.target, self.cfg.target_metric):
                 self.target_hit = True  # rank 0 hands out no more intervals: every rank stops at its next claim
@@ -160,7 +160,7 @@ class AsyncEngine(AsyncMail):
                 self.echo(line)
             if record.parent is not None:
                 self.log.write_lineage([_lineage_row(record)])
-            total = self.records_before + int(self.seen_count.sum())
+            total = self.records_before + int(self.receive_count.sum())
             if total % self.population == 0:
                 self._report(total)
 
@@ -170,7 +170,7 @@ class AsyncEngine(AsyncMail):
         assert record.failure is not None
         self.echo(failures.failure_line(f"interval {record.step}", m, record.failure.to_json()))
         if self.failure_stop is None:
-            latest = self.published_latest
+            latest = self.published
             broken = sum(1 for i in range(self.population) if i in latest and latest[i].failure is not None)
             total, tolerated = self.failure_total, self.tolerated
             why = failures.stop_reason(broken, self.population, total, tolerated, "its latest interval")
@@ -180,7 +180,7 @@ class AsyncEngine(AsyncMail):
 
     def _report(self, total: int) -> None:
         """Rank 0, every ``population`` records: TensorBoard and a progress line, from the published records."""
-        latest = self.published_latest
+        latest = self.published
         fitness = np.array([_fit(latest.get(m)) for m in range(self.population)])
         steps = sum(r.timesteps for r in latest.values())
         exploits = sum(1 for r in latest.values() if r.parent is not None)
@@ -222,7 +222,7 @@ class AsyncEngine(AsyncMail):
         if cfg.share_experience:
             self._share_experience(m)
         self.snapshots[m] = Snapshot(record.replace(), member.pack().copy(), member.pack_aux(False).copy())
-        self.latest[m] = record
+        self.known[m] = record
         self.activity = f"deciding for member {m} (interval {k})"
         donor, held, seen = self._decide(m, k)
         record.fields.seen = seen
@@ -239,7 +239,7 @@ class AsyncEngine(AsyncMail):
             record.fields.new_hparams = new
         member.log(fitness, used, record.parent)
         self.done[m] = k + 1
-        self.published[m] += 1
+        self.publish_count[m] += 1
         self._publish(record)
         self._checkpoint(m, k, record)
         wall = time.perf_counter() - t0
@@ -284,7 +284,7 @@ class AsyncEngine(AsyncMail):
             returns=list(returns),
             objectives=list(scores) if key is not None else None,
             hparams=dict(member.hparams),
-            interval=IntervalFields(
+            async_fields=IntervalFields(
                 wall=time.time() - self.started,
                 unix=time.time(),
                 lengths=list(lengths),
@@ -336,11 +336,11 @@ class AsyncEngine(AsyncMail):
 
     def _decide(self, m: int, k: int) -> tuple[int | None, Held | None, list[int]]:
         """The donor ``m`` copies after interval ``k`` (None: keep going), the margin's refusal, the records seen."""
-        ids = sorted(self.latest)
-        seen = [self.latest[i].step if i in self.latest else -1 for i in range(self.population)]
+        ids = sorted(self.known)
+        seen = [self.known[i].step if i in self.known else -1 for i in range(self.population)]
         if len(ids) < 2:
             return None, None, seen
-        rows = [self.latest[i] for i in ids]
+        rows = [self.known[i] for i in ids]
         view = [Seen(r.member, r.fitness, r.scores(), r.fields.since_exploit, r.failure is not None) for r in rows]
         choice = self.pbt.choose(k, view, deciding=m)
         return choice.donors.get(m), choice.held.get(m), seen
@@ -408,9 +408,9 @@ class AsyncEngine(AsyncMail):
                 "status": status,
                 "target": self.target_hit,
                 "experience": self.experience_sent,
-                "published": self.published,
+                "published": self.publish_count,
                 "stops": self.stops_sent,
-                "latest": self._own_latest(),
+                "known": self._own_known(),
                 "failed": self.failure_stop,
             }
         )
@@ -427,9 +427,9 @@ class AsyncEngine(AsyncMail):
             Status.FINISHED,
         )
         for e in ends:
-            self.latest.update(e["latest"])
-        self.broken = {m for m, rec in self.latest.items() if rec.failure is not None}
-        self.last_fitness = np.array([_fit(self.latest.get(m)) for m in range(self.population)])
+            self.known.update(e["known"])
+        self.broken = {m for m, rec in self.known.items() if rec.failure is not None}
+        self.last_fitness = np.array([_fit(self.known.get(m)) for m in range(self.population)])
         self._write_summary(status, t_end, drain_s)
         return status, failed_why
 
@@ -437,8 +437,8 @@ class AsyncEngine(AsyncMail):
         """Local members the final evaluation may take: fitness still changes, so as many as could be candidates."""
         return self.local_ids[: min(self.cfg.final_eval_top, len(self.local_ids))]
 
-    def _own_latest(self) -> dict[int, HistoryRow]:
-        return {m: self.latest[m] for m in self.local_ids if m in self.latest}
+    def _own_known(self) -> dict[int, HistoryRow]:
+        return {m: self.known[m] for m in self.local_ids if m in self.known}
 
 
 def _fit(record: HistoryRow | None) -> float:

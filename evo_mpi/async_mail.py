@@ -55,12 +55,12 @@ class AsyncMail(EngineBase):
     """
 
     snapshots: dict[int, Snapshot]
-    seen_count: np.ndarray
+    receive_count: np.ndarray
     budget: int
     target_hit: bool
     failure_stop: str | None
     train_cpu_s: float
-    published: dict[int, int]
+    publish_count: dict[int, int]
 
     def _init_mail(self) -> None:
         """The mailbox and the message counters (every rank, at start-up)."""
@@ -213,7 +213,7 @@ class AsyncMail(EngineBase):
 
         def pending() -> bool:
             return (
-                bool((self.seen_count < expected).any())
+                bool((self.receive_count < expected).any())
                 or self.stops_received < stops
                 or bool((self.experience_received < experience).any())
             )
@@ -238,6 +238,6 @@ class AsyncMail(EngineBase):
             "end_unix": t_end,
         }
         summary |= {"train_cpu": self.train_cpu_s, "wait_s": self.wait_s, "serve_s": self.serve_s, "drain_s": drain_s}
-        summary |= {"intervals": sum(self.published.values()), "shared_bytes": self.shared_bytes}
+        summary |= {"intervals": sum(self.publish_count.values()), "shared_bytes": self.shared_bytes}
         summary |= {"share_s": self.share_s, "status": status}
         self.timings.write([summary] + [{"rank": self.comm.rank, **entry} for entry in self.served])

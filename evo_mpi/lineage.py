@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .records import parent_step_of, step_of
+
 HISTORY = "history.jsonl"
 CONFIG = "config.json"
 
@@ -32,7 +34,7 @@ def read_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every decodable record of ``RUN_DIR/history.jsonl``, in file order.
 
     A run in progress (or killed mid-write) may end with a partial line: lines
-    that are not a JSON object with integer ``generation`` and ``member`` are
+    that are not a JSON object with integer ``generation`` (``interval``) and ``member`` are
     skipped.
 
     Raises:
@@ -59,13 +61,11 @@ def _valid(rec: Any) -> bool:
     def is_int(x: Any) -> bool:
         return isinstance(x, int) and not isinstance(x, bool)
 
-    return (
-        isinstance(rec, dict)
-        and is_int(rec.get("generation"))
-        and is_int(rec.get("member"))
-        and rec["generation"] >= 0
-        and rec["member"] >= 0
-    )
+    if not isinstance(rec, dict):
+        return False
+    step: Any = rec.get("interval", rec.get("generation"))
+    member: Any = rec.get("member")
+    return is_int(step) and is_int(member) and step >= 0 and member >= 0
 
 
 def read_config(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -171,7 +171,7 @@ def tabulate(records: Iterable[Mapping[str, Any]], population: int | None = None
     by_key: dict[tuple[int, int], Mapping[str, Any]] = {}
     for rec in records:
         if _valid(rec):
-            by_key[(int(rec["generation"]), int(rec["member"]))] = rec
+            by_key[(step_of(rec), int(rec["member"]))] = rec
     if population is None:
         population = 1 + max((m for _, m in by_key), default=-1)
     generations = 0
@@ -256,7 +256,7 @@ def latest_records(records: Iterable[Mapping[str, Any]]) -> dict[int, Mapping[st
     """Each member's record of its highest interval (sync: of the last generation it reached)."""
     latest: dict[int, Mapping[str, Any]] = {}
     for rec in records:
-        if _valid(rec) and (rec["member"] not in latest or rec["generation"] >= latest[rec["member"]]["generation"]):
+        if _valid(rec) and (rec["member"] not in latest or step_of(rec) >= step_of(latest[rec["member"]])):
             latest[int(rec["member"])] = rec
     return latest
 
@@ -279,14 +279,14 @@ def chain(records: Iterable[Mapping[str, Any]], member: int) -> list[tuple[int, 
     """``(interval, slot)`` of every interval whose training made ``member``'s latest state, oldest first.
 
     The weights a slot starts interval ``k + 1`` with are its own from the end of ``k``, or, when its
-    record of ``k`` has a ``parent``, that parent's from the end of ``parent_generation`` (the
+    record of ``k`` has a ``parent``, that parent's from the end of ``parent_interval`` (the
     donor's interval whose snapshot was copied; in sync runs the same generation). For a sync run
     this is :meth:`History.ancestry`.
 
     Raises:
         HistoryError: ``member`` has no record, or a record the walk needs is missing.
     """
-    by_key = {(int(r["member"]), int(r["generation"])): r for r in records if _valid(r)}
+    by_key = {(int(r["member"]), step_of(r)): r for r in records if _valid(r)}
     mine = [k for m, k in by_key if m == member]
     if not mine:
         raise HistoryError(f"member {member} has no record in the history")
@@ -298,7 +298,7 @@ def chain(records: Iterable[Mapping[str, Any]], member: int) -> list[tuple[int, 
             raise HistoryError(f"the history lacks member {slot}'s record of interval {k - 1}")
         parent = prev.get("parent")
         if isinstance(parent, int) and not isinstance(parent, bool):
-            d = prev.get("parent_generation")
+            d = parent_step_of(prev)
             slot, k = parent, int(d) if isinstance(d, int) else k - 1
         else:
             k -= 1

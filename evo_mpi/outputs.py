@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .champion import ChampionReport, mean_sd
-from .records import dumps
+from .records import dumps, step_of
 
 
 def member_tag(member: int) -> str:
@@ -72,8 +72,10 @@ def _fmt(value: Any) -> str:
 
 def exploit_markdown(records: Iterable[Mapping[str, Any]]) -> str:
     """Lineage records as a Markdown table: who copied whom, fitness, hyperparameters before and after."""
+    records = list(records)
+    unit = "interval" if any("interval" in r for r in records) else "generation"
     rows = [
-        "| loser | winner | generation | loser fitness | winner fitness | hyperparameters before | after |",
+        f"| loser | winner | {unit} | loser fitness | winner fitness | hyperparameters before | after |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in records:
@@ -81,7 +83,7 @@ def exploit_markdown(records: Iterable[Mapping[str, Any]]) -> str:
         before = ", ".join(f"{k}={_fmt(old[k])}" for k in sorted(old))
         after = ", ".join(f"{k}={_fmt(new[k])}" for k in sorted(new))
         rows.append(
-            f"| {r['loser']} | {r['winner']} | {r['generation']} | {_fmt(r.get('loser_fitness'))} | "
+            f"| {r['loser']} | {r['winner']} | {step_of(r)} | {_fmt(r.get('loser_fitness'))} | "
             f"{_fmt(r.get('winner_fitness'))} | {before} | {after} |"
         )
     return "\n".join(rows)

@@ -35,6 +35,7 @@ from .lineage import (
     read_config,
     read_history,
 )
+from .records import parent_step_of, step_of
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -400,7 +401,7 @@ def plot_async(
         best=best,
         path=chain(records, best),  # raises HistoryError for a bad member before anything is written
         colors=member_colors(population),
-        by_key={(int(r["member"]), int(r["generation"])): r for r in records},
+        by_key={(int(r["member"]), step_of(r)): r for r in records},
         title=f"{config.get('env_id', '')}, {population} members, async, {len(records)} intervals",
     )
     specs = config.get("search_space", {})
@@ -461,7 +462,7 @@ def _async_fitness(run: _AsyncRun) -> Any:
             donor = r.get("parent")
             if isinstance(donor, int) and nxt is not None:
                 ax.scatter([x(r)], [_fit(r)], marker="x", color="black", s=30, zorder=4)
-                src = by_key.get((donor, int(r.get("parent_generation", k))))
+                src = by_key.get((donor, int(parent_step_of(r, k))))
                 if src is not None:
                     ax.plot([x(src), x(nxt)], [_fit(src), _fit(nxt)], color=colors[m], linestyle="--", linewidth=0.8)
         ax.plot([x(by_key[(s, k)]) for k, s in run.path], [_fit(by_key[(s, k)]) for k, s in run.path], color="black",
@@ -516,7 +517,7 @@ def _async_lineage(run: _AsyncRun) -> Any:
     for (m, k), r in by_key.items():
         donor = r.get("parent")
         if (m, k + 1) in by_key:
-            node: tuple[int, int] = (donor, int(r.get("parent_generation", k))) if isinstance(donor, int) else (m, k)
+            node: tuple[int, int] = (donor, int(parent_step_of(r, k))) if isinstance(donor, int) else (m, k)
             color, width = ("tab:orange", 1.2) if isinstance(donor, int) else ("0.75", 1.0)
             if node in by_key:
                 ax.plot([node[1], k + 1], [node[0], m], color=color, linewidth=width, zorder=1)

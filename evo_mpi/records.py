@@ -7,9 +7,12 @@ Pure (standard library only). In memory a missing number is NaN; on disk it is
 :func:`number` (and ``numbers`` for lists). ``from_json`` reads rows written by any
 version: the fields a row lacks take their defaults.
 
-A sync row is one member's generation; an async row is one member's interval
-(:attr:`HistoryRow.step` in code, ``generation`` on disk, where every reader
-looks for it) and carries the async fields (:class:`IntervalFields`).
+A sync row is one member's generation, written as ``generation``; an async row is
+one member's interval, written as ``interval`` (with ``parent_interval``, and
+``winner_interval`` in lineage), and carries the async fields
+(:class:`IntervalFields`). In code both are :attr:`HistoryRow.step`. Files
+written before 2026-12-05 call the async index ``generation`` too; every reader
+takes either (:func:`step_of`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,16 @@ def number(x: float | None) -> float:
 def numbers(xs: Iterable[float | None]) -> list[float]:
     """:func:`number` of each value."""
     return [number(x) for x in xs]
+
+
+def step_of(row: Mapping[str, Any]) -> int:
+    """A history or lineage row's generation (sync) or interval (async), from a row of any version."""
+    return int(row["interval"] if "interval" in row else row["generation"])
+
+
+def parent_step_of(row: Mapping[str, Any], default: Any = None) -> Any:
+    """An async history row's ``parent_interval`` (``parent_generation`` in earlier versions), else ``default``."""
+    return row.get("parent_interval", row.get("parent_generation", default))
 
 
 def dumps(obj: Any, sort_keys: bool = True) -> str:
@@ -104,7 +117,7 @@ class IntervalFields:
             "delta": finite(self.delta),
             "since_exploit": self.since_exploit,
             "seen": list(self.seen),
-            "parent_generation": self.parent_step,
+            "parent_interval": self.parent_step,
             "parent_fitness": finite(self.parent_fitness) if exploited else None,
             "fetch_s": self.fetch_s,
             "new_hparams": self.new_hparams,
@@ -120,7 +133,7 @@ class IntervalFields:
             delta=number(data.get("delta")),
             since_exploit=None if data.get("since_exploit") is None else int(data["since_exploit"]),
             seen=[int(s) for s in data.get("seen", [])],
-            parent_step=data.get("parent_generation"),
+            parent_step=data.get("parent_interval", data.get("parent_generation")),
             parent_fitness=number(data.get("parent_fitness")),
             fetch_s=data.get("fetch_s"),
             new_hparams=dict(data.get("new_hparams", data.get("hparams", {}))),
@@ -132,7 +145,7 @@ class HistoryRow:
     """One member's generation (sync) or interval (async): one line of ``history.jsonl``.
 
     Attributes:
-        step: The generation (sync) or the member's interval (async); ``generation`` on disk.
+        step: The generation (sync) or the member's interval (async): ``generation`` or ``interval`` on disk.
         member: The member's id.
         rank: The rank that trained it.
         timesteps: Env steps the member had trained at the end.
@@ -147,7 +160,7 @@ class HistoryRow:
         hparams_from: MF-PBT: whose hyperparameters it took, when not its donor's.
         failure: Its exception in this step.
         target_reached: ``--target-fitness`` was reached with this row.
-        interval: The async fields (None: a sync row).
+        async_fields: The async fields (None: a sync row).
 
     """
 
@@ -166,12 +179,12 @@ class HistoryRow:
     hparams_from: int | None = None
     failure: Failure | None = None
     target_reached: bool = False
-    interval: IntervalFields | None = None
+    async_fields: IntervalFields | None = None
 
     def to_json(self) -> dict[str, Any]:
         """As written: optional fields only when set; numbers that are not finite as null."""
         out: dict[str, Any] = {
-            "generation": self.step,
+            "generation" if self.async_fields is None else "interval": self.step,
             "member": self.member,
             "rank": self.rank,
             "timesteps": self.timesteps,
@@ -192,8 +205,8 @@ class HistoryRow:
             out["objectives"] = finite_list(self.objectives)
         if self.target_reached:
             out["target_reached"] = True
-        if self.interval is not None:
-            out.update(self.interval.to_json(self.parent is not None))
+        if self.async_fields is not None:
+            out.update(self.async_fields.to_json(self.parent is not None))
         return out
 
     @staticmethod
@@ -202,7 +215,7 @@ class HistoryRow:
         failure = data.get("failure")
         objectives = data.get("objectives")
         return HistoryRow(
-            step=int(data["generation"]),
+            step=step_of(data),
             member=int(data["member"]),
             rank=int(data.get("rank", 0)),
             timesteps=int(data.get("timesteps", 0)),
@@ -217,7 +230,7 @@ class HistoryRow:
             hparams_from=data.get("hparams_from"),
             failure=None if failure is None else Failure.from_json(failure),
             target_reached=bool(data.get("target_reached", False)),
-            interval=IntervalFields.from_json(data) if "wall" in data else None,
+            async_fields=IntervalFields.from_json(data) if "wall" in data else None,
         )
 
     def scores(self) -> list[float]:
@@ -226,16 +239,16 @@ class HistoryRow:
 
     def replace(self, **changes: Any) -> HistoryRow:
         """A copy with ``changes`` (the async fields copied too, so changing the copy's leaves this row's)."""
-        if "interval" not in changes and self.interval is not None:
-            changes["interval"] = dataclasses.replace(self.interval)
+        if "async_fields" not in changes and self.async_fields is not None:
+            changes["async_fields"] = dataclasses.replace(self.async_fields)
         return dataclasses.replace(self, **changes)
 
     @property
     def fields(self) -> IntervalFields:
         """The async fields of an async row."""
-        if self.interval is None:
+        if self.async_fields is None:
             raise ValueError(f"member {self.member}'s row of step {self.step} is a sync row: no interval fields")
-        return self.interval
+        return self.async_fields
 
 
 @dataclass(frozen=True)
@@ -243,7 +256,7 @@ class LineageRow:
     """One exploit: ``loser`` copied ``winner`` after ``step``; one line of ``lineage.jsonl``.
 
     Attributes:
-        step: The loser's generation (sync) or interval (async); ``generation`` on disk.
+        step: The loser's generation (sync) or interval (async): ``generation`` or ``interval`` on disk.
         loser: The member that copied.
         winner: The donor it copied.
         timesteps: The loser's env steps at the exploit.
@@ -251,7 +264,7 @@ class LineageRow:
         winner_fitness: The donor's (NaN: missing).
         old_hparams: The loser's hyperparameters before.
         new_hparams: After exploit and explore.
-        winner_step: Async: the donor's interval whose snapshot was copied.
+        winner_step: Async: the donor's interval whose snapshot was copied (``winner_interval``).
         mutation: What the loser's mutation decided, when there was one.
         hparams_from: MF-PBT: whose hyperparameters it took, when not the winner's.
 
@@ -272,7 +285,7 @@ class LineageRow:
     def to_json(self) -> dict[str, Any]:
         """As written."""
         out: dict[str, Any] = {
-            "generation": self.step,
+            "generation" if self.winner_step is None else "interval": self.step,
             "loser": self.loser,
             "winner": self.winner,
             "timesteps": self.timesteps,
@@ -281,7 +294,7 @@ class LineageRow:
             "old_hparams": self.old_hparams,
             "new_hparams": self.new_hparams,
         }
-        optional = {"winner_generation": self.winner_step, "mutation": self.mutation, "hparams_from": self.hparams_from}
+        optional = {"winner_interval": self.winner_step, "mutation": self.mutation, "hparams_from": self.hparams_from}
         out.update({k: v for k, v in optional.items() if v is not None})
         return out
 
@@ -289,7 +302,7 @@ class LineageRow:
     def from_json(data: Mapping[str, Any]) -> LineageRow:
         """As read."""
         return LineageRow(
-            step=int(data["generation"]),
+            step=step_of(data),
             loser=int(data["loser"]),
             winner=int(data["winner"]),
             timesteps=int(data.get("timesteps", 0)),
@@ -297,7 +310,7 @@ class LineageRow:
             winner_fitness=number(data.get("winner_fitness")),
             old_hparams=dict(data.get("old_hparams", {})),
             new_hparams=dict(data.get("new_hparams", {})),
-            winner_step=data.get("winner_generation"),
+            winner_step=data.get("winner_interval", data.get("winner_generation")),
             mutation=data.get("mutation"),
             hparams_from=data.get("hparams_from"),
         )

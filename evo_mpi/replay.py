@@ -37,6 +37,7 @@ from typing import Any
 
 from . import config as config_mod
 from .lineage import HistoryError, chain, champion_member, is_async, latest_best, load, read_config, read_history
+from .records import step_of
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -126,7 +127,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         raise ReplayError(str(exc)) from None
     if saved is None:
         raise ReplayError(f"no readable config.json in {args.run_dir!r}")
-    by_key = {(r["member"], r["generation"]): r for r in records}
+    by_key = {(r["member"], step_of(r)): r for r in records}
     if not 0 <= member < population:
         raise ReplayError(f"--member: member {member} is out of range: the run has members 0..{population - 1}")
     try:
@@ -176,7 +177,7 @@ def _weight_noise(
     The slot's record of its step before (generation or interval ``g - 1``)
     holds the mutation the slot underwent after that step, in either mode.
     """
-    by_key = {(int(r["member"]), int(r["generation"])): r for r in records}
+    by_key = {(int(r["member"]), step_of(r)): r for r in records}
     return [dict(by_key.get((slot, g - 1), {}).get("mutation", {})).get("weight_noise") for g, slot in lineage]
 
 

@@ -112,7 +112,7 @@ def trim_to_steps(run_dir: str, done: Mapping[int, int]) -> None:
             except ValueError:
                 continue  # a partial last line of a killed run
             member = rec.get("member", rec.get("loser"))
-            step = rec.get("generation")
+            step = rec.get("interval", rec.get("generation"))  # async rows; rows of earlier versions
             if isinstance(member, int) and isinstance(step, int) and step < done.get(member, 0):
                 kept.append(line if line.endswith("\n") else line + "\n")
         write_text_atomic(path, "".join(kept))

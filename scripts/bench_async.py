@@ -36,6 +36,8 @@ from typing import Any
 import benchlib as bl
 import numpy as np
 
+from evo_mpi.records import step_of
+
 STRAGGLER = ["--env-id", "tests.user_envs:straggler_cartpole", "--env-kwargs", '{"step_cost": 0.0002, "factor": 5}']
 
 
@@ -186,7 +188,7 @@ def main() -> None:
         print()
         for ranks, per_rank in ((16, 2), (32, 1)):
             run = bl.run_evo(ranks, [*tiny, "--agents-per-rank", str(per_rank)], timeout=900, echo=args.echo)
-            keys = {(h["member"], h["generation"]) for h in run.history}
+            keys = {(h["member"], step_of(h)) for h in run.history}
             print(
                 f"scale: {bl.launched(run)}: exit {run.returncode}, {len(run.history)} records, "
                 f"{len(keys)} distinct (member, interval) of {ranks * per_rank * 2} budgeted, "

@@ -65,6 +65,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from evo_mpi.lineage import load, read_history  # noqa: E402
+from evo_mpi.records import step_of  # noqa: E402
 
 #: SB3's own PPO defaults, for the searched hyperparameters of the default PPO space.
 SB3_PPO_DEFAULTS = {
@@ -226,7 +227,7 @@ def latest_records(path: str) -> dict[int, dict[str, Any]]:
     """Each member's last history record (highest ``generation``: its own interval in async mode)."""
     latest: dict[int, dict[str, Any]] = {}
     for rec in read_history(path):
-        if rec["member"] not in latest or rec["generation"] >= latest[rec["member"]]["generation"]:
+        if rec["member"] not in latest or step_of(rec) >= step_of(latest[rec["member"]]):
             latest[rec["member"]] = rec
     return latest
 
@@ -444,8 +445,8 @@ def share_run(out: str, env: str, mode: str, seed: int) -> dict[str, Any]:
 
 def first_reach(history: list[dict[str, Any]], target: float, steps: int) -> int | None:
     """Env steps per member after which the best member's training fitness first reached ``target``."""
-    for g in sorted({r["generation"] for r in history}):
-        fits = [r["fitness"] for r in history if r["generation"] == g and r["fitness"] is not None]
+    for g in sorted({step_of(r) for r in history}):
+        fits = [r["fitness"] for r in history if step_of(r) == g and r["fitness"] is not None]
         if fits and max(fits) >= target:
             return (g + 1) * steps
     return None
@@ -454,8 +455,8 @@ def first_reach(history: list[dict[str, Any]], target: float, steps: int) -> int
 def best_curve(path: str) -> np.ndarray:
     """Best training fitness per generation."""
     history = read_history(path)
-    gens = sorted({r["generation"] for r in history})
-    return np.array([max((r["fitness"] for r in history if r["generation"] == g and r["fitness"] is not None),
+    gens = sorted({step_of(r) for r in history})
+    return np.array([max((r["fitness"] for r in history if step_of(r) == g and r["fitness"] is not None),
                          default=np.nan) for g in gens])  # fmt: skip
 
 
@@ -592,8 +593,8 @@ def hard_curve(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.array(steps), np.array(wall), np.array(best)
     with open(os.path.join(path, "timings", "rank_000.jsonl"), encoding="utf-8") as fh:
         ends = {r["generation"]: r["unix"] - r["first_train_unix"] for r in map(json.loads, fh) if "generation" in r}
-    gens = sorted({r["generation"] for r in history})
-    best = [max((r["fitness"] for r in history if r["generation"] == g and r["fitness"] is not None), default=np.nan)
+    gens = sorted({step_of(r) for r in history})
+    best = [max((r["fitness"] for r in history if step_of(r) == g and r["fitness"] is not None), default=np.nan)
             for g in gens]  # fmt: skip
     return np.array([(g + 1) * HARD_STEPS for g in gens]), np.array([ends.get(g, np.nan) for g in gens]), np.array(best)
 

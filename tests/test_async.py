@@ -14,6 +14,7 @@ import torch
 
 from evo_mpi import checkpoint
 from evo_mpi.member import EPISODE_KEYS
+from evo_mpi.records import parent_step_of, step_of
 from helpers import LONG_STEPS, cartpole_args, launch, no_rank_left, read_history, run_evo, wait_for_line
 
 GENERATIONS, STEPS = 4, 256
@@ -45,9 +46,9 @@ def _visible(history: list[dict], record: dict) -> dict[int, float]:
     records are visible at once, so for them the seen interval is exactly the latest one stamped
     before; for another rank's member it is at most that (a record in flight is not seen yet).
     """
-    by_key = {(r["member"], r["generation"]): r for r in history}
+    by_key = {(r["member"], step_of(r)): r for r in history}
     for m, k in enumerate(record["seen"]):
-        before = [r["generation"] for r in history if r["member"] == m and r["unix"] <= record["unix"]]
+        before = [step_of(r) for r in history if r["member"] == m and r["unix"] <= record["unix"]]
         latest = max(before, default=-1)
         if m == record["member"] or by_key.get((m, latest), {}).get("rank") == record["rank"]:
             assert k == latest, (m, k, latest, record)
@@ -80,7 +81,7 @@ def _check_truncation(history: list[dict], fraction: float) -> int:
 
 def _check_budget(run_dir, population: int) -> list[dict]:
     history = read_history(run_dir)
-    keys = [(r["member"], r["generation"]) for r in history]
+    keys = [(r["member"], step_of(r)) for r in history]
     assert len(keys) == len(set(keys)) == population * GENERATIONS  # the whole budget, every interval once
     for m in range(population):
         mine = sorted(k for mm, k in keys if mm == m)
@@ -154,13 +155,13 @@ def test_exploit_copies_the_donor_snapshot_bit_for_bit_across_ranks(tmp_path):
     args = [*ASYNC, "--agents-per-rank", "2", "--selection", "wta", "--keep-checkpoints", "100"]
     run_evo([*args, "--run-dir", str(run_dir)], 2)
     history = read_history(run_dir)
-    by_key = {(r["member"], r["generation"]): r for r in history}
+    by_key = {(r["member"], step_of(r)): r for r in history}
     checked = 0
     for rec in history:
-        donor, d = rec["parent"], rec["parent_generation"]
+        donor, d = rec["parent"], parent_step_of(rec)
         if donor is None or donor // 2 == rec["member"] // 2 or by_key[(donor, d)]["parent"] is not None:
             continue  # same rank, or the donor itself exploited after measuring (its checkpoint is not its snapshot)
-        loser_state, _, loser_arrays = checkpoint.load_interval(str(run_dir), rec["member"], rec["generation"])
+        loser_state, _, loser_arrays = checkpoint.load_interval(str(run_dir), rec["member"], step_of(rec))
         donor_state, _, donor_arrays = checkpoint.load_interval(str(run_dir), donor, d)
         # weights and optimizer moments (not the explored lr; not the envs' running episodes, which stay with the slot)
         moved = [{k: v for k, v in s.items() if not k.startswith(EPISODE_KEYS)} for s in (donor_state, loser_state)]
@@ -192,11 +193,11 @@ def test_async_stop_and_resume_on_another_layout(tmp_path):
     _interrupt(run_dir, 2, 2, 8)
     history = read_history(run_dir)
     for m in range(4):  # every published interval is checkpointed: a stop loses only the interval in progress
-        published = [r["generation"] for r in history if r["member"] == m]
+        published = [step_of(r) for r in history if r["member"] == m]
         assert checkpoint.intervals(str(run_dir), m)[-1] == max(published)
     proc = run_evo(["--resume", str(run_dir)], None)
     assert "resuming the run" in proc.stdout
-    keys = [(r["member"], r["generation"]) for r in read_history(run_dir)]
+    keys = [(r["member"], step_of(r)) for r in read_history(run_dir)]
     assert len(keys) == len(set(keys)) == 4 * 8
     assert (run_dir / "best.zip").is_file()
 
@@ -229,7 +230,7 @@ def test_kill_9_of_one_async_rank_ends_the_job_and_it_resumes(tmp_path):
     assert proc.returncode != 0 and time.monotonic() - t0 < 30
     assert no_rank_left(run_dir)
     run_evo(["--resume", str(run_dir)], 2, check=True)
-    keys = [(r["member"], r["generation"]) for r in read_history(run_dir)]
+    keys = [(r["member"], step_of(r)) for r in read_history(run_dir)]
     assert len(keys) == len(set(keys)) == 4 * 8
 
 
@@ -317,7 +318,7 @@ def test_error_outside_a_members_training_ends_every_async_rank_with_one_report(
     assert err.count("failed while") == 1
     assert "rank 1 failed while writing member 1's checkpoint" in (run_dir / "errors.log").read_text()
     history = read_history(run_dir)  # what was published before the crash is intact
-    assert (1, 0) in {(r["member"], r["generation"]) for r in history}
+    assert (1, 0) in {(r["member"], step_of(r)) for r in history}
 
 
 def test_an_env_that_cannot_be_rebuilt_costs_its_async_member_not_the_run(tmp_path):
@@ -328,7 +329,7 @@ def test_an_env_that_cannot_be_rebuilt_costs_its_async_member_not_the_run(tmp_pa
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
     history = read_history(run_dir)
-    phases = [r["failure"]["phase"] for r in sorted(history, key=lambda r: r["generation"]) if "failure" in r]
+    phases = [r["failure"]["phase"] for r in sorted(history, key=lambda r: step_of(r)) if "failure" in r]
     assert phases[0] == "training" and phases[1:] and set(phases[1:]) == {"rebuilding envs"}
     assert all(r["member"] == 1 for r in history if "failure" in r)
     assert all(r["fitness"] is not None for r in history if r["member"] == 0)
@@ -343,7 +344,7 @@ def test_async_ttest_and_pb2(tmp_path, rule):
     args = [*cartpole_args(seed=2, generations=4, steps=512), "--mode", "async", "--agents-per-rank", "4", *rule]
     run_evo([*args, "--run-dir", str(run_dir)], None)
     history = read_history(run_dir)
-    by_key = {(r["member"], r["generation"]): r for r in history}
+    by_key = {(r["member"], step_of(r)): r for r in history}
     exploits = [r for r in history if r["parent"] is not None]
     assert len(history) == 16 and exploits
     for rec in exploits:

@@ -10,6 +10,7 @@ from stable_baselines3 import PPO
 
 import evo_mpi
 from evo_mpi import champion, seeding
+from evo_mpi.records import step_of
 from helpers import cartpole_args, read_history, run_evo
 
 TINY = {"n_envs": 2, "n_steps": 64, "steps_per_generation": 128, "seed": 7, "echo": None}
@@ -86,7 +87,7 @@ def _latest(history):
     """Each member's last record (sync: the last generation; async: its last publication)."""
     latest = {}
     for r in history:
-        if r["member"] not in latest or r["generation"] >= latest[r["member"]]["generation"]:
+        if r["member"] not in latest or step_of(r) >= step_of(latest[r["member"]]):
             latest[r["member"]] = r
     return latest
 
@@ -291,7 +292,7 @@ def test_when_every_final_evaluation_fails_the_champion_is_the_best_by_training_
     run_evo([*_eval_crash_args(tmp_path / "r", bad_rank_only=False), "--agents-per-rank", "3"], None)
     report = json.loads((tmp_path / "r" / "champion.json").read_text())
     history = read_history(tmp_path / "r")
-    last = {r["member"]: r["fitness"] for r in history if r["generation"] == 1}
+    last = {r["member"]: r["fitness"] for r in history if step_of(r) == 1}
     assert report["pick"] == "training_fitness" and report["candidates"] == []
     assert [f["member"] for f in report["eval_failures"]] == [0, 1, 2]
     assert report["member"] == max(last, key=lambda m: (last[m], -m))

@@ -29,6 +29,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment, list_session_groups, plugin_data_pb2
 
 from evo_mpi.outputs import EXPLOITS_TAG, SESSION_FITNESS, SESSION_OBJECTIVE, SESSION_RETURN
+from evo_mpi.records import step_of
 from helpers import cartpole_args, run_evo
 
 EVERYTHING = {"scalars": 0, "tensors": 0}
@@ -70,7 +71,7 @@ def jsonl(path: Path) -> list[dict]:
 def stretches(history: list[dict], member: int) -> list[list[dict]]:
     """A member's records cut where its hyperparameters change: the sessions the board must have written."""
     out: list[list[dict]] = []
-    for rec in sorted((r for r in history if r["member"] == member), key=lambda r: r["generation"]):
+    for rec in sorted((r for r in history if r["member"] == member), key=lambda r: step_of(r)):
         if out and out[-1][-1]["hparams"] == rec["hparams"]:
             out[-1].append(rec)
         else:
@@ -224,8 +225,8 @@ def test_exploit_events_are_text_matching_the_lineage(run: Path):
             shown.add((loser, winner, generation, event.step))
     at_step = {}
     for rec in lineage:
-        at_step[rec["generation"]] = max(at_step.get(rec["generation"], 0), rec["timesteps"])
-    assert shown == {(r["loser"], r["winner"], r["generation"], at_step[r["generation"]]) for r in lineage}
+        at_step[step_of(rec)] = max(at_step.get(step_of(rec), 0), rec["timesteps"])
+    assert shown == {(r["loser"], r["winner"], step_of(r), at_step[step_of(r)]) for r in lineage}
     first = next(r for r in lineage)
     text = events[0].tensor_proto.string_val[0].decode()
     assert f"learning_rate={first['old_hparams']['learning_rate']:.4g}" in text

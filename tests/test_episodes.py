@@ -12,6 +12,7 @@ import pytest
 from user_envs import FixedLength
 
 from evo_mpi.episodes import EpisodeRecorder, obs_arrays
+from evo_mpi.records import parent_step_of, step_of
 from helpers import history_without_rank, launch, read_history, run_evo, wait_for_line
 
 LENGTH = 300
@@ -44,9 +45,9 @@ def _check_fixed_length(records: list[dict], population: int) -> None:
     returns = [r for rec in records for r in rec["returns"]]
     assert returns and all(LENGTH <= r <= LENGTH + 0.5 for r in returns)
     for rec in records:
-        if rec["generation"] < FIRST_DONE and rec.get("parent_generation") is None:
+        if step_of(rec) < FIRST_DONE and parent_step_of(rec) is None:
             assert rec["fitness"] is None and rec["fitness_missing"] == "no completed episode yet", rec
-        elif rec["generation"] >= FIRST_DONE:
+        elif step_of(rec) >= FIRST_DONE:
             assert LENGTH <= rec["fitness"] <= LENGTH + 0.5 and "fitness_missing" not in rec, rec
     assert len({rec["member"] for rec in records}) == population
 
@@ -68,8 +69,8 @@ def test_fixed_length_episodes_outlive_generations_and_exploits(fixed_run):
     # FIRST_DONE + 1 no episode ends (the next end at 600 steps per env is in generation 4, the last), so
     # every member still holds the copied window: fitness ties, and ties never copy
     exploits = [r for r in records if r["parent"] is not None]
-    assert {r["generation"] for r in exploits} == {FIRST_DONE}
-    assert len({r["fitness"] for r in records if r["generation"] == FIRST_DONE + 1}) == 1
+    assert {step_of(r) for r in exploits} == {FIRST_DONE}
+    assert len({r["fitness"] for r in records if step_of(r) == FIRST_DONE + 1}) == 1
     assert "note: generation 0: no completed episode yet for member(s) [0, 1, 2, 3]" in out
     assert "diverged" not in out and "warning" not in out
 
@@ -90,7 +91,7 @@ def test_fixed_length_async(tmp_path):
     assert len(records) == 4 * 3
     _check_fixed_length(records, 3)
     assert all(set(rec["lengths"]) <= {float(LENGTH)} for rec in records)
-    assert any(rec["parent"] is not None for rec in records if rec["generation"] >= FIRST_DONE)
+    assert any(rec["parent"] is not None for rec in records if step_of(rec) >= FIRST_DONE)
 
 
 def test_cartpole_learns_past_one_generations_steps_per_env(tmp_path):

@@ -10,6 +10,7 @@ from stable_baselines3 import PPO
 from evo_mpi.arch import draw_kind
 from evo_mpi.member import EPISODE_KEYS
 from evo_mpi.plot import _natural
+from evo_mpi.records import parent_step_of, step_of
 from helpers import check_pngs, history_without_rank, read_history, run_evo, run_module
 
 BUDGET = ["--env-id", "CartPole-v1", "--steps-per-generation", "256", "--n-envs", "2", "--n-steps", "64"]
@@ -62,7 +63,7 @@ def test_small_loser_copies_bigger_winner_bit_for_bit(tmp_path, copy_reference, 
     run_dir = tmp_path / "run"
     run_evo([*COPY, "--run-dir", str(run_dir), "--backend", backend], 2)
     history = read_history(run_dir)
-    first = {r["member"]: r for r in history if r["generation"] == 0}
+    first = {r["member"]: r for r in history if step_of(r) == 0}
     assert first[0]["hparams"]["net_arch"] == "128-64-64" and first[1]["hparams"]["net_arch"] == "64-64"
     assert first[1]["parent"] == 0 and first[0]["rank"] != first[1]["rank"]  # across ranks
     # after the exploit (the checkpoint of generation 0) the loser is the winner, tensor for tensor
@@ -76,7 +77,7 @@ def test_small_loser_copies_bigger_winner_bit_for_bit(tmp_path, copy_reference, 
     assert any(t.shape == (128, 4) for t in winner.values())  # the 128-node first layer, weights and Adam moments
     for key in winner:
         assert torch.equal(winner[key], loser[key]), key
-    second = {r["member"]: r for r in history if r["generation"] == 1}
+    second = {r["member"]: r for r in history if step_of(r) == 1}
     assert second[1]["hparams"] == second[0]["hparams"]
     assert history_without_rank(run_dir) == copy_reference  # the same run in one process
     # both final models load and are the architecture the history records
@@ -104,7 +105,7 @@ def test_every_mutation_kind_happens_and_final_models_match_the_history(mutating
     assert "add_nodes" in ops or "add_layer" in ops, ops
     archs = {r["hparams"]["net_arch"] for r in history}
     assert len(archs) >= 3, archs  # sizes really differ and change
-    last = {r["member"]: r for r in history if r["generation"] == 4}
+    last = {r["member"]: r for r in history if step_of(r) == 4}
     lineage = [json.loads(line) for line in (run_dir / "lineage.jsonl").read_text().splitlines()]
     assert lineage and all("mutation" in rec for rec in lineage)
     for m, rec in last.items():
@@ -122,11 +123,11 @@ def test_async_members_of_different_sizes_exchange_and_finish(tmp_path):
     assert len(history) == 4 * 5
     crossed = [r for r in history if r["parent"] is not None and r["parent"] // 2 != r["member"] // 2]
     assert crossed  # snapshots fetched from the other rank
-    donors = {(r["member"], r["generation"]): r for r in history}
+    donors = {(r["member"], step_of(r)): r for r in history}
     sizes = [
-        (r["hparams"]["net_arch"], donors[(r["parent"], r["parent_generation"])]["hparams"]["net_arch"])
+        (r["hparams"]["net_arch"], donors[(r["parent"], parent_step_of(r))]["hparams"]["net_arch"])
         for r in history
-        if r["parent"] is not None and (r["parent"], r["parent_generation"]) in donors
+        if r["parent"] is not None and (r["parent"], parent_step_of(r)) in donors
     ]
     assert any(a != b for a, b in sizes), sizes  # a member took a donor of another size
     assert all("mutation" in r for r in history)  # --mutate all: every member mutates after every interval
@@ -169,16 +170,16 @@ def test_replay_repeats_growth_and_weight_noise_exactly(tmp_path):
         [*MUTATING, "--selection", "none", "--mutate", "all", "--run-dir", str(run_dir), "--agents-per-rank", "2"], None
     )
     history = read_history(run_dir)
-    best = max((r for r in history if r["generation"] == 4), key=lambda r: r["fitness"])["member"]
+    best = max((r for r in history if step_of(r) == 4), key=lambda r: r["fitness"])["member"]
     out = tmp_path / "replay"
     proc = run_module("evo_mpi.replay", str(run_dir), "--member", str(best), "--out", str(out), timeout=240)
     assert proc.returncode == 0, proc.stderr
     replayed = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert len(replayed) == 5 and {r["member"] for r in replayed} == {best}
-    by_key = {(r["member"], r["generation"]): r for r in history}
-    kinds = [by_key[(best, r["generation"] - 1)].get("mutation", {}).get("kind") for r in replayed[1:]]
+    by_key = {(r["member"], step_of(r)): r for r in history}
+    kinds = [by_key[(best, step_of(r) - 1)].get("mutation", {}).get("kind") for r in replayed[1:]]
     assert {"arch", "weights"} & set(kinds), kinds  # the lineage grew or was perturbed on the way
     assert len({r["hparams"]["net_arch"] for r in replayed}) >= 2  # and changed size
     for r in replayed:
-        assert r["fitness"] == r["pbt_fitness"], (r["generation"], r["fitness"], r["pbt_fitness"])
-        assert r["hparams"]["net_arch"] == by_key[(best, r["generation"])]["hparams"]["net_arch"]
+        assert r["fitness"] == r["pbt_fitness"], (step_of(r), r["fitness"], r["pbt_fitness"])
+        assert r["hparams"]["net_arch"] == by_key[(best, step_of(r))]["hparams"]["net_arch"]

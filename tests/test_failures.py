@@ -3,6 +3,7 @@
 import json
 import time
 
+from evo_mpi.records import step_of
 from helpers import TINY, history_without_rank, launch, read_history
 
 
@@ -22,7 +23,7 @@ def test_error_outside_a_members_training_ends_every_rank_with_a_report(tmp_path
     assert err.count("failed while") == 1  # one report, from the failing rank
     assert "rank 1 failed while writing the checkpoint of generation 1" in (run_dir / "errors.log").read_text()
     # the generations finished before the crash are on disk and intact
-    assert [r["generation"] for r in read_history(run_dir)] == [0, 0, 1, 1]
+    assert [step_of(r) for r in read_history(run_dir)] == [0, 0, 1, 1]
 
 
 def test_an_env_that_cannot_be_rebuilt_costs_its_member_not_the_run(tmp_path):
@@ -33,7 +34,7 @@ def test_an_env_that_cannot_be_rebuilt_costs_its_member_not_the_run(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     history = read_history(run_dir)
-    failed = [(r["generation"], r["member"], r["failure"]["phase"]) for r in history if "failure" in r]
+    failed = [(step_of(r), r["member"], r["failure"]["phase"]) for r in history if "failure" in r]
     assert failed == [(1, 1, "training"), (2, 1, "rebuilding envs")]
     assert all(r["fitness"] is not None for r in history if r["member"] == 0)
     log = (run_dir / "errors.log").read_text()
@@ -60,11 +61,11 @@ def test_nan_member_is_ranked_last_replaced_and_reported(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     history = read_history(run_dir)
-    gen0 = {r["member"]: r for r in history if r["generation"] == 0}
+    gen0 = {r["member"]: r for r in history if step_of(r) == 0}
     assert gen0[2]["fitness"] is None  # member 2 (rank 1's first) got NaN rewards and diverged
     assert gen0[2]["parent"] in (0, 1, 3) and gen0[2]["parent"] is not None
     assert "warning: generation 0: diverged (non-finite weights) for member(s) [2]" in out, out
     assert gen0[2]["fitness_missing"] == "diverged"  # not "no completed episode yet"
-    later = [r for r in history if r["generation"] > 0]
+    later = [r for r in history if step_of(r) > 0]
     assert all(r["fitness"] is not None for r in later)  # replaced by a healthy copy; the run went on
     assert len(history_without_rank(run_dir)) == 3 * 4

@@ -9,6 +9,7 @@ import pytest
 
 from evo_mpi.config import Config
 from evo_mpi.decision import View, donors
+from evo_mpi.records import step_of
 from evo_mpi.selection import Held, exploit_margin, spread
 from helpers import cartpole_args, read_history, run_evo
 
@@ -74,8 +75,8 @@ def test_a_failed_member_copies_whatever_the_margin():
 def _check_sync_history(history: list[dict]) -> tuple[int, int]:
     """Every copy clears the margin, every held loser does not, by the generation's own fitness; (copies, held)."""
     copies = held = 0
-    for g in sorted({r["generation"] for r in history}):
-        rows = {r["member"]: r for r in history if r["generation"] == g}
+    for g in sorted({step_of(r) for r in history}):
+        rows = {r["member"]: r for r in history if step_of(r) == g}
         fit = [rows[m]["fitness"] for m in sorted(rows)]
         sd = _sd(fit)
         for m, r in rows.items():
@@ -108,7 +109,7 @@ def test_the_margin_holds_in_every_async_history_row(tmp_path):
     args += ["--mode", "async", "--exploit-margin-std", str(K), "--exploit-margin-abs", str(A)]
     run_evo([*args, "--run-dir", str(tmp_path / "a")], None)
     history = read_history(tmp_path / "a")
-    by_key = {(r["member"], r["generation"]): r for r in history}
+    by_key = {(r["member"], step_of(r)): r for r in history}
     copies = held = 0
     for r in history:
         # the decision saw each member's record at interval seen[i] (-1: none yet)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from evo_mpi import seeding
+from evo_mpi.records import step_of
 from helpers import launch, no_rank_left, read_history, run_evo, wait_for_line
 
 SEED, STEPS, GENERATIONS = 7, 256, 5
@@ -72,15 +73,15 @@ def test_sync_failure_costs_one_member_which_copies_a_donor(sync_runs):
     healthy, alone, stdout = sync_runs
     history = read_history(alone)
     (record,) = failure_records(history)  # the rebuilt env does not fail again
-    assert (record["member"], record["generation"]) == (FAILING, FAIL_GENERATION)
+    assert (record["member"], step_of(record)) == (FAILING, FAIL_GENERATION)
     assert record["failure"]["type"] == "RuntimeError"
     assert f"simulated env bug at step {FAIL_STEP}" in record["failure"]["message"]
     assert record["failure"]["phase"] == "training"
     assert record["fitness"] is None and record["fitness_missing"] == "failed"
     assert record["parent"] not in (None, FAILING)  # it copied a healthy donor at the decision
     lineage = [json.loads(line) for line in (alone / "lineage.jsonl").read_text().splitlines()]
-    assert any(r["loser"] == FAILING and r["generation"] == FAIL_GENERATION for r in lineage)
-    later = [r for r in history if r["member"] == FAILING and r["generation"] > FAIL_GENERATION]
+    assert any(r["loser"] == FAILING and step_of(r) == FAIL_GENERATION for r in lineage)
+    later = [r for r in history if r["member"] == FAILING and step_of(r) > FAIL_GENERATION]
     assert later and all(r["fitness"] is not None for r in later)
     assert f"warning: generation {FAIL_GENERATION}: member {FAILING} failed while training: RuntimeError" in stdout
     assert "failed 1 (run 1)" in stdout
@@ -88,8 +89,8 @@ def test_sync_failure_costs_one_member_which_copies_a_donor(sync_runs):
     assert f"member {FAILING} on rank 0 failed in generation {FAIL_GENERATION} while training" in errors
     assert "Traceback (most recent call last)" in errors and "simulated env bug" in errors
     # every record before the failure equals the run without the failing env
-    before = [r for r in history if r["generation"] < FAIL_GENERATION]
-    assert before and before == [r for r in read_history(healthy) if r["generation"] < FAIL_GENERATION]
+    before = [r for r in history if step_of(r) < FAIL_GENERATION]
+    assert before and before == [r for r in read_history(healthy) if step_of(r) < FAIL_GENERATION]
     assert history != read_history(healthy)
     # the run finished: champion among members that did not fail last, failures counted
     assert (alone / "best.zip").exists() and len(list((alone / "final").glob("member_*.zip"))) == 4
@@ -128,7 +129,7 @@ def test_more_failures_than_max_failures_stop_with_healthy_models_then_a_fixed_r
     assert not (run_dir / "best.zip").exists()
     finals = sorted(p.name for p in (run_dir / "final").glob("member_*.zip"))
     assert finals == ["member_00.zip", "member_02.zip", "member_03.zip"]  # not the member that failed
-    assert [r["generation"] for r in failure_records(read_history(run_dir))] == [FAIL_GENERATION]
+    assert [step_of(r) for r in failure_records(read_history(run_dir))] == [FAIL_GENERATION]
     # the bug fixed, resume: the failing generation runs again from the checkpoint before it, as if it never failed
     resumed = launch(["--resume", str(run_dir)], None, {"EVO_TEST_FIXED": "1"})
     _, err = resumed.communicate(timeout=240)
@@ -167,7 +168,7 @@ def test_async_failure_costs_one_member_which_copies_a_donor(tmp_path, n):
     run_dir, proc = run(tmp_path, "flaky", [*base("async", 4), *layout(n), *fail(FAILING)], n)
     history = read_history(run_dir)
     (record,) = failure_records(history)
-    assert (record["member"], record["generation"]) == (FAILING, FAIL_GENERATION)
+    assert (record["member"], step_of(record)) == (FAILING, FAIL_GENERATION)
     assert record["fitness"] is None and record["fitness_missing"] == "failed"
     assert record["parent"] not in (None, FAILING)
     assert len(history) == 4 * 4 and (run_dir / "best.zip").exists()
@@ -184,7 +185,7 @@ def test_a_custom_members_failure_is_isolated_and_it_recovers(tmp_path):
     args += ["--search-space", "batch_size=choice:32,64", "--search-space", "weight_decay=const:0.0"]
     run_dir, proc = run(tmp_path, "custom", args)
     (record,) = failure_records(read_history(run_dir))
-    assert (record["member"], record["generation"]) == (1, 1)
+    assert (record["member"], step_of(record)) == (1, 1)
     assert record["failure"] == {
         "type": "ValueError",
         "message": "simulated validation bug in member 1",
@@ -206,13 +207,13 @@ def test_a_member_whose_rebuild_fails_tries_again_before_it_next_trains(tmp_path
     monkeypatch.setenv("EVO_TEST_REBUILDS_FAIL", "1")
     run_dir, proc = run(tmp_path, mode, [*CUSTOM, "--generations", "4", "--mode", mode])
     (record,) = failure_records(read_history(run_dir))  # the failed rebuild is not a second failure
-    assert (record["member"], record["generation"], record["failure"]["phase"]) == (1, 1, "measuring fitness")
+    assert (record["member"], step_of(record), record["failure"]["phase"]) == (1, 1, "measuring fitness")
     unit = "interval" if mode == "async" else "generation"
     errors = (run_dir / "errors.log").read_text()
     assert f"member 1 on rank 0 could not rebuild its envs after its failure in {unit} 1" in errors
     assert "OSError: simulated rebuild bug 1 in member 1 (step 1)" in errors
     assert "test: member 1 recovered after step 2" in proc.stdout  # the retry, before interval/generation 2
-    later = [r for r in read_history(run_dir) if r["member"] == 1 and r["generation"] >= 2]
+    later = [r for r in read_history(run_dir) if r["member"] == 1 and step_of(r) >= 2]
     assert later and all(r["fitness"] is not None for r in later)
     assert (run_dir / "best.zip").exists()
 
@@ -224,7 +225,7 @@ def test_a_member_that_can_never_be_rebuilt_fails_each_generation_until_max_fail
     args = [*CUSTOM, "--generations", "6", "--max-failures", "2"]
     run_dir, proc = run(tmp_path, "never", args, check=False)
     assert proc.returncode == 3, proc.stderr
-    failed = [(r["generation"], r["member"], r["failure"]["phase"]) for r in failure_records(read_history(run_dir))]
+    failed = [(step_of(r), r["member"], r["failure"]["phase"]) for r in failure_records(read_history(run_dir))]
     assert failed == [(1, 1, "measuring fitness"), (2, 1, "rebuilding envs"), (3, 1, "rebuilding envs")]
     assert "3 member failure(s) so far, more than --max-failures 2" in proc.stdout
     assert sorted(p.name for p in (run_dir / "final").glob("member_*.zip")) == [

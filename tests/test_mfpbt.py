@@ -10,6 +10,7 @@ import pytest
 from evo_mpi.config import Config
 from evo_mpi.decision import View, donors
 from evo_mpi.mfpbt import check, evolving, plan
+from evo_mpi.records import step_of
 from helpers import (
     cartpole_args,
     check_pngs,
@@ -125,8 +126,8 @@ def _check_plot_colours(run_dir) -> None:
 
 def _check_the_rule(history: list[dict]) -> None:
     """What the history shows: who evolved when, and which hyperparameters each copy continued with."""
-    rows = {(r["generation"], r["member"]): r for r in history}
-    generations = sorted({r["generation"] for r in history})
+    rows = {(step_of(r), r["member"]): r for r in history}
+    generations = sorted({step_of(r) for r in history})
     migrants = 0
     for g in generations[:-1]:
         slow_due = (g + 1) % 3 == 0

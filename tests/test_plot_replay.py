@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from evo_mpi.lineage import HistoryError, ancestry, best_member, chain, latest_best, read_history, schedule, tabulate
+from evo_mpi.records import step_of
 from helpers import ROOT, TINY, check_pngs, child_env, run_evo, run_module
 
 POPULATION = 4
@@ -140,7 +141,7 @@ def test_replay_follows_the_schedule(run_dir, tmp_path, choose):
     assert saved["schedule"] == expected
     assert [tuple(x) for x in saved["ancestry"]] == ancestry(records, member)
     replayed = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
-    assert [r["generation"] for r in replayed] == list(range(GENERATIONS))
+    assert [step_of(r) for r in replayed] == list(range(GENERATIONS))
     assert [r["hparams"] for r in replayed] == expected
     # same seed, same member streams, same schedule: the lineage is re-created exactly until it first moved
     # slots (envs belong to slots, so after a move the run continued in the loser slot's running episodes)
@@ -183,7 +184,7 @@ def test_missing_run_dir_or_empty_history_exits_2(tmp_path, module):
 
 
 def test_chain_of_a_sync_history_is_its_ancestry():
-    records = [r for r in hand_history() if r["generation"] < 4]
+    records = [r for r in hand_history() if step_of(r) < 4]
     for m in range(4):
         assert chain(records, m) == ancestry(records, m)
 
@@ -209,7 +210,7 @@ def test_chain_follows_donors_at_other_intervals():
     assert latest_best(ASYNC) == 2  # latest records: 4.5, 5.0, 6.0
     assert latest_best([*ASYNC, async_record(1, 2, 6.0)]) == 1  # a tie goes to the lower id
     with pytest.raises(HistoryError, match="lacks member 1's record of interval 0"):
-        chain([r for r in ASYNC if (r["member"], r["generation"]) != (1, 0)], 2)
+        chain([r for r in ASYNC if (r["member"], step_of(r)) != (1, 0)], 2)
     with pytest.raises(HistoryError, match="member 5 has no record"):
         chain(ASYNC, 5)
 
@@ -234,7 +235,7 @@ def test_plot_and_replay_of_an_async_run(async_run_dir, tmp_path):
     replayed = [json.loads(line) for line in open(out / "history.jsonl")]
     nodes = chain(records, member)
     assert len(replayed) == len(nodes) and nodes[-1] == (
-        max(r["generation"] for r in records if r["member"] == member),
+        max(step_of(r) for r in records if r["member"] == member),
         member,
     )
     # one process, the run's seed and threads: the replay re-creates the lineage's fitness exactly until the
@@ -242,4 +243,4 @@ def test_plot_and_replay_of_an_async_run(async_run_dir, tmp_path):
     stay = _until_first_move(nodes)
     assert 1 <= stay < len(nodes)
     assert [r["fitness"] for r in replayed][:stay] == [r["pbt_fitness"] for r in replayed][:stay]
-    assert [(r["generation"], r["member"]) for r in replayed] == nodes
+    assert [(step_of(r), r["member"]) for r in replayed] == nodes

@@ -6,6 +6,7 @@ import signal
 
 import numpy as np
 
+from evo_mpi.records import step_of
 from evo_mpi.selection import select
 from helpers import cartpole_args, launch, read_history, run_evo, wait_for_line
 
@@ -32,8 +33,8 @@ def _ready_violations(history: list[dict], ready_after: int) -> list[tuple[int, 
     """(generation, loser, donor) of every exploit where either had trained < ready_after steps since its last copy."""
     last = {}  # member -> generation of its last exploit (absent: never, counts from the start)
     bad = []
-    for g in sorted({r["generation"] for r in history}):
-        recs = [r for r in history if r["generation"] == g]
+    for g in sorted({step_of(r) for r in history}):
+        recs = [r for r in history if step_of(r) == g]
         for r in recs:
             if r["parent"] is None:
                 continue
@@ -55,7 +56,7 @@ def test_ready_after_holds_in_the_history_and_resumes_exactly(tmp_path):
     gated = read_history(gated_dir)
     assert _ready_violations(gated, 3 * STEPS) == []
     assert any(r["parent"] is not None for r in gated)  # exploits still happen once members are ready
-    assert all(r["parent"] is None for r in gated if r["generation"] < 2)  # (g + 1) * 256 < 768
+    assert all(r["parent"] is None for r in gated if step_of(r) < 2)  # (g + 1) * 256 < 768
     # stop mid-run, resume: the same history (last exploits are in the checkpoint)
     stopped = tmp_path / "stopped"
     proc = launch([*base, "--ready-after", str(3 * STEPS), "--run-dir", str(stopped)], None)
@@ -75,7 +76,7 @@ def _run(args: list[str], run_dir):
 def _since(history: list[dict]) -> list[tuple[dict, int]]:
     """Each async record with its member's steps since its last exploit, rebuilt from the history."""
     out, copied_at = [], {}
-    for r in sorted(history, key=lambda r: (r["member"], r["generation"])):
+    for r in sorted(history, key=lambda r: (r["member"], step_of(r))):
         out.append((r, r["timesteps"] - copied_at.get(r["member"], 0)))
         if r["parent"] is not None:
             copied_at[r["member"]] = r["timesteps"]
@@ -89,14 +90,14 @@ def _async_ready_violations(history: list[dict], ready_after: int) -> list[tuple
     minus its ``timesteps`` at its last record with a ``parent``; the donor's are read at the record the
     decision saw (``seen``).
     """
-    since = {(r["member"], r["generation"]): steps for r, steps in _since(history)}
+    since = {(r["member"], step_of(r)): steps for r, steps in _since(history)}
     bad = []
     for r in history:
         if r["parent"] is None:
             continue
         donor_seen = (r["parent"], r["seen"][r["parent"]])
-        if since[(r["member"], r["generation"])] < ready_after or since[donor_seen] < ready_after:
-            bad.append((r["generation"], r["member"], r["parent"]))
+        if since[(r["member"], step_of(r))] < ready_after or since[donor_seen] < ready_after:
+            bad.append((step_of(r), r["member"], r["parent"]))
     return bad
 
 

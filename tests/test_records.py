@@ -1,12 +1,13 @@
 """History and lineage rows as types: one NaN <-> null codec, rows of older versions stay readable."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-from evo_mpi.records import Failure, HistoryRow, IntervalFields, LineageRow, dumps, finite, number
+from evo_mpi.records import Failure, HistoryRow, IntervalFields, LineageRow, dumps, finite, number, step_of
 
 DATA = Path(__file__).resolve().parents[1] / "docs" / "data"
 #: Committed runs written by older versions: a sync PBT run, an async one (2026-12-03, before
@@ -31,15 +32,21 @@ def test_rows_written_by_older_versions_read_back_and_write_the_same_fields(run)
         assert (row.step, row.member) == (data["generation"], data["member"])
         assert row.fitness == data["fitness"] or (data["fitness"] is None and math.isnan(row.fitness))
         out = row.to_json()
-        assert {k: out[k] for k in data} == data  # every field it had, unchanged
+        if row.async_fields is not None:  # async rows name their index interval since 2026-12-05
+            data = {RENAMED.get(k, k): v for k, v in data.items()}
+        assert {k: out[k] for k in data} == data  # every field it had, unchanged (async: renamed)
         assert set(out) - set(data) <= {"since_exploit"}  # an old async row gains only since_exploit: null
+
+
+#: Async history rows' names since 2026-12-05 for what earlier versions called generation.
+RENAMED = {"generation": "interval", "parent_generation": "parent_interval"}
 
 
 def test_an_old_async_row_has_no_since_exploit_and_counts_as_ready():
     data = _lines(OLD_RUNS[1] / "history.jsonl")[0]
     assert "since_exploit" not in data
     row = HistoryRow.from_json(data)
-    assert row.interval is not None and row.fields.since_exploit is None
+    assert row.async_fields is not None and row.fields.since_exploit is None
     assert row.fields.delta != row.fields.delta  # null delta -> NaN
 
 
@@ -67,13 +74,17 @@ def test_the_strict_policy_refuses_a_nan_left_unconverted():
 
 def test_an_async_row_writes_its_exploit_fields_null_until_it_exploits():
     fields = IntervalFields(wall=1.0, unix=2.0, lengths=[5], delta=math.nan, since_exploit=64, seen=[0, -1])
-    row = HistoryRow(step=0, member=0, rank=0, timesteps=64, fitness=1.5, hparams={}, returns=[1.5], interval=fields)
+    row = HistoryRow(
+        step=0, member=0, rank=0, timesteps=64, fitness=1.5, hparams={}, returns=[1.5], async_fields=fields
+    )
     out = row.to_json()
-    assert (out["parent"], out["parent_generation"], out["parent_fitness"], out["delta"]) == (None, None, None, None)
+    assert out["interval"] == 0 and "generation" not in out  # an async row's index has its own name
+    assert (out["parent"], out["parent_interval"], out["parent_fitness"], out["delta"]) == (None, None, None, None)
     copy = row.replace(parent=1)
     copy.fields.parent_step, copy.fields.parent_fitness = 4, 9.0
     assert row.fields.parent_step is None  # the copy's async fields are its own
-    assert (copy.to_json()["parent_generation"], copy.to_json()["parent_fitness"]) == (4, 9.0)
+    assert (copy.to_json()["parent_interval"], copy.to_json()["parent_fitness"]) == (4, 9.0)
+    assert HistoryRow.from_json(copy.to_json()).fields.parent_step == 4
     with pytest.raises(ValueError, match="sync row"):
         _ = HistoryRow(step=0, member=2, rank=0, timesteps=0, fitness=0.0, hparams={}, returns=[]).fields
 
@@ -83,14 +94,22 @@ def test_an_async_row_writes_its_exploit_fields_null_until_it_exploits():
     [  # a sync exploit with a mutation and MF-PBT's source; an async one with the donor's interval
         {"generation": 4, "loser": 3, "winner": 0, "timesteps": 2048, "loser_fitness": None, "winner_fitness": 12.5,
          "old_hparams": {"lr": 0.1}, "new_hparams": {"lr": 0.12}, "mutation": {"kind": "grow"}, "hparams_from": 1},
-        {"generation": 7, "loser": 2, "winner": 5, "winner_generation": 6, "timesteps": 4096, "loser_fitness": -3.0,
+        {"interval": 7, "loser": 2, "winner": 5, "winner_interval": 6, "timesteps": 4096, "loser_fitness": -3.0,
          "winner_fitness": 8.0, "old_hparams": {}, "new_hparams": {"n_epochs": 3}},
     ],
 )  # fmt: skip
 def test_lineage_rows_read_and_write_every_field(data):
     row = LineageRow.from_json(data)
     assert row.to_json() == data
-    assert (row.step, row.loser, row.winner) == (data["generation"], data["loser"], data["winner"])
+    assert (row.step, row.loser, row.winner) == (step_of(data), data["loser"], data["winner"])
+
+
+def test_an_async_lineage_row_of_an_earlier_version_reads_its_generation_as_the_interval():
+    old = {"generation": 7, "loser": 2, "winner": 5, "winner_generation": 6, "timesteps": 4096,
+           "loser_fitness": -3.0, "winner_fitness": 8.0, "old_hparams": {}, "new_hparams": {}}  # fmt: skip
+    row = LineageRow.from_json(old)
+    assert (row.step, row.winner_step) == (7, 6)
+    assert (row.to_json()["interval"], row.to_json()["winner_interval"]) == (7, 6)
 
 
 def _documented(section: str) -> set[str]:
@@ -105,11 +124,14 @@ def test_the_outputs_reference_documents_exactly_the_fields_rows_write():
     row = HistoryRow(
         step=0, member=0, rank=0, timesteps=64, fitness=math.nan, hparams={}, returns=[], parent=1,
         fitness_missing="failed", objectives=[], mutation={"kind": "arch"}, held={"donor": 1}, hparams_from=2,
-        failure=Failure("E", "m", "training"), target_reached=True, interval=fields,
+        failure=Failure("E", "m", "training"), target_reached=True, async_fields=fields,
     )  # fmt: skip
-    assert _documented("history.jsonl") == set(row.to_json())
+    sync_row = row.replace(async_fields=None)
+    assert _documented("history.jsonl") == set(row.to_json()) | set(sync_row.to_json())
+    assert set(row.to_json()) ^ set(sync_row.to_json()) == {"generation", "interval"} | set(fields.to_json(True))
     lineage = LineageRow(1, 2, 3, 64, 1.0, 2.0, {}, {}, winner_step=0, mutation={"kind": "arch"}, hparams_from=3)
-    assert _documented("lineage.jsonl") == set(lineage.to_json())
+    sync_lineage = dataclasses.replace(lineage, winner_step=None)
+    assert _documented("lineage.jsonl") == set(lineage.to_json()) | set(sync_lineage.to_json())
 
 
 def test_every_committed_champion_json_reads_as_a_report_and_writes_its_fields_back():

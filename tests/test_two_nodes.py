@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from evo_mpi.records import step_of
 from helpers import child_env, mpiexec
 from slurm_cluster import alive
 from slurm_jobs import (
@@ -117,7 +118,7 @@ def cross_node_lower_bound(run_dir: Path, host_of_rank: dict[int, str], per_stat
     """
     lineage = [json.loads(line) for line in open(run_dir / "lineage.jsonl", encoding="utf-8") if line.strip()]
     crossing = {
-        (rec["generation"], rec["winner"])
+        (step_of(rec), rec["winner"])
         for rec in lineage
         if host_of_rank[rec["winner"]] != host_of_rank[rec["loser"]]  # one member per rank
     }
@@ -270,7 +271,7 @@ def test_async_job_on_two_nodes_serves_snapshots_while_training(cluster, tmp_pat
     assert sorted(set(host.values())) == ["node1", "node2"], placement
     history = read_history(run_dir)
     assert len(history) == 4 * 8 and sum(r["timesteps"] for r in history) >= 4 * 8 * 256
-    records = {(r["member"], r["generation"]): r for r in history}
+    records = {(r["member"], step_of(r)): r for r in history}
     served = [
         json.loads(line)
         for path in sorted((run_dir / "timings").glob("rank_*.jsonl"))

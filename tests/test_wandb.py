@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from evo_mpi.records import step_of
 from helpers import ROOT, TINY, child_env, mpiexec, read_history
 
 wandb = pytest.importorskip("wandb", reason="wandb is in the test extra: pip install -e '.[mpich,test]'")
@@ -56,7 +57,7 @@ def test_offline_run_writes_population_and_member_scalars(tmp_path):
     history = read_history(run_dir)
     assert sorted(logged) == [0, 1, 2]
     for g, items in logged.items():
-        records = {r["member"]: r for r in history if r["generation"] == g}
+        records = {r["member"]: r for r in history if step_of(r) == g}
         assert items["population/best_fitness"] == max(r["fitness"] for r in records.values())
         assert items["population/exploits"] == sum(r["parent"] is not None for r in records.values())
         for m, record in records.items():
