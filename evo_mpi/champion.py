@@ -99,7 +99,7 @@ class ChampionReport:
 
     Attributes:
         member: The champion (the member in ``best.zip``).
-        pick: :data:`PICK_EVAL` or :data:`PICK_TRAINING` (no evaluation, or every candidate's failed).
+        pick: ``final_eval``, or ``training_fitness`` (no evaluation, or every candidate's failed).
         seeds: The evaluation episodes' reset seeds (empty: no evaluation).
         top: ``final_eval_top``.
         final_fitness: The champion's last training fitness (NaN: missing).
@@ -128,7 +128,7 @@ class ChampionReport:
 
     @property
     def episodes(self) -> int:
-        """Evaluation episodes per candidate (0: no evaluation)."""
+        """How many evaluation episodes each candidate had; none without an evaluation."""
         return len(self.seeds)
 
     def row(self, member: int) -> Candidate | None:
