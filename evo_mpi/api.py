@@ -31,7 +31,7 @@ from .comm import Comm, launcher_mismatch
 from .config import Config, ConfigError, zoo
 from .episodes import EpisodeRecord
 from .records import step_of
-from .status import Callback, GenerationSummary, Status
+from .status import Callback, GenerationSummary, RunContext, Status
 
 #: Signals that stop a run at the next env step with a resumable checkpoint.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -354,15 +354,16 @@ def execute(
         return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
     placement = _set_threads(comm, cfg, say)
     device, devices = _place_device(comm, cfg, say)
-    options: dict[str, Any] = {
-        "echo": say,
-        "should_stop": should_stop,
-        "env_factory": env_factory,
-        "member_factory": member_factory,
-        "deadline": None if cfg.time_limit_s is None else launched + cfg.time_limit_s,
-        "device": device,
-    }
-    return _run_engine(comm, plan, placement, devices, callback, report_failures, options)
+    ctx = RunContext(
+        echo=say,
+        should_stop=should_stop,
+        env_factory=env_factory,
+        member_factory=member_factory,
+        callback=callback,
+        deadline=None if cfg.time_limit_s is None else launched + cfg.time_limit_s,
+        device=device,
+    )
+    return _run_engine(comm, plan, placement, devices, report_failures, ctx)
 
 
 def _refuse_async_callback(cfg: Config, callback: Callback | None) -> None:
@@ -381,16 +382,12 @@ def _run_engine(
     plan: Plan,
     placement: Placement,
     devices: Sequence[Mapping[str, Any]],
-    callback: Callback | None,
     report_failures: bool,
-    options: dict[str, Any],
+    ctx: RunContext,
 ) -> Result:
-    """Rank 0 opens the run dir, every rank runs the engine; an unexpected error is reported and aborts the job.
-
-    ``options`` are the engine's keyword arguments shared by both modes (``echo`` is rank 0's ``say``).
-    """
+    """Rank 0 opens the run dir, every rank runs the engine; an unexpected error is reported and aborts the job."""
     assert plan.cfg is not None
-    cfg, run_dir, say = plan.cfg, plan.run_dir, options["echo"]
+    cfg, run_dir, say = plan.cfg, plan.run_dir, ctx.echo
     # imported here, not at the top: the engines import torch and SB3, which `import evo_mpi`,
     # --print-config and configuration errors must not wait for
     from .async_engine import AsyncEngine
@@ -403,9 +400,9 @@ def _run_engine(
             _open_run_dir(comm.size, plan, placement, say, devices)
         comm.barrier()
         if cfg.mode == "async":
-            engine = AsyncEngine(cfg, comm, run_dir, resuming=plan.resuming, **options)
+            engine = AsyncEngine(cfg, comm, run_dir, ctx, resuming=plan.resuming)
         else:
-            engine = Engine(cfg, comm, run_dir, resume_from=plan.resume_from, callback=callback, **options)
+            engine = Engine(cfg, comm, run_dir, ctx, resume_from=plan.resume_from)
         status = engine.run()
         engine.close()
         if status == INTERRUPTED:

@@ -18,9 +18,9 @@ bit-reproducible; with several ranks the order of events depends on timing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,12 +34,11 @@ from .fitness import fitness_call, mean_finite, missing_fitness_lines, missing_r
 from .lineage import read_history
 from .outputs import async_progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation
-from .protocol import MemberFactory
 from .records import Failure, HistoryRow, IntervalFields, LineageRow
 from .run_log import trim_to_steps
 from .scheduler import torch_threads
 from .space import Value
-from .status import Status
+from .status import RunContext, Status
 from .step import Seen
 
 
@@ -47,19 +46,11 @@ class AsyncEngine(AsyncMail):
     """Runs asynchronous PBT for one rank's members."""
 
     def __init__(
-        self,
-        cfg: Config,
-        comm: Comm,
-        run_dir: str,
-        echo: Callable[[str], None] = print,
-        should_stop: Callable[[], bool] = lambda: False,
-        resuming: bool = False,
-        env_factory: Callable[..., Any] | None = None,
-        member_factory: MemberFactory | None = None,
-        deadline: float | None = None,
-        device: str = "cpu",
+        self, cfg: Config, comm: Comm, run_dir: str, ctx: RunContext | None = None, resuming: bool = False
     ) -> None:
-        super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, None, member_factory, deadline, device)
+        """``resuming``: every member continues from its own last checkpoint (if it has one)."""
+        no_callback = dataclasses.replace(ctx or RunContext(), callback=None)  # no generations to call back
+        super().__init__(cfg, comm, run_dir, no_callback)
         #: The budget in intervals of ``steps_per_generation`` steps: the same total as sync mode.
         self.budget = self.population * cfg.generations
         #: The newest record of every member this rank knows: what it decides with (its own members' are

@@ -26,11 +26,10 @@ from .decision import Choice, held_record, observe
 from .fitness import fitness_call, mean_finite, missing_fitness_lines
 from .outputs import progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation
-from .protocol import MemberFactory
 from .records import Failure, HistoryRow, LineageRow
 from .scheduler import torch_threads
 from .space import Value
-from .status import Callback, GenerationSummary, Status
+from .status import GenerationSummary, RunContext, Status
 from .step import Seen, start_fitness
 from .sync_exchange import SyncExchange
 from .table import FitnessTable
@@ -75,20 +74,10 @@ class Engine(SyncExchange):
     """Runs PBT for one rank's members, in lockstep with the other ranks (``--mode sync``)."""
 
     def __init__(
-        self,
-        cfg: Config,
-        comm: Comm,
-        run_dir: str,
-        echo: Callable[[str], None] = print,
-        should_stop: Callable[[], bool] = lambda: False,
-        resume_from: int | None = None,
-        env_factory: Callable[..., Any] | None = None,
-        callback: Callback | None = None,
-        member_factory: MemberFactory | None = None,
-        deadline: float | None = None,
-        device: str = "cpu",
+        self, cfg: Config, comm: Comm, run_dir: str, ctx: RunContext | None = None, resume_from: int | None = None
     ) -> None:
-        super().__init__(cfg, comm, run_dir, echo, should_stop, env_factory, callback, member_factory, deadline, device)
+        """``resume_from``: the generation whose checkpoint the run continues from (None: a fresh start)."""
+        super().__init__(cfg, comm, run_dir, ctx)
         #: Each member's fitness when its current generation started (the winner's after an exploit).
         self.start_fitness = np.full(self.population, math.nan)
         #: PB2's data: (generation, hparams, fitness change) of every member interval with finite ends.

@@ -27,7 +27,7 @@ from .protocol import MemberFactory, PBTMember, Recovers, SharesExperience
 from .resolvers import resolve_member
 from .run_log import NullLog, RunLog
 from .space import Prior, Value, format_arch, parse_space, sample_hparams
-from .status import Callback, Status
+from .status import RunContext, Status
 from .step import PBTStep
 
 T = TypeVar("T")
@@ -48,38 +48,27 @@ def initial_hparams(cfg: Config, space: Mapping[str, Prior], population: int) ->
 class EngineBase(FinalModels):
     """What both modes share: the rank's members, the start-up layout check, output files, final models."""
 
-    def __init__(
-        self,
-        cfg: Config,
-        comm: Comm,
-        run_dir: str,
-        echo: Callable[[str], None] = print,
-        should_stop: Callable[[], bool] = lambda: False,
-        env_factory: Callable[..., Any] | None = None,
-        callback: Callback | None = None,
-        member_factory: MemberFactory | None = None,
-        deadline: float | None = None,
-        device: str = "cpu",
-    ) -> None:
+    def __init__(self, cfg: Config, comm: Comm, run_dir: str, ctx: RunContext | None = None) -> None:
+        ctx = ctx or RunContext()
         self.cfg = cfg
         #: The torch device of this rank's SB3 members (``--device`` resolved for this rank).
-        self.device = device
+        self.device = ctx.device
         #: ``time.monotonic()`` by which this launch must have written its final models (``--time-limit``).
-        self.deadline = deadline
-        self.callback = callback
-        self.should_stop = should_stop
+        self.deadline = ctx.deadline
+        self.callback = ctx.callback
+        self.should_stop = ctx.should_stop
         self.comm = comm
         self.run_dir = run_dir
-        self.echo = echo if comm.rank == 0 else (lambda _line: None)
+        self.echo = ctx.echo if comm.rank == 0 else (lambda _line: None)
         self.population = comm.size * cfg.agents_per_rank
         self.space = parse_space(cfg.space_specs)
         self.hparams = initial_hparams(cfg, self.space, self.population)
         self.local_ids = list(range(comm.rank * cfg.agents_per_rank, (comm.rank + 1) * cfg.agents_per_rank))
         #: The user's env factory (None: ``cfg.env_id``); the final evaluation builds its env with it.
-        self.env_factory = env_factory
+        self.env_factory = ctx.env_factory
         self.activity = "creating members"
         self.members: dict[int, PBTMember] = {}
-        self._build_members(member_factory)
+        self._build_members(ctx.member_factory)
         self._note_episode_length()
         #: --share-experience: the local members as sharers (checked once, here, not at every use).
         self.sharers = self._sharers() if cfg.share_experience else {}

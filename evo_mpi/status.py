@@ -1,4 +1,5 @@
-"""What the engines report to the API: how a run ended, and a generation's summary for the callback.
+"""What the API and the engines hand each other: how a run ended, a generation's summary for the
+callback, and what a launch gives a scheduler besides the configuration (:class:`RunContext`).
 
 A leaf module (standard library only), so that :mod:`evo_mpi.engine` and
 :mod:`evo_mpi.async_engine` need not import :mod:`evo_mpi.api`, which runs them.
@@ -10,7 +11,10 @@ import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .protocol import MemberFactory
 
 
 class Status(str, enum.Enum):
@@ -71,3 +75,31 @@ class GenerationSummary:
 Callback = Callable[[GenerationSummary], "bool | None"]
 
 __all__ = ["Callback", "GenerationSummary", "Status"]
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a launch hands a scheduler besides the configuration: the same for both modes.
+
+    Attributes:
+        echo: Where rank 0's lines go (the other ranks' are dropped).
+        should_stop: Polled between and inside steps: True once a stop signal arrived.
+        env_factory: The user's env factory (None: ``cfg.env_id``); the final evaluation builds its env with it.
+        member_factory: The user's member factory (None: ``--member`` or the SB3 adapter).
+        callback: Sync mode's per-generation callback (async mode has none).
+        deadline: ``time.monotonic()`` by which the launch must have written its final models (``--time-limit``).
+        device: The torch device of this rank's SB3 members (``--device`` resolved for this rank).
+
+    """
+
+    echo: Callable[[str], None] = print
+    should_stop: Callable[[], bool] = _never
+    env_factory: Callable[..., Any] | None = None
+    member_factory: MemberFactory | None = None
+    callback: Callback | None = None
+    deadline: float | None = None
+    device: str = "cpu"

@@ -58,9 +58,11 @@ def test_time_limit_reserves_the_final_evaluation(tmp_path):
     from evo_mpi.comm import Comm
     from evo_mpi.config import Config
     from evo_mpi.engine import Engine
+    from evo_mpi.status import RunContext
 
     cfg = Config(agents_per_rank=3, n_envs=2, n_steps=64, steps_per_generation=128, generations=1)
-    engine = Engine(replace(cfg, final_eval_episodes=5, final_eval_top=2), Comm(), str(tmp_path), echo=print)
+    cfg = replace(cfg, final_eval_episodes=5, final_eval_top=2)
+    engine = Engine(cfg, Comm(), str(tmp_path), RunContext(echo=print))
     try:
         engine.last_fitness = np.array([1.0, math.nan, 3.0])
         assert engine._final_candidates_here() == [2, 0]
