@@ -31,21 +31,19 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from . import algorithms, netmorph, seeding
 from .algorithms._sb3 import Linear, optimizers
 from .arch import WeightNoise
 from .config import Config
-from .episodes import OBJECTIVE, EpisodeRecorder, obs_arrays
+from .episodes import OBJECTIVE, EpisodeRecorder
 from .fitness import ObjectiveMissing
 from .resolvers import resolve_env
+from .sb3_episodes import EPISODE_KEYS as EPISODE_KEYS  # re-exported: where tests and callers look
+from .sb3_episodes import RunningEpisodes
 from .space import MUTATED_APART, Value, parse_arch
 from .torchstate import FlatTorchState, init_optimizer_state
-
-#: Prefixes of :meth:`Member.checkpoint_tensors` keys that hold the slot's running episodes (its envs'
-#: records and SB3's last observation): they stay with the slot, an exploit never moves them.
-EPISODE_KEYS = ("episode:", "_last_obs:", "_last_original_obs:")
 
 
 def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | None = None) -> VecEnv:
@@ -382,7 +380,7 @@ class Member(FlatTorchState):
         finite = [s for s in scores if math.isfinite(s)]
         if finite:
             return float(np.mean(finite))
-        recorders = self._recorders()
+        recorders = self._episodes().recorders()
         if scores and not any(r.key_seen for r in recorders):
             seen = next((r.missing_in for r in recorders if r.missing_in is not None), [])
             raise ObjectiveMissing(
@@ -547,19 +545,7 @@ class Member(FlatTorchState):
             filled = buffer.buffer_size if buffer.full else buffer.pos
             for i, a in enumerate(self._replay_arrays()):
                 out[f"replay:{i}"] = torch.from_numpy(np.ascontiguousarray(a[:filled]))
-        if self.model._last_obs is not None:  # what rebuilds each env's running episode
-            for i, rec in enumerate(self._recorders()):
-                actions = rec.action_array()
-                if actions is not None and rec.rebuildable():
-                    out[f"episode:{i}:actions"] = torch.from_numpy(actions)
-                for j, part in enumerate(obs_arrays(rec.obs)):
-                    out[f"episode:{i}:obs:{j}"] = torch.from_numpy(np.array(part, copy=True))
-            # what SB3 continues from, exactly: normalised with the statistics of when it was observed
-            for name in ("_last_obs", "_last_original_obs"):
-                value = getattr(self.model, name, None)
-                if value is not None:
-                    for j, part in enumerate(obs_arrays(value)):
-                        out[f"{name}:{j}"] = torch.from_numpy(np.array(part, copy=True))
+        out.update(self._episodes().tensors())  # what rebuilds each env's running episode
         return out
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -585,52 +571,26 @@ class Member(FlatTorchState):
         if self.off_policy:
             buffer = self.model.replay_buffer  # type: ignore[attr-defined]
             meta["replay"] = {"pos": int(buffer.pos), "full": bool(buffer.full)}
-        meta["episodes"] = self._episodes_meta()
+        meta["episodes"] = self._episodes().meta()
         return meta
 
     # -- running episodes ------------------------------------------------------
+    def _episodes(self) -> RunningEpisodes:
+        """The member's running episodes (a view of its training envs now: :meth:`recover` replaces them)."""
+        return RunningEpisodes(self.model, self.env, self.normalize)
+
     @property
     def max_episode_steps(self) -> int | None:
         """The env's time limit in steps (its spec's ``max_episode_steps``), if it has one."""
-        spec = self._recorders()[0].spec
-        limit = getattr(spec, "max_episode_steps", None)
-        return int(limit) if isinstance(limit, int) else None
-
-    def _vec(self) -> DummyVecEnv:
-        venv = self.normalize.venv if self.normalize is not None else self.env
-        assert isinstance(venv, DummyVecEnv)
-        return venv
-
-    def _recorders(self) -> list[EpisodeRecorder]:
-        recorders = self._vec().envs
-        assert all(isinstance(r, EpisodeRecorder) for r in recorders)
-        return recorders  # type: ignore[return-value]
-
-    def _episodes_meta(self) -> dict[str, Any] | None:
-        """The JSON part of the running episodes (None before the first reset)."""
-        if self.model._last_obs is None:
-            return None
-        recorders = self._recorders()
-        return {
-            "envs": [r.record() for r in recorders],
-            "obs_parts": len(obs_arrays(recorders[0].obs)),
-            "episode_starts": [bool(x) for x in np.ravel(np.asarray(self.model._last_episode_starts))],
-            "returns": None if self.normalize is None else [float(x) for x in self.normalize.returns],
-        }
-
-    def _obs_from_parts(self, tensors: Mapping[str, Any], name: str) -> Any:
-        """An observation saved as :func:`~evo_mpi.episodes.obs_arrays` parts (a dict by sorted key)."""
-        space = self.model.observation_space
-        keys = sorted(space.spaces) if hasattr(space, "spaces") and isinstance(space.spaces, Mapping) else None
-        parts = [tensors[f"{name}:{j}"].numpy().copy() for j in range(len(keys) if keys else 1)]
-        return dict(zip(keys, parts, strict=True)) if keys else parts[0]
+        return self._episodes().max_episode_steps
 
     def _rebuild_episodes(self, tensors: Mapping[str, Any], saved: Mapping[str, Any] | None) -> None:
         """Re-create every env's running episode from a checkpoint, or start fresh ones with a notice.
 
         Each env is re-stepped below VecNormalize (its statistics do not move)
         and its observation compared bit for bit with the saved one; then the
-        model's last observation is rebuilt as SB3 had it. If any env fails,
+        model's last observation is rebuilt as SB3 had it
+        (:meth:`~evo_mpi.sb3_episodes.RunningEpisodes.rebuild`). If any env fails,
         all of the member's envs start fresh episodes from a seed of (seed,
         member, step count), and one line says this resume is not bit-exact.
         """
@@ -638,14 +598,8 @@ class Member(FlatTorchState):
         if saved is None:  # the member never stepped its envs: learn() resets them, as in a fresh run
             self.model._last_obs = None
             return
-        recorders = self._recorders()
-        problems: list[str] = []
-        for i, (rec, record) in enumerate(zip(recorders, saved["envs"], strict=True)):
-            actions = tensors.get(f"episode:{i}:actions")
-            parts = [tensors[f"episode:{i}:obs:{j}"].numpy() for j in range(int(saved["obs_parts"]))]
-            why = rec.rebuild(record, None if actions is None else actions.numpy(), parts)
-            if why is not None:
-                problems.append(f"env {i}: {why}")
+        episodes = self._episodes()
+        problems = episodes.rebuild(tensors, saved)
         steps = sum(int(r["steps"]) for r in saved["envs"])
         if problems:
             more = f" (and {len(problems) - 1} more env(s))" if len(problems) > 1 else ""
@@ -656,22 +610,9 @@ class Member(FlatTorchState):
             )
             self.env.seed(seeding.derive_seed(self.cfg.seed, seeding.ENV, self.id, self.timesteps))
             self.model._last_obs = None
-        else:
-            venv = self._vec()
-            for i, rec in enumerate(recorders):
-                venv._save_obs(i, rec.obs)
-            self.model._last_episode_starts = np.array(saved["episode_starts"], dtype=bool)
-            if self.normalize is not None:
-                self.normalize.old_obs = venv._obs_from_buf()  # type: ignore[assignment]
-                self.normalize.returns = np.array(saved["returns"], dtype=np.float64)
-            # SB3's last observation as it was (with VecNormalize: normalised by the statistics of its time,
-            # which an exploit since may have replaced), and off-policy with VecNormalize the raw one
-            for name in ("_last_obs", "_last_original_obs"):
-                if f"{name}:0" in tensors:
-                    setattr(self.model, name, self._obs_from_parts(tensors, name))
         self.rebuild_stats = {
             "member": self.id,
-            "envs": len(recorders),
+            "envs": len(episodes.recorders()),
             "steps": steps,
             "ms": (time.perf_counter() - t0) * 1e3,
             "exact": not problems,
