@@ -3,10 +3,12 @@
 A :class:`Member` owns one SB3 model and its envs. Its envs keep running
 across generations and exploits (an episode in flight continues under new
 weights and counts once, when it ends); its training streams depend only on
-(seed, member, generation). It computes fitness, applies hyperparameters so
-that they really reach the algorithm, packs its weights plus optimizer state
-into one contiguous byte buffer, and checkpoints what rebuilds its running
-episodes (:mod:`evo_mpi.episodes`).
+(seed, member, generation). It trains, computes fitness, and applies
+hyperparameters so that they really reach the algorithm. What moves and
+persists (its weights plus optimizer state as one contiguous byte buffer, the
+state besides them, shared experience, checkpoints) is the
+:class:`~evo_mpi.sb3_state.SB3State` part it inherits; what rebuilds its
+running episodes on resume is :mod:`evo_mpi.sb3_episodes`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import functools
 import inspect
 import math
 import os
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,24 +29,20 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.running_mean_std import RunningMeanStd
-from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from . import algorithms, netmorph, seeding
 from .algorithms._sb3 import Linear, optimizers
 from .arch import WeightNoise
 from .config import Config
-from .episodes import OBJECTIVE, EpisodeRecorder, obs_arrays
+from .episodes import OBJECTIVE, EpisodeRecorder
 from .fitness import ObjectiveMissing
 from .resolvers import resolve_env
+from .sb3_episodes import EPISODE_KEYS as EPISODE_KEYS  # re-exported: where tests and callers look
+from .sb3_state import SB3State
 from .space import MUTATED_APART, Value, parse_arch
-from .torchstate import FlatTorchState, init_optimizer_state
-
-#: Prefixes of :meth:`Member.checkpoint_tensors` keys that hold the slot's running episodes (its envs'
-#: records and SB3's last observation): they stay with the slot, an exploit never moves them.
-EPISODE_KEYS = ("episode:", "_last_obs:", "_last_original_obs:")
+from .torchstate import init_optimizer_state
 
 
 def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | None = None) -> VecEnv:
@@ -59,12 +56,6 @@ def make_env(cfg: Config, n_envs: int, seed: int, factory: Callable[..., Any] | 
     return make_vec_env(target, n_envs=n_envs, seed=seed, env_kwargs=dict(cfg.env_kwargs), wrapper_class=recorder)
 
 
-def _rms_arrays(rms: RunningMeanStd | Mapping[str, RunningMeanStd]) -> list[RunningMeanStd]:
-    if isinstance(rms, Mapping):
-        return [rms[k] for k in sorted(rms)]
-    return [rms]
-
-
 class _StopCallback(BaseCallback):
     """Ends ``learn()`` at the next env step once ``should_stop()`` is true."""
 
@@ -76,7 +67,7 @@ class _StopCallback(BaseCallback):
         return not self.should_stop()
 
 
-class Member(FlatTorchState):
+class Member(SB3State):
     """One population member: an SB3 model, its training env and optional eval env.
 
     ``device`` is where its networks live (``cpu`` or ``cuda:K``); what it packs
@@ -382,7 +373,7 @@ class Member(FlatTorchState):
         finite = [s for s in scores if math.isfinite(s)]
         if finite:
             return float(np.mean(finite))
-        recorders = self._recorders()
+        recorders = self._episodes().recorders()
         if scores and not any(r.key_seen for r in recorders):
             seen = next((r.missing_in for r in recorders if r.missing_in is not None), [])
             raise ObjectiveMissing(
@@ -391,323 +382,11 @@ class Member(FlatTorchState):
             )
         return math.nan
 
-    # -- state as one buffer ---------------------------------------------------
-    def _optimizers(self) -> list[torch.optim.Optimizer]:
-        return optimizers(self.model)
-
-    def _named_tensors(self) -> list[tuple[str, torch.Tensor]]:
-        """Weights, buffers and optimizer state of every network SB3 saves, named, in a fixed order (each once).
-
-        For PPO/A2C that is the policy and its optimizer; SAC/TD3/DDPG add the
-        target networks, the actor and critic optimizers and SAC's entropy
-        coefficient with its optimizer; DQN adds the target Q-network.
-        """
-        names, variables = self.model._get_torch_save_params()
-        tensors: list[tuple[str, torch.Tensor]] = []
-        for name in names:
-            obj = recursive_getattr(self.model, name)
-            if isinstance(obj, torch.optim.Optimizer):
-                index = 0
-                for group in obj.param_groups:
-                    for p in group["params"]:
-                        state = obj.state.get(p, {})
-                        tensors.extend(
-                            (f"{name}.state.{index}.{k}", state[k])
-                            for k in sorted(state)
-                            if isinstance(state[k], torch.Tensor)
-                        )
-                        index += 1
-            else:
-                tensors.extend((f"{name}.{k}", t) for k, t in obj.state_dict(keep_vars=True).items())
-        tensors.extend((v, recursive_getattr(self.model, v)) for v in variables)
-        unique: dict[int, tuple[str, torch.Tensor]] = {}  # a module shared under two names appears twice
-        for named in tensors:
-            unique.setdefault(id(named[1]), named)
-        return list(unique.values())
-
-    # -- state that moves besides the weights ----------------------------------
-    def _running_stats(self) -> list[RunningMeanStd]:
-        if self.normalize is None:
-            return []
-        return [*_rms_arrays(self.normalize.obs_rms), self.normalize.ret_rms]
-
-    def _replay_arrays(self) -> list[np.ndarray]:
-        """The replay buffer's storage arrays (off-policy algorithms), in a fixed order."""
-        if not self.off_policy:
-            return []
-        buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-        arrays: list[np.ndarray] = []
-        for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
-            value = getattr(buffer, name, None)
-            if isinstance(value, Mapping):
-                arrays.extend(value[k] for k in sorted(value))
-            elif isinstance(value, np.ndarray):
-                arrays.append(value)
-        return arrays
-
-    def aux_nbytes(self, replay: bool) -> int:
-        """Size of :meth:`pack_aux` output (0 when there is nothing to move)."""
-        n = sum(2 * r.mean.size + 1 for r in self._running_stats()) * 8
-        if replay and self.off_policy:
-            n += sum(a.nbytes for a in self._replay_arrays()) + 16
-        return n
-
-    def pack_aux(self, replay: bool) -> np.ndarray:
-        """VecNormalize statistics (float64) and, if ``replay``, the whole replay buffer, as bytes."""
-        parts: list[np.ndarray] = []
-        for r in self._running_stats():
-            parts.append(np.concatenate([np.ravel(r.mean), np.ravel(r.var), [r.count]]).astype(np.float64))
-        if replay and self.off_policy:
-            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-            parts.extend(np.ascontiguousarray(a).reshape(-1) for a in self._replay_arrays())
-            parts.append(np.array([buffer.pos, int(buffer.full)], dtype=np.int64))
-        if not parts:
-            return np.empty(0, dtype=np.uint8)
-        return np.concatenate([p.view(np.uint8) for p in parts])
-
-    def unpack_aux(self, buf: np.ndarray, replay: bool) -> None:
-        """Load a :meth:`pack_aux` buffer of the same layout."""
-        if buf.nbytes != self.aux_nbytes(replay):
-            raise ValueError(
-                f"member {self.id}: aux buffer has {buf.nbytes} bytes, layout needs {self.aux_nbytes(replay)}"
-            )
-        offset = 0
-
-        def take(n: int, dtype: Any) -> np.ndarray:
-            nonlocal offset
-            size = n * np.dtype(dtype).itemsize
-            out = buf[offset : offset + size].view(dtype)
-            offset += size
-            return out
-
-        for r in self._running_stats():
-            k = r.mean.size
-            values = take(2 * k + 1, np.float64)
-            r.mean = values[:k].reshape(np.shape(r.mean)).copy()
-            r.var = values[k : 2 * k].reshape(np.shape(r.var)).copy()
-            r.count = float(values[2 * k])
-        if replay and self.off_policy:
-            for a in self._replay_arrays():
-                a.reshape(-1)[:] = take(a.size, a.dtype)
-            pos, full = take(2, np.int64)
-            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-            buffer.pos, buffer.full = int(pos), bool(full)
-
-    # -- shared experience (off-policy) ------------------------------------------
-    def mark_experience(self) -> None:
-        """Remember where this member's own new transitions begin (called before it trains)."""
-        self._experience_from = self.timesteps
-
-    def new_experience(self) -> np.ndarray:
-        """The replay rows this member collected since :meth:`mark_experience`, as one uint8 buffer.
-
-        Each row is one env step of every vectorised env; the buffer holds the
-        rows of each storage array in turn (observations, next observations,
-        actions, rewards, dones, timeouts), oldest row first.
-        """
-        buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-        capacity = int(buffer.buffer_size)
-        rows = min(max(0, self.timesteps - self._experience_from) // self.cfg.n_envs, capacity)
-        index = (int(buffer.pos) - rows + np.arange(rows)) % capacity
-        parts = [np.ascontiguousarray(a[index]).reshape(-1).view(np.uint8) for a in self._replay_arrays()]
-        return np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
-
-    def add_experience(self, buf: np.ndarray) -> None:
-        """Append another member's :meth:`new_experience` rows to this member's replay buffer.
-
-        The buffer is a ring: once full, the oldest rows are overwritten (as SB3
-        does with a member's own transitions).
-        """
-        arrays = self._replay_arrays()
-        row_bytes = sum(a[0].nbytes for a in arrays)
-        if buf.nbytes % row_bytes:
-            raise ValueError(f"member {self.id}: {buf.nbytes} bytes of experience is not a whole number of rows")
-        rows = buf.nbytes // row_bytes
-        if rows == 0:
-            return
-        buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-        capacity = int(buffer.buffer_size)
-        index = (int(buffer.pos) + np.arange(rows)) % capacity
-        offset = 0
-        for a in arrays:
-            n = rows * a[0].nbytes
-            a[index] = buf[offset : offset + n].view(a.dtype).reshape((rows, *a.shape[1:]))
-            offset += n
-        buffer.full = bool(buffer.full or int(buffer.pos) + rows >= capacity)
-        buffer.pos = (int(buffer.pos) + rows) % capacity
-
-    # -- checkpoints -----------------------------------------------------------
-    def checkpoint_tensors(self) -> dict[str, Any]:
-        """State dicts of every network and optimizer, extra variables, and the filled replay buffer."""
-        names, variables = self.model._get_torch_save_params()
-        out: dict[str, Any] = {name: recursive_getattr(self.model, name).state_dict() for name in names}
-        out.update({f"var:{v}": recursive_getattr(self.model, v).detach().clone() for v in variables})
-        if self.off_policy:
-            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-            filled = buffer.buffer_size if buffer.full else buffer.pos
-            for i, a in enumerate(self._replay_arrays()):
-                out[f"replay:{i}"] = torch.from_numpy(np.ascontiguousarray(a[:filled]))
-        if self.model._last_obs is not None:  # what rebuilds each env's running episode
-            for i, rec in enumerate(self._recorders()):
-                actions = rec.action_array()
-                if actions is not None and rec.rebuildable():
-                    out[f"episode:{i}:actions"] = torch.from_numpy(actions)
-                for j, part in enumerate(obs_arrays(rec.obs)):
-                    out[f"episode:{i}:obs:{j}"] = torch.from_numpy(np.array(part, copy=True))
-            # what SB3 continues from, exactly: normalised with the statistics of when it was observed
-            for name in ("_last_obs", "_last_original_obs"):
-                value = getattr(self.model, name, None)
-                if value is not None:
-                    for j, part in enumerate(obs_arrays(value)):
-                        out[f"{name}:{j}"] = torch.from_numpy(np.array(part, copy=True))
-        return out
-
-    def checkpoint_meta(self) -> dict[str, Any]:
-        """Everything else a resume needs, as plain JSON."""
-        returns, lengths = self.episode_stats()  # the scores: with --fitness info:KEY, the objective's samples
-        meta: dict[str, Any] = {
-            "member": self.id,
-            "timesteps": self.timesteps,
-            "n_updates": int(self.model._n_updates),
-            "episode_num": int(self.model._episode_num),
-            "n_calls": int(getattr(self.model, "_n_calls", 0)),
-            "returns": returns,
-            "lengths": lengths,
-            "hparams": self.hparams,
-            "diverged": self.diverged,
-            **({"episode_returns": self.episode_returns()} if self.cfg.objective_key is not None else {}),
-        }
-        if self.normalize is not None:
-            meta["normalize"] = [
-                {"mean": np.ravel(r.mean).tolist(), "var": np.ravel(r.var).tolist(), "count": float(r.count)}
-                for r in self._running_stats()
-            ]
-        if self.off_policy:
-            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-            meta["replay"] = {"pos": int(buffer.pos), "full": bool(buffer.full)}
-        meta["episodes"] = self._episodes_meta()
-        return meta
-
     # -- running episodes ------------------------------------------------------
     @property
     def max_episode_steps(self) -> int | None:
         """The env's time limit in steps (its spec's ``max_episode_steps``), if it has one."""
-        spec = self._recorders()[0].spec
-        limit = getattr(spec, "max_episode_steps", None)
-        return int(limit) if isinstance(limit, int) else None
-
-    def _vec(self) -> DummyVecEnv:
-        venv = self.normalize.venv if self.normalize is not None else self.env
-        assert isinstance(venv, DummyVecEnv)
-        return venv
-
-    def _recorders(self) -> list[EpisodeRecorder]:
-        recorders = self._vec().envs
-        assert all(isinstance(r, EpisodeRecorder) for r in recorders)
-        return recorders  # type: ignore[return-value]
-
-    def _episodes_meta(self) -> dict[str, Any] | None:
-        """The JSON part of the running episodes (None before the first reset)."""
-        if self.model._last_obs is None:
-            return None
-        recorders = self._recorders()
-        return {
-            "envs": [r.record() for r in recorders],
-            "obs_parts": len(obs_arrays(recorders[0].obs)),
-            "episode_starts": [bool(x) for x in np.ravel(np.asarray(self.model._last_episode_starts))],
-            "returns": None if self.normalize is None else [float(x) for x in self.normalize.returns],
-        }
-
-    def _obs_from_parts(self, tensors: Mapping[str, Any], name: str) -> Any:
-        """An observation saved as :func:`~evo_mpi.episodes.obs_arrays` parts (a dict by sorted key)."""
-        space = self.model.observation_space
-        keys = sorted(space.spaces) if hasattr(space, "spaces") and isinstance(space.spaces, Mapping) else None
-        parts = [tensors[f"{name}:{j}"].numpy().copy() for j in range(len(keys) if keys else 1)]
-        return dict(zip(keys, parts, strict=True)) if keys else parts[0]
-
-    def _rebuild_episodes(self, tensors: Mapping[str, Any], saved: Mapping[str, Any] | None) -> None:
-        """Re-create every env's running episode from a checkpoint, or start fresh ones with a notice.
-
-        Each env is re-stepped below VecNormalize (its statistics do not move)
-        and its observation compared bit for bit with the saved one; then the
-        model's last observation is rebuilt as SB3 had it. If any env fails,
-        all of the member's envs start fresh episodes from a seed of (seed,
-        member, step count), and one line says this resume is not bit-exact.
-        """
-        t0 = time.perf_counter()
-        if saved is None:  # the member never stepped its envs: learn() resets them, as in a fresh run
-            self.model._last_obs = None
-            return
-        recorders = self._recorders()
-        problems: list[str] = []
-        for i, (rec, record) in enumerate(zip(recorders, saved["envs"], strict=True)):
-            actions = tensors.get(f"episode:{i}:actions")
-            parts = [tensors[f"episode:{i}:obs:{j}"].numpy() for j in range(int(saved["obs_parts"]))]
-            why = rec.rebuild(record, None if actions is None else actions.numpy(), parts)
-            if why is not None:
-                problems.append(f"env {i}: {why}")
-        steps = sum(int(r["steps"]) for r in saved["envs"])
-        if problems:
-            more = f" (and {len(problems) - 1} more env(s))" if len(problems) > 1 else ""
-            print(
-                f"evo-mpi: member {self.id}: the running episode of env {self.cfg.env_id!r} could not be rebuilt "
-                f"({problems[0]}{more}); its envs start fresh episodes, so this resume is not bit-exact",
-                flush=True,
-            )
-            self.env.seed(seeding.derive_seed(self.cfg.seed, seeding.ENV, self.id, self.timesteps))
-            self.model._last_obs = None
-        else:
-            venv = self._vec()
-            for i, rec in enumerate(recorders):
-                venv._save_obs(i, rec.obs)
-            self.model._last_episode_starts = np.array(saved["episode_starts"], dtype=bool)
-            if self.normalize is not None:
-                self.normalize.old_obs = venv._obs_from_buf()  # type: ignore[assignment]
-                self.normalize.returns = np.array(saved["returns"], dtype=np.float64)
-            # SB3's last observation as it was (with VecNormalize: normalised by the statistics of its time,
-            # which an exploit since may have replaced), and off-policy with VecNormalize the raw one
-            for name in ("_last_obs", "_last_original_obs"):
-                if f"{name}:0" in tensors:
-                    setattr(self.model, name, self._obs_from_parts(tensors, name))
-        self.rebuild_stats = {
-            "member": self.id,
-            "envs": len(recorders),
-            "steps": steps,
-            "ms": (time.perf_counter() - t0) * 1e3,
-            "exact": not problems,
-        }
-
-    def restore(self, tensors: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
-        """Load a checkpoint written from :meth:`checkpoint_tensors` and :meth:`checkpoint_meta`."""
-        self.match_layout(meta["hparams"])
-        names, variables = self.model._get_torch_save_params()
-        for name in names:
-            key = "optimizer" if name == "policy.optimizer" and name not in tensors else name  # pre-0.2 checkpoints
-            # Optimizers keep the given state tensors (no copy), and flattening re-points them: copy first.
-            recursive_getattr(self.model, name).load_state_dict(copy.deepcopy(tensors[key]))
-        with torch.no_grad():
-            for v in variables:
-                recursive_getattr(self.model, v).copy_(tensors[f"var:{v}"])
-        self._flat = None
-        self.model.num_timesteps = int(meta["timesteps"])
-        self.model._n_updates = int(meta["n_updates"])
-        self.model._episode_num = int(meta["episode_num"])
-        if hasattr(self.model, "_n_calls"):
-            self.model._n_calls = int(meta.get("n_calls", 0))
-        self.set_episode_stats(list(meta["returns"]), list(meta["lengths"]), meta.get("episode_returns"))
-        for r, saved in zip(self._running_stats(), meta.get("normalize", []), strict=False):
-            r.mean = np.array(saved["mean"], dtype=np.float64).reshape(np.shape(r.mean))
-            r.var = np.array(saved["var"], dtype=np.float64).reshape(np.shape(r.var))
-            r.count = float(saved["count"])
-        if self.off_policy and "replay" in meta:
-            buffer = self.model.replay_buffer  # type: ignore[attr-defined]
-            for i, a in enumerate(self._replay_arrays()):
-                saved_array = tensors[f"replay:{i}"].numpy()
-                a[: len(saved_array)] = saved_array
-            buffer.pos, buffer.full = int(meta["replay"]["pos"]), bool(meta["replay"]["full"])
-        self.apply_hparams(meta["hparams"])
-        self.diverged = bool(meta["diverged"])
-        self._rebuild_episodes(tensors, meta.get("episodes"))
+        return self._episodes().max_episode_steps
 
     # -- outputs ---------------------------------------------------------------
     def log(self, fitness: float, hparams: Mapping[str, Value], parent: int | None) -> None:
