@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import sys
@@ -30,7 +29,7 @@ from .atomic import write_json_atomic, write_text_atomic
 from .comm import Comm, launcher_mismatch
 from .config import Config, ConfigError, zoo
 from .episodes import EpisodeRecord
-from .records import step_of
+from .records import numbers, step_of
 from .status import Callback, GenerationSummary, RunContext, Status
 
 #: Signals that stop a run at the next env step with a resumable checkpoint.
@@ -585,7 +584,7 @@ def _result(status: Status, cfg: Config, run_dir: str, rank: int) -> Result:
         records = [latest[m] for m in sorted(latest)]
         from .selection import rank_order
 
-        fitness = [math.nan if r["fitness"] is None else r["fitness"] for r in records]
+        fitness = numbers(r["fitness"] for r in records)
         best = int(rank_order(np.array(fitness))[0])
         champion_path = os.path.join(run_dir, "champion.json")
         if os.path.isfile(champion_path):

@@ -16,10 +16,10 @@ Kinds, each drawn with a relative weight (``--mutation-probs``):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from .records import WeightNoise as WeightNoise  # defined with the records that hold it; imported from here too
 from .space import Prior, Value, format_arch, parse_arch
 
 MUTATION_KINDS = ("none", "hparams", "arch", "weights", "activation")
@@ -147,28 +147,6 @@ def mutate_activation(current: Value, prior: Prior, rng: np.random.Generator) ->
     if not others:
         return str(current)
     return others[int(rng.integers(len(others)))]
-
-
-@dataclass(frozen=True)
-class WeightNoise:
-    """A weight mutation, decided on every rank alike and applied by the member that owns the weights.
-
-    Attributes:
-        variant: ``normal``, ``super`` or ``reset``.
-        fraction: Share of each weight matrix's entries that change.
-        sd: Standard deviation of the noise (``super``: times :data:`SUPER_FACTOR`).
-        seed: Seed of the stream that picks the entries and draws the noise.
-
-    """
-
-    variant: str
-    fraction: float
-    sd: float
-    seed: int
-
-    def to_dict(self) -> dict[str, Value]:
-        """Plain JSON for the lineage log."""
-        return {"variant": self.variant, "fraction": self.fraction, "sd": self.sd, "seed": self.seed}
 
 
 def draw_weight_noise(fraction: float, sd: float, rng: np.random.Generator) -> WeightNoise:

@@ -226,7 +226,7 @@ class AsyncEngine(AsyncMail):
             self._exploit(m, k, donor, record)
         elif cfg.mutate == "all":
             new = self._explore(m, k, used, record)
-            self._take_hparams(m, new, record.mutation or {})
+            self._take_hparams(m, new, record.mutation)
             record.fields.new_hparams = new
         member.log(fitness, used, record.parent)
         self.done[m] = k + 1
@@ -301,7 +301,7 @@ class AsyncEngine(AsyncMail):
             assert given.objectives is not None
             self._adopt(m, snap.state, snap.aux, given.objectives, given.fields.lengths, given.returns)
         new = self._explore(m, k, given.hparams, record)
-        self._take_hparams(m, new, record.mutation or {})
+        self._take_hparams(m, new, record.mutation)
         self.start_fitness[m] = given.fitness
         self.exploit_steps[m] = int(member.timesteps)
         record.parent = donor

@@ -33,7 +33,7 @@ from typing import Any
 
 from .atomic import fsync_dir, write_synced
 from .pb2 import Observation
-from .records import HistoryRow, finite, finite_list, numbers
+from .records import HistoryRow, finite, finite_list, number, numbers
 
 
 @dataclass
@@ -150,7 +150,7 @@ class IntervalState:
         return IntervalState(
             member=dict(data["member"]),
             done=int(data["done"]),
-            start_fitness=math.nan if data.get("start_fitness") is None else float(data["start_fitness"]),
+            start_fitness=number(data.get("start_fitness")),
             exploit_steps=int(data.get("exploit_steps", 0)),
             record=HistoryRow.from_json(data["record"]),
             torch_threads=None if threads is None else int(threads),

@@ -23,6 +23,7 @@ from . import mfpbt, seeding
 from .arch import draw_kind, draw_weight_noise, mutate_activation, mutate_arch
 from .config import Config
 from .pb2 import MAX_OBSERVATIONS, KernelParams, Observation, pb2_explore
+from .records import Mutation
 from .selection import Held, exploit_margin, repair, select
 from .space import Prior, Value, explore
 
@@ -142,33 +143,32 @@ class Explorer:
         self.weights = cfg.mutation_weights
         self.default_activation = default_activation
 
-    def mutation(self, step: int, m: int, hparams: dict[str, Value]) -> tuple[str, dict[str, Value], dict[str, Any]]:
+    def mutation(self, step: int, m: int, hparams: dict[str, Value]) -> tuple[str, dict[str, Value], Mutation | None]:
         """Which mutation member ``m`` undergoes after ``step``, from ``hparams``.
 
-        Returns ``(kind, new hyperparameters, record)``: for ``hparams`` the
-        caller runs :meth:`explore` (the hyperparameters come back unchanged);
-        the record says what changed (the lineage and history keep it). The
-        draws come from their own stream, so the explore rule's draws are the
-        same with or without other kinds.
+        Returns ``(kind, new hyperparameters, what it decided)``: for ``hparams``
+        the caller runs :meth:`explore` (the hyperparameters come back
+        unchanged); the :class:`~evo_mpi.records.Mutation` is what the lineage
+        and history keep (None: PBT's explore only, no kind drawn). The draws
+        come from their own stream, so the explore rule's draws are the same
+        with or without other kinds.
         """
         if self.weights == {"hparams": 1.0}:
-            return "hparams", hparams, {}
+            return "hparams", hparams, None
         cfg = self.cfg
         rng = seeding.stream(cfg.seed, seeding.MUTATE, step, m)
         kind = draw_kind(self.weights, rng)
         new = dict(hparams)
-        record: dict[str, Any] = {"kind": kind}
         if kind == "arch":
             activation = str(hparams.get("activation_fn", self.default_activation))
-            new["net_arch"], record["arch_op"] = mutate_arch(
-                hparams["net_arch"], self.space["net_arch"], activation, rng
-            )
-        elif kind == "activation":
+            new["net_arch"], op = mutate_arch(hparams["net_arch"], self.space["net_arch"], activation, rng)
+            return kind, new, Mutation(kind, arch_op=op)
+        if kind == "activation":
             new["activation_fn"] = mutate_activation(hparams["activation_fn"], self.space["activation_fn"], rng)
         elif kind == "weights":
             noise = draw_weight_noise(cfg.weight_mutation_fraction, cfg.weight_mutation_sd, rng)
-            record["weight_noise"] = noise.to_dict()
-        return kind, new, record
+            return kind, new, Mutation(kind, weight_noise=noise)
+        return kind, new, Mutation(kind)
 
     def explore(
         self,

@@ -26,7 +26,7 @@ from .decision import Choice, held_record, observe
 from .fitness import fitness_call, mean_finite, missing_fitness_lines
 from .outputs import progress_line
 from .pb2 import MAX_OBSERVATIONS, Observation
-from .records import Failure, HistoryRow, LineageRow
+from .records import Failure, HistoryRow, LineageRow, Mutation
 from .scheduler import torch_threads
 from .space import Value
 from .status import GenerationSummary, RunContext, Status
@@ -455,7 +455,7 @@ def history_rows(
     owner: Callable[[int], int],
     donors: dict[int, int],
     failed: dict[int, dict[str, Any]],
-    mutations: dict[int, dict[str, Any]],
+    mutations: dict[int, Mutation],
     choice: Choice,
     hit: bool = False,
 ) -> list[HistoryRow]:
@@ -488,7 +488,7 @@ def lineage_rows(
     hparams: list[dict[str, Value]],
     new_hparams: list[dict[str, Value]],
     donors: dict[int, int],
-    mutations: dict[int, dict[str, Any]],
+    mutations: dict[int, Mutation],
     choice: Choice,
 ) -> list[LineageRow]:
     """The exploits after generation ``g``, loser by loser."""

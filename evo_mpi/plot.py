@@ -35,7 +35,7 @@ from .lineage import (
     read_config,
     read_history,
 )
-from .records import parent_step_of, step_of
+from .records import numbers, parent_step_of, step_of
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -320,7 +320,7 @@ def _hparam_values(hist: History, name: str) -> tuple[np.ndarray, list[str]]:
     raw = [[hist.hparams[g][m].get(name) for m in range(hist.population)] for g in range(hist.generations)]
     present = [v for row in raw for v in row if v is not None]
     if _numeric(present):
-        return np.array([[math.nan if v is None else float(v) for v in row] for row in raw]), []
+        return np.array([numbers(row) for row in raw]), []
     levels = sorted({str(v) for v in present}, key=_natural)  # 48-64 < 64-64 < 160-64
     return np.array([[math.nan if v is None else levels.index(str(v)) for v in row] for row in raw]), levels
 
@@ -498,7 +498,7 @@ def _async_hparams(run: _AsyncRun, specs: Mapping[str, Any]) -> Any:
                 continue
             ends = [float(r["timesteps"]) for r in run.mine(m)]
             starts = [0.0, *ends[:-1]]
-            ax.stairs([math.nan if v is None else float(v) for v in values], [*starts[:1], *ends], color=run.colors[m])
+            ax.stairs(numbers(values), [*starts[:1], *ends], color=run.colors[m])
         if str(specs.get(name, "")).startswith("loguniform"):
             ax.set_yscale("log")
         ax.set_title(f"{name}  ({specs[name]})" if name in specs else name, fontsize="small")

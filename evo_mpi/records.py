@@ -78,6 +78,67 @@ class Failure:
         return Failure(str(data["type"]), str(data["message"]), str(data["phase"]))
 
 
+@dataclass(frozen=True)
+class WeightNoise:
+    """A weight mutation, decided on every rank alike and applied by the member that owns the weights.
+
+    Attributes:
+        variant: ``normal``, ``super`` or ``reset``.
+        fraction: Share of each weight matrix's entries that change.
+        sd: Standard deviation of the noise (``super``: times :data:`evo_mpi.arch.SUPER_FACTOR`).
+        seed: Seed of the stream that picks the entries and draws the noise.
+
+    """
+
+    variant: str
+    fraction: float
+    sd: float
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """As written (history's and lineage's ``mutation.weight_noise``)."""
+        return {"variant": self.variant, "fraction": self.fraction, "sd": self.sd, "seed": self.seed}
+
+    @staticmethod
+    def from_dict(data: Mapping[str, Any]) -> WeightNoise:
+        """As read."""
+        return WeightNoise(str(data["variant"]), float(data["fraction"]), float(data["sd"]), int(data["seed"]))
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """What one member's mutation decided after a step: history's and lineage's ``mutation``.
+
+    Attributes:
+        kind: ``hparams``, ``arch``, ``activation`` or ``weights`` (``--mutation-probs``).
+        arch_op: ``kind == "arch"``: what changed, e.g. ``add_layer`` or ``remove_nodes:1:-16``.
+        weight_noise: ``kind == "weights"``: the noise the member's weights take.
+
+    """
+
+    kind: str
+    arch_op: str | None = None
+    weight_noise: WeightNoise | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As written (``arch_op`` and ``weight_noise`` only when set)."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.arch_op is not None:
+            out["arch_op"] = self.arch_op
+        if self.weight_noise is not None:
+            out["weight_noise"] = self.weight_noise.to_dict()
+        return out
+
+    @staticmethod
+    def from_json(data: Mapping[str, Any]) -> Mutation:
+        """As read."""
+        noise = data.get("weight_noise")
+        op = data.get("arch_op")
+        return Mutation(
+            str(data["kind"]), None if op is None else str(op), None if noise is None else WeightNoise.from_dict(noise)
+        )
+
+
 @dataclass
 class IntervalFields:
     """What an async row adds: timing, the decision's inputs and the exploit's outcome.
@@ -155,7 +216,7 @@ class HistoryRow:
         parent: The donor it copied after this step (None: none).
         fitness_missing: Why fitness is NaN (``no completed episode yet``, ``diverged``, ``failed``).
         objectives: With ``--fitness info:KEY``, the objective's samples beside ``returns``.
-        mutation: What its mutation decided (architecture, weight noise), when there was one.
+        mutation: What its mutation after this step decided, when there was one.
         held: The donor the exploit margin refused: ``{donor, gap, margin}``.
         hparams_from: MF-PBT: whose hyperparameters it took, when not its donor's.
         failure: Its exception in this step.
@@ -174,7 +235,7 @@ class HistoryRow:
     parent: int | None = None
     fitness_missing: str | None = None
     objectives: list[float] | None = None
-    mutation: dict[str, Any] | None = None
+    mutation: Mutation | None = None
     held: dict[str, Any] | None = None
     hparams_from: int | None = None
     failure: Failure | None = None
@@ -195,7 +256,7 @@ class HistoryRow:
         }
         optional = {
             "fitness_missing": self.fitness_missing,
-            "mutation": self.mutation,
+            "mutation": None if self.mutation is None else self.mutation.to_json(),
             "held": self.held,
             "hparams_from": self.hparams_from,
             "failure": None if self.failure is None else self.failure.to_json(),
@@ -225,7 +286,7 @@ class HistoryRow:
             parent=data.get("parent"),
             fitness_missing=data.get("fitness_missing"),
             objectives=None if objectives is None else numbers(objectives),
-            mutation=data.get("mutation"),
+            mutation=_mutation(data.get("mutation")),
             held=data.get("held"),
             hparams_from=data.get("hparams_from"),
             failure=None if failure is None else Failure.from_json(failure),
@@ -279,7 +340,7 @@ class LineageRow:
     old_hparams: dict[str, Any]
     new_hparams: dict[str, Any]
     winner_step: int | None = None
-    mutation: dict[str, Any] | None = None
+    mutation: Mutation | None = None
     hparams_from: int | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -294,7 +355,8 @@ class LineageRow:
             "old_hparams": self.old_hparams,
             "new_hparams": self.new_hparams,
         }
-        optional = {"winner_interval": self.winner_step, "mutation": self.mutation, "hparams_from": self.hparams_from}
+        mutation = None if self.mutation is None else self.mutation.to_json()
+        optional = {"winner_interval": self.winner_step, "mutation": mutation, "hparams_from": self.hparams_from}
         out.update({k: v for k, v in optional.items() if v is not None})
         return out
 
@@ -311,6 +373,10 @@ class LineageRow:
             old_hparams=dict(data.get("old_hparams", {})),
             new_hparams=dict(data.get("new_hparams", {})),
             winner_step=data.get("winner_interval", data.get("winner_generation")),
-            mutation=data.get("mutation"),
+            mutation=_mutation(data.get("mutation")),
             hparams_from=data.get("hparams_from"),
         )
+
+
+def _mutation(data: Mapping[str, Any] | None) -> Mutation | None:
+    return None if data is None else Mutation.from_json(data)

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import algorithms, failures, seeding
-from .arch import WeightNoise
 from .comm import Comm, ExchangeError
 from .config import Config
 from .decision import Choice
@@ -24,6 +23,7 @@ from .final import FinalModels
 from .member import Member
 from .outputs import JsonlWriter, PhaseTimer, member_tag
 from .protocol import MemberFactory, PBTMember, Recovers, SharesExperience
+from .records import Mutation
 from .resolvers import resolve_member
 from .run_log import NullLog, RunLog
 from .space import Prior, Value, format_arch, parse_space, sample_hparams
@@ -75,7 +75,7 @@ class EngineBase(FinalModels):
         #: The PBT step (:mod:`evo_mpi.step`): who copies whom and what members try next, for both modes.
         self.pbt = PBTStep(cfg, self.space, "relu" if cfg.member else algorithms.get(cfg.algo).activation)
         #: What each member's mutation after the last generation (async: interval) decided, by member.
-        self.mutations: dict[int, dict[str, Any]] = {}
+        self.mutations: dict[int, Mutation] = {}
         #: The last decision: donors, losers the exploit margin held, MF-PBT's hyperparameter sources.
         self.choice = Choice({})
         self.last_fitness = np.full(self.population, math.nan)
@@ -266,16 +266,11 @@ class EngineBase(FinalModels):
         else:
             member.set_episode_stats(returns, lengths, episode_returns)  # type: ignore[call-arg]
 
-    def _take_hparams(self, m: int, hparams: dict[str, Value], mutation: dict[str, Any]) -> None:
+    def _take_hparams(self, m: int, hparams: dict[str, Value], mutation: Mutation | None) -> None:
         """Local member ``m`` takes its new hyperparameters, then any weight noise its mutation decided."""
         self.members[m].apply_hparams(hparams)
-        self._mutate_weights(m, mutation)
-
-    def _mutate_weights(self, m: int, record: dict[str, Any]) -> None:
-        """Apply a decided weight mutation to local member ``m`` (SB3 adapter)."""
-        noise = record.get("weight_noise")
-        if noise is not None:
-            self.members[m].mutate_weights(WeightNoise(**noise))  # type: ignore[attr-defined]
+        if mutation is not None and mutation.weight_noise is not None:
+            self.members[m].mutate_weights(mutation.weight_noise)  # type: ignore[attr-defined]
 
     def _warn_threads(self, saved: list[int] | None) -> None:
         """Say so when members resume with other torch thread counts than they trained with."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from . import decision, seeding
 from .config import Config
 from .decision import Choice, Explorer, View
 from .pb2 import KernelParams, Observation, fit_observations
+from .records import Mutation
 from .space import Prior, Value
 
 
@@ -97,7 +97,7 @@ class PBTStep:
         kernel: KernelParams | None = None,
         pending: list[dict[str, Value]] | None = None,
         draw_hparams: bool = True,
-    ) -> tuple[dict[str, Value] | None, dict[str, Any] | None]:
+    ) -> tuple[dict[str, Value] | None, Mutation | None]:
         """What ``member`` trains with after ``step``, from ``source`` (its donor's hyperparameters, or its own).
 
         Returns ``(hyperparameters, mutation)``. A mutation of the architecture or activation changes
@@ -106,8 +106,7 @@ class PBTStep:
         ``draw_hparams`` False (a sync rank other than 0 under PB2, which receives rank 0's) the
         hyperparameters are None when the explore rule would draw them.
         """
-        kind, mutated, record = self.explorer.mutation(step, member, source)
-        mutation = record or None
+        kind, mutated, mutation = self.explorer.mutation(step, member, source)
         if kind != "hparams":
             return mutated, mutation
         if not draw_hparams:

@@ -78,7 +78,7 @@ class SyncExchange(EngineBase):
                     table.returns(winner) if table.objective else None,
                 )
         for m in changed:
-            self._take_hparams(m, new_hparams[m], self.mutations.get(m, {}))
+            self._take_hparams(m, new_hparams[m], self.mutations.get(m))
 
     def _share_experience(self) -> int:
         """Every member's new transitions into every other member's replay buffer; returns the bytes gathered.

@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from evo_mpi.records import Failure, HistoryRow, IntervalFields, LineageRow, dumps, finite, number, step_of
+from evo_mpi.records import (
+    Failure,
+    HistoryRow,
+    IntervalFields,
+    LineageRow,
+    Mutation,
+    WeightNoise,
+    dumps,
+    finite,
+    number,
+    step_of,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "docs" / "data"
 #: Committed runs written by older versions: a sync PBT run, an async one (2026-12-03, before
@@ -123,13 +134,14 @@ def test_the_outputs_reference_documents_exactly_the_fields_rows_write():
     fields = IntervalFields(wall=1.0, unix=2.0, lengths=[5], delta=0.5, since_exploit=64, seen=[0], parent_step=1)
     row = HistoryRow(
         step=0, member=0, rank=0, timesteps=64, fitness=math.nan, hparams={}, returns=[], parent=1,
-        fitness_missing="failed", objectives=[], mutation={"kind": "arch"}, held={"donor": 1}, hparams_from=2,
+        fitness_missing="failed", objectives=[], mutation=Mutation("arch", "add_layer"), held={"donor": 1},
+        hparams_from=2,
         failure=Failure("E", "m", "training"), target_reached=True, async_fields=fields,
     )  # fmt: skip
     sync_row = row.replace(async_fields=None)
     assert _documented("history.jsonl") == set(row.to_json()) | set(sync_row.to_json())
     assert set(row.to_json()) ^ set(sync_row.to_json()) == {"generation", "interval"} | set(fields.to_json(True))
-    lineage = LineageRow(1, 2, 3, 64, 1.0, 2.0, {}, {}, winner_step=0, mutation={"kind": "arch"}, hparams_from=3)
+    lineage = LineageRow(1, 2, 3, 64, 1.0, 2.0, {}, {}, winner_step=0, mutation=Mutation("arch"), hparams_from=3)
     sync_lineage = dataclasses.replace(lineage, winner_step=None)
     assert _documented("lineage.jsonl") == set(lineage.to_json()) | set(sync_lineage.to_json())
 
@@ -173,3 +185,20 @@ def test_checkpoint_states_write_null_for_nan_and_read_back():
     written = json.loads(dumps(interval.to_json()))
     assert written["start_fitness"] is None and written["record"]["fitness"] is None
     assert IntervalState.from_json(written).to_json() == interval.to_json()
+
+
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        Mutation("hparams"),
+        Mutation("arch", arch_op="remove_nodes:1:-16"),
+        Mutation("activation"),
+        Mutation("weights", weight_noise=WeightNoise("super", 0.1, 0.05, 12345)),
+    ],
+)
+def test_a_mutation_writes_only_what_it_decided_and_reads_back(mutation):
+    data = json.loads(dumps(mutation.to_json()))
+    assert Mutation.from_json(data) == mutation
+    assert set(data) == {"kind"} | ({"arch_op"} if mutation.arch_op else set()) | (
+        {"weight_noise"} if mutation.weight_noise else set()
+    )
