@@ -222,7 +222,8 @@ def report() -> int:
             "",
             f"Test: the run's final pick on {len(zoo_study.TEST_SEEDS)} held-out episodes of {test_env}. Diff: mean of "
             f"the per-seed difference to `{baseline}` over the seeds both arms have, with a paired bootstrap 95 % "
-            "interval." + (f" Collapse: final pick below {floor:.0f}." if floor is not None else ""),
+            f"interval (blank below {zoo_study.MIN_BOOTSTRAP_SEEDS} common seeds)."
+            + (f" Collapse: final pick below {floor:.0f}." if floor is not None else ""),
             "",
             f"| arm | seeds | test (mean +- sd) | diff to {baseline} [95 % CI] | collapses | roots left (mean) "
             "| exploits per run | min per run |",

@@ -289,10 +289,18 @@ def lineages(env: str, arm: str, seed: int) -> list[int]:
     return counts
 
 
+#: Fewest seeds both arms need for a bootstrap interval: from two differences a percentile bootstrap
+#: only spans the two, which reads like an interval and is not one.
+MIN_BOOTSTRAP_SEEDS = 3
+
+
 def bootstrap_diff(a: dict[int, float], b: dict[int, float], draws: int = 10_000) -> tuple[float, float, float]:
-    """Mean of a - b over the seeds both have, and its 95 % percentile bootstrap interval (paired by seed)."""
+    """Mean of a - b over the seeds both have, and its 95 % percentile bootstrap interval (paired by seed).
+
+    All NaN with fewer than :data:`MIN_BOOTSTRAP_SEEDS` common seeds.
+    """
     seeds = sorted(set(a) & set(b))
-    if len(seeds) < 2:
+    if len(seeds) < MIN_BOOTSTRAP_SEEDS:
         return math.nan, math.nan, math.nan
     diff = np.array([a[s] - b[s] for s in seeds])
     rng = np.random.default_rng(0)
@@ -328,7 +336,8 @@ def report() -> int:
             "",
             f"RL Zoo's published score: {mean:.1f} +- {sd:.1f} ({budget}). Test: {len(TEST_SEEDS)} episodes on "
             "held-out seeds. Diff: mean of the per-seed difference to the `zoo` arm over the seeds both have, "
-            "with a paired bootstrap 95 % interval; p: Welch's t-test of the per-seed means against `zoo`. "
+            f"with a paired bootstrap 95 % interval (blank below {MIN_BOOTSTRAP_SEEDS} common seeds); p: Welch's "
+            "t-test of the per-seed means against `zoo`. "
             "Corr: Spearman's rank correlation of each member's final training fitness with its test score.",
             "",
             "| arm | test return (mean +- sd over seeds) | per seed | diff to zoo [95 % CI] | p vs zoo "

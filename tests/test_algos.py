@@ -184,7 +184,7 @@ def test_state_moves_and_checkpoints_bit_for_bit(trained, algo, tmp_path):
     assert same(all_tensors(a), all_tensors(b))
     checkpoint.begin(str(tmp_path), 0)
     checkpoint.write_member(str(tmp_path), 0, 0, a.checkpoint_tensors(), a.checkpoint_meta())
-    checkpoint.commit(str(tmp_path), 0, {"generation": 0}, keep=1)
+    checkpoint.commit(str(tmp_path), 0, checkpoint.PopulationState(0, True, 1, [a.hparams], [0.0]), keep=1)
     c = Member(0, trained[algo][0], trained[algo][1], None)
     c.restore(*checkpoint.load_member(str(tmp_path), 0, 0))
     # one contiguous state buffer, as a and b have after pack/unpack and as the engine gives every member at

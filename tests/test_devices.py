@@ -231,7 +231,7 @@ def _checkpoint_round_trip(trained: Member, tmp_path: Path) -> Member:
     run_dir = str(tmp_path)
     checkpoint.begin(run_dir, 0)
     checkpoint.write_member(run_dir, 0, 0, trained.checkpoint_tensors(), trained.checkpoint_meta())
-    checkpoint.commit(run_dir, 0, {"generation": 0}, keep=1)
+    checkpoint.commit(run_dir, 0, checkpoint.PopulationState(0, True, 1, [trained.hparams], [0.0]), keep=1)
     path = tmp_path / "checkpoints" / "gen_000000" / "member_00.pt"
     raw = torch.load(path, weights_only=True)  # no map_location: the tensors come back where they were saved
     stored = list(_tensors(raw))
