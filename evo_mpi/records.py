@@ -85,7 +85,7 @@ class WeightNoise:
     Attributes:
         variant: ``normal``, ``super`` or ``reset``.
         fraction: Share of each weight matrix's entries that change.
-        sd: Standard deviation of the noise (``super``: times :data:`evo_mpi.arch.SUPER_FACTOR`).
+        sd: Standard deviation of the noise (``super``: times ``evo_mpi.arch.SUPER_FACTOR``).
         seed: Seed of the stream that picks the entries and draws the noise.
 
     """
