@@ -95,10 +95,9 @@ def _args(run_dir, per_rank: int) -> list[str]:
 def test_mfpbt_runs_the_same_on_any_layout_and_after_a_resume(tmp_path):
     run_evo(_args(tmp_path / "one", 8), None)
     reference = history_without_rank(tmp_path / "one")
-    for n, per_rank in ((2, 4), (4, 2)):
-        run_evo(_args(tmp_path / f"n{n}", per_rank), n)
-        assert history_without_rank(tmp_path / f"n{n}") == reference, f"-n {n} differs"
-    stopped = tmp_path / "stopped"
+    run_evo(_args(tmp_path / "n4", 2), 4)  # a sub-population spread over two ranks
+    assert history_without_rank(tmp_path / "n4") == reference, "-n 4 differs"
+    stopped = tmp_path / "stopped"  # -n 2: one sub-population per rank, stopped and resumed
     proc = launch(_args(stopped, 4), 2)
     wait_for_line(proc, "gen   4/")
     proc.send_signal(signal.SIGTERM)
