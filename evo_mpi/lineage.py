@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .records import parent_step_of, step_of
+from .records import parent_step_of, step_field, step_of
 
 HISTORY = "history.jsonl"
 CONFIG = "config.json"
@@ -63,7 +63,7 @@ def _valid(rec: Any) -> bool:
 
     if not isinstance(rec, dict):
         return False
-    step: Any = rec.get("interval", rec.get("generation"))
+    step: Any = step_field(rec)
     member: Any = rec.get("member")
     return is_int(step) and is_int(member) and step >= 0 and member >= 0
 

@@ -45,6 +45,11 @@ def numbers(xs: Iterable[float | None]) -> list[float]:
     return [number(x) for x in xs]
 
 
+def step_field(row: Mapping[str, Any]) -> Any:
+    """A row's ``interval`` (async) or else ``generation`` value as written (None: neither), unchecked."""
+    return row.get("interval", row.get("generation"))
+
+
 def step_of(row: Mapping[str, Any]) -> int:
     """A history or lineage row's generation (sync) or interval (async), from a row of any version."""
     return int(row["interval"] if "interval" in row else row["generation"])

@@ -19,7 +19,7 @@ from .atomic import write_text_atomic
 from .champion import ChampionReport
 from .config import Config
 from .outputs import JsonlWriter, PopulationBoard, Reporter
-from .records import HistoryRow, LineageRow
+from .records import HistoryRow, LineageRow, step_field
 
 HISTORY, LINEAGE = "history.jsonl", "lineage.jsonl"
 
@@ -112,7 +112,7 @@ def trim_to_steps(run_dir: str, done: Mapping[int, int]) -> None:
             except ValueError:
                 continue  # a partial last line of a killed run
             member = rec.get("member", rec.get("loser"))
-            step = rec.get("interval", rec.get("generation"))  # async rows; rows of earlier versions
+            step = step_field(rec)
             if isinstance(member, int) and isinstance(step, int) and step < done.get(member, 0):
                 kept.append(line if line.endswith("\n") else line + "\n")
         write_text_atomic(path, "".join(kept))
