@@ -6,7 +6,7 @@ SB3 adapter (:mod:`evo_mpi.netmorph`) carries out what is decided here.
 
 Kinds, each drawn with a relative weight (``--mutation-probs``):
 
-* ``none``: keep the winner's hyperparameters and weights as they are;
+* ``none``: keep the donor's hyperparameters and weights as they are;
 * ``hparams``: PBT's explore (perturb or resample, or PB2);
 * ``arch``: one architecture change (:func:`mutate_arch`), function-preserving on growth;
 * ``weights``: Gaussian noise on a fraction of the weights (:func:`weight_noise`);

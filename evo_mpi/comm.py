@@ -3,9 +3,9 @@
 A narrow interface (:class:`Comm`) with a single-process path that needs no
 MPI at all, and two ways to move member state between ranks:
 
-* ``p2p``: only ranks owning a needed winner send (``Isend``), only ranks
-  owning a loser receive (``Irecv``); one message per (winner, receiving rank).
-* ``collective``: every needed winner is broadcast from its owner (``Ibcast``).
+* ``p2p``: only ranks owning a needed donor send (``Isend``), only ranks
+  owning a loser receive (``Irecv``); one message per (donor, receiving rank).
+* ``collective``: every needed donor is broadcast from its owner (``Ibcast``).
 
 State travels as contiguous ``uint8`` numpy buffers through mpi4py's
 upper-case (buffer) calls; nothing is pickled on that path. Waits poll
@@ -216,30 +216,30 @@ class Comm:
 
     def move(
         self,
-        plan: Mapping[int, int],
+        donors: Mapping[int, int],
         owner: Callable[[int], int],
         pack: Callable[[int], np.ndarray],
         nbytes: int | Callable[[int], int],
         backend: str,
         receive_into: Callable[[int], np.ndarray | None] | None = None,
     ) -> dict[int, np.ndarray]:
-        """Deliver each winner's packed state to every rank holding one of its losers.
+        """Deliver each donor's packed state to every rank holding one of its losers.
 
         Args:
-            plan: ``{loser: winner}`` over the whole population (same on all ranks).
+            donors: ``{loser: donor}`` over the whole population (same on all ranks).
             owner: Member id -> rank that holds it.
             pack: A *local* member's state as a contiguous uint8 buffer (may be a live view).
-            nbytes: Size of every packed state, or winner -> the size of its state (members of different
-                architectures); asked only for winners this rank packs or receives. Ranks that only relay a
+            nbytes: Size of every packed state, or donor -> the size of its state (members of different
+                architectures); asked only for donors this rank packs or receives. Ranks that only relay a
                 broadcast take the size from its header.
             backend: ``p2p`` or ``collective``.
-            receive_into: Optional winner -> buffer of ``nbytes`` to receive that
-                winner's state into (e.g. the state of one of its local losers), so
+            receive_into: Optional donor -> buffer of ``nbytes`` to receive that
+                donor's state into (e.g. the state of one of its local losers), so
                 no extra copy is needed; None means a fresh buffer.
 
         Returns:
-            ``{winner: buffer}`` for every winner with a loser on this rank.
-            Winners on this rank are packed locally, without MPI. A winner that is
+            ``{donor: buffer}`` for every donor with a loser on this rank.
+            Donors on this rank are packed locally, without MPI. A donor that is
             also a loser is copied before anything moves, so it hands on its
             pre-exploit state.
 
@@ -247,16 +247,16 @@ class Comm:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
         me = self.rank
-        wanted = sorted({w for loser, w in plan.items() if owner(loser) == me})
-        # (winner, destination rank) pairs that must cross ranks.
-        remote = sorted({(w, owner(loser)) for loser, w in plan.items() if owner(w) != owner(loser)})
+        wanted = sorted({w for loser, w in donors.items() if owner(loser) == me})
+        # (donor, destination rank) pairs that must cross ranks.
+        remote = sorted({(w, owner(loser)) for loser, w in donors.items() if owner(w) != owner(loser)})
         to_send = sorted({w for w, dst in remote if owner(w) == me})
         size_of = nbytes if callable(nbytes) else (lambda _w: nbytes)
         packed = {}
         for w in sorted(set(wanted) | set(to_send)):
             if owner(w) == me:
                 buf = pack(w)
-                packed[w] = buf.copy() if w in plan else buf
+                packed[w] = buf.copy() if w in donors else buf
                 if buf.nbytes != size_of(w):
                     raise ValueError(f"member {w} packs {buf.nbytes} bytes, expected {size_of(w)}")
         received: dict[int, np.ndarray] = {}
@@ -278,7 +278,7 @@ class Comm:
     ) -> dict[int, np.ndarray]:
         me = self.rank
         requests: list[Any] = []
-        receives: list[tuple[int, int]] = []  # (position in ``requests``, winner) of each receive
+        receives: list[tuple[int, int]] = []  # (position in ``requests``, donor) of each receive
         received: dict[int, np.ndarray] = {}
         for w, dst in remote:
             if dst == me and w not in received:

@@ -83,10 +83,10 @@ def donors(
     """
     moves = None
     if cfg.selection == "mfpbt":
-        moves = mfpbt.plan(view.fitness, cfg.mfpbt_periods, step)
-        plan = dict(moves.weights)
+        moves = mfpbt.moves(view.fitness, cfg.mfpbt_periods, step)
+        donors = dict(moves.weights)
     else:
-        plan = select(
+        donors = select(
             cfg.selection,
             view.fitness,
             select_rng,
@@ -99,19 +99,19 @@ def donors(
         )
     held: dict[int, Held] = {}
     if cfg.selection != "ttest":
-        plan, held = exploit_margin(plan, view.fitness, cfg.exploit_margin_std, cfg.exploit_margin_abs)
+        donors, held = exploit_margin(donors, view.fitness, cfg.exploit_margin_std, cfg.exploit_margin_abs)
     if view.failed:
         positions = [list(view.ids).index(m) for m in view.failed]
-        plan = repair(plan, view.fitness, positions, cfg.truncation_fraction, repair_rng)
+        donors = repair(donors, view.fitness, positions, cfg.truncation_fraction, repair_rng)
     ids = view.ids
     hparams_from: dict[int, int] = {}
     unexplored: frozenset[int] = frozenset()
     if moves is not None:  # failed members repaired above copy and explore as with any rule
-        hparams_from = {ids[m]: ids[h] for m, h in moves.hparams.items() if m in plan and h != plan[m]}
-        unexplored = frozenset(ids[m] for m in plan if m in moves.weights and m not in moves.explore)
+        hparams_from = {ids[m]: ids[h] for m, h in moves.hparams.items() if m in donors and h != donors[m]}
+        unexplored = frozenset(ids[m] for m in donors if m in moves.weights and m not in moves.explore)
     return Choice(
-        {ids[loser]: ids[winner] for loser, winner in plan.items()},
-        {ids[loser]: Held(ids[h.donor], h.gap, h.margin) for loser, h in held.items() if loser not in plan},
+        {ids[loser]: ids[donor] for loser, donor in donors.items()},
+        {ids[loser]: Held(ids[h.donor], h.gap, h.margin) for loser, h in held.items() if loser not in donors},
         hparams_from,
         unexplored,
     )

@@ -78,7 +78,7 @@ class Engine(SyncExchange):
     ) -> None:
         """``resume_from``: the generation whose checkpoint the run continues from (None: a fresh start)."""
         super().__init__(cfg, comm, run_dir, ctx)
-        #: Each member's fitness when its current generation started (the winner's after an exploit).
+        #: Each member's fitness when its current generation started (the donor's after an exploit).
         self.start_fitness = np.full(self.population, math.nan)
         #: PB2's data: (generation, hparams, fitness change) of every member interval with finite ends.
         self.observations: list[Observation] = []
@@ -318,10 +318,10 @@ class Engine(SyncExchange):
         return self.choice.donors
 
     def _explore(self, g: int, donors: dict[int, int], fitness: np.ndarray, last: bool) -> list[dict[str, Value]]:
-        """New hyperparameters for every member: losers mutate from their winner's, the rest keep theirs.
+        """New hyperparameters for every member: losers mutate from their donor's, the rest keep theirs.
 
         With ``--mutate all`` every member mutates (from its own, unless it
-        copied a winner); :attr:`mutations` keeps what each mutation decided.
+        copied a donor); :attr:`mutations` keeps what each mutation decided.
         """
         cfg = self.cfg
         if cfg.explore == "pb2":
@@ -496,16 +496,16 @@ def lineage_rows(
         LineageRow(
             step=g,
             loser=loser,
-            winner=winner,
+            winner=donor,
             timesteps=table.timesteps[loser],
             loser_fitness=float(table.fitness[loser]),
-            winner_fitness=float(table.fitness[winner]),
+            winner_fitness=float(table.fitness[donor]),
             old_hparams=hparams[loser],
             new_hparams=new_hparams[loser],
             mutation=mutations.get(loser),
             hparams_from=choice.hparams_from.get(loser),
         )
-        for loser, winner in sorted(donors.items())
+        for loser, donor in sorted(donors.items())
     ]
 
 

@@ -1,7 +1,7 @@
 """MF-PBT: sub-populations that evolve at different periods, with asymmetric migration.
 
 Multiple-Frequencies PBT (Doulazmi et al. 2025, arXiv 2506.03225; reference code WaelDLZ/MF-PBT,
-``hpo/utils/mf_pbt_genetics.py``). Pure numpy, no draws: the plan depends on the fitness and the
+``hpo/utils/mf_pbt_genetics.py``). Pure numpy, no draws: the moves depend on the fitness and the
 generation only.
 
 The population of ``P`` members is cut into ``M = len(periods)`` sub-populations of ``n = P / M``
@@ -45,7 +45,7 @@ PAPER_PERIODS = (1, 10, 25, 50)
 
 
 @dataclass(frozen=True)
-class Plan:
+class Moves:
     """One generation's moves.
 
     Attributes:
@@ -75,7 +75,7 @@ def evolving(generation: int, periods: Sequence[int]) -> list[bool]:
     return [(generation + 1) % period == 0 for period in periods]
 
 
-def plan(fitness: np.ndarray, periods: Sequence[int], generation: int) -> Plan:
+def moves(fitness: np.ndarray, periods: Sequence[int], generation: int) -> Moves:
     """The moves after ``generation``: exploit inside every evolving sub-population, then migration into it."""
     fit = np.asarray(fitness, dtype=np.float64)
     n = group_size(fit.size, periods)
@@ -89,9 +89,9 @@ def plan(fitness: np.ndarray, periods: Sequence[int], generation: int) -> Plan:
     for p in (p for p in range(len(periods)) if due[p]):  # 1. exploit inside, winners to losers by rank
         ranked = local[p]
         for k in range(q):
-            loser, winner = ranked[n - q + k], ranked[k]
-            if np.isfinite(fit[winner]):
-                weights[loser] = hparams[loser] = winner
+            loser, donor = ranked[n - q + k], ranked[k]
+            if np.isfinite(fit[donor]):
+                weights[loser] = hparams[loser] = donor
                 explore.add(loser)
     for p in (p for p in range(len(periods)) if due[p]):  # 2. migration into the open bracket
         ranked = local[p]
@@ -107,7 +107,7 @@ def plan(fitness: np.ndarray, periods: Sequence[int], generation: int) -> Plan:
             source = periods[migrant // n]
             hparams[member] = migrant if source > periods[p] else (ranked[0] if source < periods[p] else member)
             j += 1
-    return Plan(weights, hparams, frozenset(explore))
+    return Moves(weights, hparams, frozenset(explore))
 
 
 def check(population: int, periods: Sequence[int]) -> list[str]:
@@ -133,4 +133,4 @@ def check(population: int, periods: Sequence[int]) -> list[str]:
     return problems
 
 
-__all__ = ["PAPER_PERIODS", "Plan", "check", "evolving", "group_of", "group_size", "plan"]
+__all__ = ["PAPER_PERIODS", "Moves", "check", "evolving", "group_of", "group_size", "moves"]

@@ -2,7 +2,7 @@
 
 Parker-Holder et al. 2020, "Provably Efficient Online Hyperparameter
 Optimization with Population-Based Bandits". Instead of multiplying the
-winner's hyperparameters by a random factor, PB2 fits a time-varying Gaussian
+donor's hyperparameters by a random factor, PB2 fits a time-varying Gaussian
 process to the fitness *change* each member achieved over each interval, as a
 function of (time, hyperparameters), and picks the loser's new numeric
 hyperparameters by maximising a GP-UCB acquisition at the current time.
@@ -28,10 +28,10 @@ Model (all constants below are module-level and documented):
   stable sort, so later entries win ties), which bounds the cost to one
   Cholesky of at most ``MAX_OBSERVATIONS + len(pending)`` rows per call.
 * Acquisition: UCB ``mean + sqrt(beta) * std`` at ``time``, maximised over a
-  seeded candidate set: the winner's point, :data:`N_LOCAL` Gaussian
+  seeded candidate set: the donor's point, :data:`N_LOCAL` Gaussian
   perturbations of it (half with std :data:`LOCAL_SCALES` [0], half [1], in
   the normalised space, clipped) and :data:`N_UNIFORM` uniform points; ties go
-  to the first candidate (the winner's point first).
+  to the first candidate (the donor's point first).
 * Batch diversity: ``pending`` (values already chosen for other losers this
   generation) are added at ``time`` as kriging-believer points: their value
   is the posterior mean, which leaves the mean unchanged and shrinks the
@@ -85,7 +85,7 @@ N_UNIFORM = 1000
 """Uniform random candidates in the normalised box."""
 
 N_LOCAL = 200
-"""Gaussian perturbations of the winner's point among the candidates."""
+"""Gaussian perturbations of the donor's point among the candidates."""
 
 LOCAL_SCALES = (0.02, 0.1)
 """Standard deviations (normalised units) of the two halves of the local candidates."""
@@ -277,7 +277,7 @@ def _point(hparams: Mapping[str, Value], names: Sequence[str], space: Mapping[st
 
 
 def pb2_explore(
-    winner_hparams: Mapping[str, Value],
+    donor_hparams: Mapping[str, Value],
     space: Mapping[str, Prior],
     observations: Sequence[Observation],
     time: float,
@@ -289,7 +289,7 @@ def pb2_explore(
     beta: float = PB2_BETA,
     params: KernelParams | None = None,
 ) -> dict[str, Value]:
-    """New hyperparameters for a loser that copied ``winner_hparams``, chosen by PB2.
+    """New hyperparameters for a loser that copied ``donor_hparams``, chosen by PB2.
 
     Numeric searched hyperparameters are chosen jointly by GP-UCB (see the
     module docstring). ``choice`` hyperparameters are explored as
@@ -297,14 +297,14 @@ def pb2_explore(
     probability) and constants are set to their value. With fewer than 2
     usable observations (missing or non-numeric values, non-finite time or
     delta are dropped) or no numeric searched hyperparameter, the result is
-    exactly ``explore(winner_hparams, space, factors, resample_probability, rng)``.
+    exactly ``explore(donor_hparams, space, factors, resample_probability, rng)``.
 
     Draw order: the candidate set (uniform, then local perturbations), then the
     ``explore`` draws for the non-numeric hyperparameters.
 
     Args:
-        winner_hparams: The winner's hyperparameters (the loser's starting point).
-        space: Priors; every name must be a key of ``winner_hparams``.
+        donor_hparams: The donor's hyperparameters (the loser's starting point).
+        space: Priors; every name must be a key of ``donor_hparams``.
         observations: Past (time, hyperparameters, fitness change) triples.
         time: The generation index at which the new interval starts.
         rng: The loser's explore stream.
@@ -316,28 +316,28 @@ def pb2_explore(
             losers of one generation share it (omitted: fitted here, with the same result).
 
     Returns:
-        A dict with the keys of ``winner_hparams``; every value inside its prior.
+        A dict with the keys of ``donor_hparams``; every value inside its prior.
 
     Raises:
-        ValueError: if a name in ``space`` is missing from ``winner_hparams`` or ``beta < 0``.
+        ValueError: if a name in ``space`` is missing from ``donor_hparams`` or ``beta < 0``.
 
     """
-    _check_arguments(winner_hparams, space, beta)
+    _check_arguments(donor_hparams, space, beta)
     names = _numeric_names(space)
     data = _training_data(observations, names, space)
     if data is None:
-        return explore(winner_hparams, space, factors, resample_probability, rng)
+        return explore(donor_hparams, space, factors, resample_probability, rng)
     pending_t, pending_x = _pending_points(pending, names, space, time)
-    winner = _winner_point(winner_hparams, names, space)
-    best = _maximise_ucb(data, winner, time, pending_t, pending_x, rng, beta=beta, params=params)
-    return _explore_others(winner_hparams, space, names, best, factors, resample_probability, rng)
+    donor = _donor_point(donor_hparams, names, space)
+    best = _maximise_ucb(data, donor, time, pending_t, pending_x, rng, beta=beta, params=params)
+    return _explore_others(donor_hparams, space, names, best, factors, resample_probability, rng)
 
 
-def _check_arguments(winner_hparams: Mapping[str, Value], space: Mapping[str, Prior], beta: float) -> None:
-    """ValueError for a name of ``space`` that ``winner_hparams`` lacks, or for a negative ``beta``."""
-    missing = sorted(set(space) - set(winner_hparams))
+def _check_arguments(donor_hparams: Mapping[str, Value], space: Mapping[str, Prior], beta: float) -> None:
+    """ValueError for a name of ``space`` that ``donor_hparams`` lacks, or for a negative ``beta``."""
+    missing = sorted(set(space) - set(donor_hparams))
     if missing:
-        raise ValueError(f"pb2_explore: winner hyperparameters lack {', '.join(missing)}")
+        raise ValueError(f"pb2_explore: donor hyperparameters lack {', '.join(missing)}")
     if not beta >= 0.0:
         raise ValueError(f"pb2_explore: beta must be >= 0, got {beta}")
 
@@ -352,17 +352,17 @@ def _pending_points(
     return pending_t, pending_x
 
 
-def _winner_point(winner_hparams: Mapping[str, Value], names: Sequence[str], space: Mapping[str, Prior]) -> np.ndarray:
-    """The winner's unit-cube point; ValueError when one of its numeric values is missing or not finite."""
-    winner = _point(winner_hparams, names, space)
-    if winner is None:
-        raise ValueError(f"pb2_explore: winner hyperparameters {sorted(names)} must be finite numbers")
-    return winner
+def _donor_point(donor_hparams: Mapping[str, Value], names: Sequence[str], space: Mapping[str, Prior]) -> np.ndarray:
+    """The donor's unit-cube point; ValueError when one of its numeric values is missing or not finite."""
+    donor = _point(donor_hparams, names, space)
+    if donor is None:
+        raise ValueError(f"pb2_explore: donor hyperparameters {sorted(names)} must be finite numbers")
+    return donor
 
 
 def _maximise_ucb(
     data: tuple[np.ndarray, np.ndarray, np.ndarray],
-    winner: np.ndarray,
+    donor: np.ndarray,
     time: float,
     pending_t: np.ndarray,
     pending_x: np.ndarray,
@@ -371,9 +371,9 @@ def _maximise_ucb(
     beta: float,
     params: KernelParams | None,
 ) -> np.ndarray:
-    """The candidate around ``winner`` with the highest GP-UCB at ``time`` (the first one on ties)."""
+    """The candidate around ``donor`` with the highest GP-UCB at ``time`` (the first one on ties)."""
     t, x, y = data
-    candidates = _candidates(winner, rng)
+    candidates = _candidates(donor, rng)
     mean, std = gp_posterior(
         t,
         x,
@@ -388,7 +388,7 @@ def _maximise_ucb(
 
 
 def _explore_others(
-    winner_hparams: Mapping[str, Value],
+    donor_hparams: Mapping[str, Value],
     space: Mapping[str, Prior],
     names: Sequence[str],
     best: np.ndarray,
@@ -398,24 +398,24 @@ def _explore_others(
 ) -> dict[str, Value]:
     """The non-numeric hyperparameters explored PBT-style, the numeric ones (``names``) set to the point ``best``."""
     others = {n: p for n, p in space.items() if n not in names}
-    out = explore(winner_hparams, others, factors, resample_probability, rng)
+    out = explore(donor_hparams, others, factors, resample_probability, rng)
     for k, name in enumerate(names):
         out[name] = _from_unit(space[name], float(best[k]))
     return out
 
 
-def _candidates(winner: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Where the acquisition is evaluated (unit cube): the winner, two Gaussian clouds around it, uniform draws."""
-    d = len(winner)
+def _candidates(donor: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Where the acquisition is evaluated (unit cube): the donor, two Gaussian clouds around it, uniform draws."""
+    d = len(donor)
     uniform = rng.random((N_UNIFORM, d))
     half = N_LOCAL // 2
     local = np.concatenate(
         [
-            winner + LOCAL_SCALES[0] * rng.standard_normal((half, d)),
-            winner + LOCAL_SCALES[1] * rng.standard_normal((N_LOCAL - half, d)),
+            donor + LOCAL_SCALES[0] * rng.standard_normal((half, d)),
+            donor + LOCAL_SCALES[1] * rng.standard_normal((N_LOCAL - half, d)),
         ]
     )
-    return np.concatenate([winner[None, :], np.clip(local, 0.0, 1.0), uniform])
+    return np.concatenate([donor[None, :], np.clip(local, 0.0, 1.0), uniform])
 
 
 def _training_data(

@@ -1,7 +1,7 @@
 """Exploit planning: which members copy which.
 
 Pure numpy. Given the whole population's fitness and a seeded generator,
-every rank computes the same plan ``{loser: winner}``.
+every rank computes the same donor map ``{loser: donor}``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def quantile_size(population: int, fraction: float) -> int:
 def truncation(fitness: np.ndarray, fraction: float, rng: np.random.Generator) -> dict[int, int]:
     """The bottom ceil(q*P) members each copy one drawn uniformly from the top ceil(q*P).
 
-    Only members with finite fitness can be winners; with none, the plan is
+    Only members with finite fitness can be donors; with none, the map is
     empty. With q = 0.5 and an odd P the median member is in both sets: it
     copies one of the *other* top members (never itself).
     """
@@ -47,12 +47,12 @@ def truncation(fitness: np.ndarray, fraction: float, rng: np.random.Generator) -
     order = rank_order(fit)
     n = quantile_size(fit.size, fraction)
     top = [int(m) for m in order[:n] if np.isfinite(fit[m])]
-    plan: dict[int, int] = {}
+    donors: dict[int, int] = {}
     for loser in sorted(int(m) for m in order[fit.size - n :]):
         choices = [w for w in top if w != loser]
         if choices:
-            plan[loser] = choices[int(rng.integers(len(choices)))]
-    return plan
+            donors[loser] = choices[int(rng.integers(len(choices)))]
+    return donors
 
 
 def winner_takes_all(fitness: np.ndarray) -> dict[int, int]:
@@ -91,15 +91,15 @@ def tournament(fitness: np.ndarray, size: int, elitism: bool, rng: np.random.Gen
     position = np.empty(population, dtype=np.int64)
     position[order] = np.arange(population)
     best = int(order[0])
-    plan: dict[int, int] = {}
+    donors: dict[int, int] = {}
     for i in range(population):
         if elitism and i == best:
             continue
         contestants = rng.choice(population, size=k, replace=False)
         winner = int(contestants[int(np.argmin(position[contestants]))])
         if winner != i and np.isfinite(fit[winner]):
-            plan[i] = winner
-    return plan
+            donors[i] = winner
+    return donors
 
 
 def welch_pvalue(a: np.ndarray, b: np.ndarray) -> float:
@@ -160,9 +160,9 @@ def ttest(returns: Sequence[np.ndarray], fitness: np.ndarray, alpha: float, rng:
     if len(returns) != fit.size:
         raise ValueError(f"ttest needs one returns array per member: {len(returns)} for {fit.size} members")
     population = fit.size
-    plan: dict[int, int] = {}
+    donors: dict[int, int] = {}
     if population < 2:
-        return plan
+        return donors
     samples = [np.asarray(r, dtype=np.float64).ravel() for r in returns]
     for i in range(population):
         j = int(rng.integers(population - 1))
@@ -170,37 +170,37 @@ def ttest(returns: Sequence[np.ndarray], fitness: np.ndarray, alpha: float, rng:
         if not np.isfinite(fit[j]):
             continue
         if not np.isfinite(fit[i]):
-            plan[i] = j
+            donors[i] = j
             continue
         mine, theirs = samples[i], samples[j]
         if mine.size < 2 or theirs.size < 2 or not (np.all(np.isfinite(mine)) and np.all(np.isfinite(theirs))):
             continue
         if np.mean(theirs) > np.mean(mine) and welch_pvalue(theirs, mine) < alpha:
-            plan[i] = j
-    return plan
+            donors[i] = j
+    return donors
 
 
 def repair(
-    plan: dict[int, int], fitness: np.ndarray, failed: Sequence[int], fraction: float, rng: np.random.Generator
+    donors: dict[int, int], fitness: np.ndarray, failed: Sequence[int], fraction: float, rng: np.random.Generator
 ) -> dict[int, int]:
-    """``plan`` plus a donor for every failed member the rule left out: a failed member always copies.
+    """``donors`` plus a donor for every failed member the rule left out: a failed member always copies.
 
     Donors are the top ``ceil(fraction * H)`` of the ``H`` healthy members by
     :func:`rank_order` (a healthy member without finite fitness still beats a
-    failed one); each failed member not already in ``plan``, in id order,
+    failed one); each failed member not already in ``donors``, in id order,
     draws one uniformly with one ``rng.integers`` call. With no healthy member
-    the plan is unchanged. A failed member is never a donor: its fitness is
+    the map is unchanged. A failed member is never a donor: its fitness is
     NaN, so no rule picks it either.
     """
     broken = set(int(m) for m in failed)
-    out = dict(plan)
+    out = dict(donors)
     healthy = [int(m) for m in rank_order(fitness) if int(m) not in broken]
     if not healthy:
         return out
-    donors = healthy[: quantile_size(len(healthy), min(max(fraction, 0.0), 1.0))]
+    top = healthy[: quantile_size(len(healthy), min(max(fraction, 0.0), 1.0))]
     for m in sorted(broken):
         if m not in out:
-            out[m] = donors[int(rng.integers(len(donors)))]
+            out[m] = top[int(rng.integers(len(top)))]
     return out
 
 
@@ -229,9 +229,9 @@ class Held:
 
 
 def exploit_margin(
-    plan: dict[int, int], fitness: np.ndarray, k: float, a: float
+    donors: dict[int, int], fitness: np.ndarray, k: float, a: float
 ) -> tuple[dict[int, int], dict[int, Held]]:
-    """Split ``plan`` into the copies that clear the margin and the losers held back.
+    """Split ``donors`` into the copies that clear the margin and the losers held back.
 
     A loser copies its donor only if ``fitness[donor] - fitness[loser] > max(k * sd, a * |fitness[donor]|)``,
     with ``sd`` = :func:`spread` of the whole population: with ``k = a = 0`` any strict improvement, so ties
@@ -242,7 +242,7 @@ def exploit_margin(
     sd = spread(fit) if k > 0 else 0.0
     kept: dict[int, int] = {}
     held: dict[int, Held] = {}
-    for loser, donor in plan.items():
+    for loser, donor in donors.items():
         if not math.isfinite(fit[loser]):
             kept[loser] = donor
             continue
@@ -269,7 +269,7 @@ def select(
 ) -> dict[int, int]:
     """Dispatch to a selection rule by name (one of :data:`SELECTIONS`).
 
-    ``none`` is no exploit at all (random search): always the empty plan.
+    ``none`` is no exploit at all (random search): always the empty map.
     ``ready`` (a bool per member; None: all ready) restricts the rule to the
     ready members, as if the others were not in the population: they neither
     copy nor are copied (``--ready-after``). Fewer than 2 ready: no exploit.

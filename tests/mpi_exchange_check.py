@@ -36,25 +36,25 @@ for r in range(comm.size):
     before.update(comm.bcast_obj({m: digest(m) for m in local} if comm.rank == r else None, root=r))
 assert len(set(before.values())) == population, "members must start different"
 
-# Member 0 is both a winner (of the last member) and a loser (of member 1): it must hand on its old state.
-plan = {0: 1, population - 1: 0}
+# Member 0 is both a donor (of the last member) and a loser (of member 1): it must hand on its old state.
+donors = {0: 1, population - 1: 0}
 for loser in range(2, population - 1):
-    plan[loser] = (loser * 7) % population if (loser * 7) % population != loser else 1
+    donors[loser] = (loser * 7) % population if (loser * 7) % population != loser else 1
 owner = lambda m: m // per_rank  # noqa: E731
 nbytes = members[local[0]].state_nbytes
 for backend in backends:
     for m in local:  # every backend moves the same states
         members[m].unpack(original[m])
         assert digest(m) == before[m]
-    buffers = comm.move(plan, owner, lambda w: members[w].pack(), nbytes, backend)
-    for loser, winner in plan.items():
+    buffers = comm.move(donors, owner, lambda w: members[w].pack(), nbytes, backend)
+    for loser, donor in donors.items():
         if owner(loser) == comm.rank:
-            members[loser].unpack(buffers[winner])
+            members[loser].unpack(buffers[donor])
     after = {}
     for r in range(comm.size):
         after.update(comm.bcast_obj({m: digest(m) for m in local} if comm.rank == r else None, root=r))
     for m in range(population):
-        expected = before[plan[m]] if m in plan else before[m]
+        expected = before[donors[m]] if m in donors else before[m]
         assert after[m] == expected, f"{backend}: member {m} got state {after[m][:8]}, expected {expected[:8]}"
     if comm.rank == 0:
-        print(f"OK {len(plan)} transfers, {nbytes} bytes each, backend {backend}, {comm.size} ranks", flush=True)
+        print(f"OK {len(donors)} transfers, {nbytes} bytes each, backend {backend}, {comm.size} ranks", flush=True)

@@ -17,16 +17,16 @@ def test_repair_gives_every_failed_member_a_healthy_donor_from_the_top():
     # members 1 and 4 failed (NaN); healthy by fitness: 3 (9.0), 0 (5.0), 2 (1.0), 5 (NaN: no episode yet)
     fitness = np.array([5.0, math.nan, 1.0, 9.0, math.nan, math.nan])
     for seed in range(200):
-        plan = repair({}, fitness, [1, 4], 0.5, rng(seed))
-        assert set(plan) == {1, 4}
-        assert all(donor in (3, 0) for donor in plan.values())  # top ceil(0.5 * 4) = 2 healthy members
+        donors = repair({}, fitness, [1, 4], 0.5, rng(seed))
+        assert set(donors) == {1, 4}
+        assert all(donor in (3, 0) for donor in donors.values())  # top ceil(0.5 * 4) = 2 healthy members
     donors = {repair({}, fitness, [1, 4], 0.5, rng(seed))[1] for seed in range(200)}
     assert donors == {0, 3}  # drawn, not always the best
     # with only member 1 failed, member 4 counts as healthy: top ceil(0.5 * 5) = 3 (3, 0, 2)
     assert {repair({}, fitness, [1], 0.5, rng(seed))[1] for seed in range(200)} == {0, 2, 3}
 
 
-def test_repair_keeps_the_rules_plan_and_needs_a_healthy_member():
+def test_repair_keeps_the_rules_donors_and_needs_a_healthy_member():
     fitness = np.array([5.0, math.nan, 1.0, 9.0])
     assert repair({1: 0, 2: 3}, fitness, [1], 0.25, rng())[1] == 0  # the rule's own pick stands
     assert repair({2: 3}, fitness, [1], 0.25, rng()) == {2: 3, 1: 3}  # ceil(0.25 * 3) = 1 donor: the best
@@ -36,11 +36,11 @@ def test_repair_keeps_the_rules_plan_and_needs_a_healthy_member():
 
 
 @pytest.mark.parametrize("rule", ["none", "wta", "tournament", "truncation"])
-def test_a_failed_member_is_never_a_winner_and_always_a_loser_after_repair(rule):
+def test_a_failed_member_is_never_a_donor_and_always_a_loser_after_repair(rule):
     fitness = np.array([3.0, math.nan, 2.0, 1.0, 4.0])
-    plan = select(rule, fitness, rng(), tournament_size=5)
-    assert 1 not in plan.values()
-    repaired = repair(plan, fitness, [1], 0.25, rng(1))
+    donors = select(rule, fitness, rng(), tournament_size=5)
+    assert 1 not in donors.values()
+    repaired = repair(donors, fitness, [1], 0.25, rng(1))
     assert repaired[1] != 1 and 1 not in repaired.values()
 
 

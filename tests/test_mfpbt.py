@@ -9,7 +9,7 @@ import pytest
 
 from evo_mpi.config import Config
 from evo_mpi.decision import View, donors
-from evo_mpi.mfpbt import check, evolving, plan
+from evo_mpi.mfpbt import check, evolving, moves
 from evo_mpi.records import step_of
 from helpers import (
     cartpole_args,
@@ -34,35 +34,35 @@ def test_sub_populations_evolve_at_their_periods():
 def test_only_the_fast_sub_population_evolves_and_imports_a_slow_migrant_whole():
     # sub-population 0 = ids 0-3 (period 1), 1 = ids 4-7 (period 10); brackets of q = 1
     fitness = np.array([1.0, 4.0, 3.0, 2.0, 10.0, 9.0, 8.0, 7.0])
-    moves = plan(fitness, (1, 10), 0)
+    got = moves(fitness, (1, 10), 0)
     # inside 0: ranked 1, 2, 3, 0: the loser 0 copies the winner 1 and explores;
     # the open member 3 (rank 2, fitness 2) meets the best outsider 4 (10): it comes in with its hyperparameters
-    assert moves.weights == {0: 1, 3: 4} and moves.hparams == {0: 1, 3: 4} and moves.explore == {0}
+    assert got.weights == {0: 1, 3: 4} and got.hparams == {0: 1, 3: 4} and got.explore == {0}
 
 
 def test_a_migrant_from_a_faster_sub_population_brings_weights_only():
     fitness = np.array([10.0, 9.0, 8.0, 7.0, 1.0, 4.0, 3.0, 2.0])
-    moves = plan(fitness, (1, 10), 9)  # both evolve
+    got = moves(fitness, (1, 10), 9)  # both evolve
     # 0: the loser 3 copies 0; its open member 2 (8) meets 5 (4): no migration
     # 1: ranked 5, 6, 7, 4: the loser 4 copies 5; the open member 7 (2) takes 0's weights (10 > 2) with the
     #    hyperparameters of its own sub-population's best, 5; it does not explore
-    assert moves.weights == {3: 0, 4: 5, 7: 0}
-    assert moves.hparams == {3: 0, 4: 5, 7: 5}
-    assert moves.explore == {3, 4}
+    assert got.weights == {3: 0, 4: 5, 7: 0}
+    assert got.hparams == {3: 0, 4: 5, 7: 5}
+    assert got.explore == {3, 4}
 
 
 def test_the_next_migrant_comes_up_only_after_one_came_in():
     # 16 members, 2 sub-populations of 8 (q = 2): 0's open members are ranks 4-5 (ids 4, 5)
     group1 = [4.5, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    moves = plan(np.array([8.0, 7, 6, 4, 4.0, 3.0, 2, 1, *group1]), (1, 2), 0)
-    assert moves.weights == {6: 0, 7: 1, 4: 8}  # 4 (4.0) takes 8 (4.5); 5 (3.0) does not beat 9 (2.5)
-    moves = plan(np.array([8.0, 7, 6, 5, 4.6, 3.0, 2, 1, *group1]), (1, 2), 0)
-    assert moves.weights == {6: 0, 7: 1, 5: 8}  # 4 (4.6) beats 8; 5 (3.0) still meets 8, not 9
+    got = moves(np.array([8.0, 7, 6, 4, 4.0, 3.0, 2, 1, *group1]), (1, 2), 0)
+    assert got.weights == {6: 0, 7: 1, 4: 8}  # 4 (4.0) takes 8 (4.5); 5 (3.0) does not beat 9 (2.5)
+    got = moves(np.array([8.0, 7, 6, 5, 4.6, 3.0, 2, 1, *group1]), (1, 2), 0)
+    assert got.weights == {6: 0, 7: 1, 5: 8}  # 4 (4.6) beats 8; 5 (3.0) still meets 8, not 9
 
 
 def test_a_tie_never_migrates():
-    moves = plan(np.array([5.0, 4.0, 3.0, 2.0, 3.0, 0.0, 0.0, 0.0]), (1, 10), 0)
-    assert moves.weights == {3: 0}  # open member 2 (3.0) and the best outsider 4 (3.0) tie
+    got = moves(np.array([5.0, 4.0, 3.0, 2.0, 3.0, 0.0, 0.0, 0.0]), (1, 10), 0)
+    assert got.weights == {3: 0}  # open member 2 (3.0) and the best outsider 4 (3.0) tie
 
 
 def test_the_decision_core_reports_migrants_and_their_hyperparameter_source():

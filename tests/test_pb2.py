@@ -41,10 +41,10 @@ def test_results_in_bounds_typed_and_keys_kept():
     obs = _observations(40, 0)
     rng = np.random.default_rng(1)
     for seed in range(30):
-        winner = sample_hparams(SPACE, rng)
-        winner["extra"] = "kept"
-        out = pb2_explore(winner, SPACE, obs, 5, np.random.default_rng(seed))
-        assert list(out) == list(winner)
+        donor = sample_hparams(SPACE, rng)
+        donor["extra"] = "kept"
+        out = pb2_explore(donor, SPACE, obs, 5, np.random.default_rng(seed))
+        assert list(out) == list(donor)
         assert out["extra"] == "kept" and out["gamma"] == 0.99
         assert isinstance(out["lr"], float) and 1e-5 <= out["lr"] <= 1e-2
         assert isinstance(out["clip"], float) and 0.1 <= out["clip"] <= 0.4
@@ -54,61 +54,61 @@ def test_results_in_bounds_typed_and_keys_kept():
 
 def test_choice_is_perturbed_like_explore():
     obs = _observations(40, 0)
-    winner = {"lr": 1e-3, "clip": 0.2, "epochs": 10, "batch": 64, "gamma": 0.99}
+    donor = {"lr": 1e-3, "clip": 0.2, "epochs": 10, "batch": 64, "gamma": 0.99}
     seen = set()
     for seed in range(40):
-        out = pb2_explore(winner, SPACE, obs, 5, np.random.default_rng(seed), resample_probability=0.0)
+        out = pb2_explore(donor, SPACE, obs, 5, np.random.default_rng(seed), resample_probability=0.0)
         seen.add(out["batch"])
     assert seen == {32, 128}  # always a neighbour with no resampling
 
 
 def test_deterministic_for_same_seed():
     obs = _observations(64, 3)
-    winner = sample_hparams(SPACE, np.random.default_rng(9))
+    donor = sample_hparams(SPACE, np.random.default_rng(9))
     pending = [sample_hparams(SPACE, np.random.default_rng(10))]
-    a = pb2_explore(winner, SPACE, obs, 8, np.random.default_rng(4), pending=pending)
-    b = pb2_explore(winner, SPACE, obs, 8, np.random.default_rng(4), pending=pending)
+    a = pb2_explore(donor, SPACE, obs, 8, np.random.default_rng(4), pending=pending)
+    b = pb2_explore(donor, SPACE, obs, 8, np.random.default_rng(4), pending=pending)
     assert a == b
-    picks = {pb2_explore(winner, SPACE, obs, 8, np.random.default_rng(s))["lr"] for s in range(10)}
+    picks = {pb2_explore(donor, SPACE, obs, 8, np.random.default_rng(s))["lr"] for s in range(10)}
     assert len(picks) > 1
 
 
 @pytest.mark.parametrize("n", [0, 1])
 def test_fallback_is_explore_without_data(n):
     obs = _observations(n, 0)
-    winner = sample_hparams(SPACE, np.random.default_rng(2))
+    donor = sample_hparams(SPACE, np.random.default_rng(2))
     for seed in range(10):
-        expected = explore(winner, SPACE, (0.7, 1.3), 0.3, np.random.default_rng(seed))
+        expected = explore(donor, SPACE, (0.7, 1.3), 0.3, np.random.default_rng(seed))
         got = pb2_explore(
-            winner, SPACE, obs, 1, np.random.default_rng(seed), factors=(0.7, 1.3), resample_probability=0.3
+            donor, SPACE, obs, 1, np.random.default_rng(seed), factors=(0.7, 1.3), resample_probability=0.3
         )
         assert got == expected
 
 
 def test_fallback_when_observations_unusable_or_nothing_numeric():
-    winner = sample_hparams(SPACE, np.random.default_rng(2))
+    donor = sample_hparams(SPACE, np.random.default_rng(2))
     bad = [
         Observation(0, {"lr": 1e-3}, 1.0),  # missing names
-        Observation(0, {**winner, "lr": "x"}, 1.0),  # not a number
-        Observation(0, winner, math.nan),
-        Observation(math.inf, winner, 1.0),
-        Observation(1, winner, 2.0),  # the only usable one
+        Observation(0, {**donor, "lr": "x"}, 1.0),  # not a number
+        Observation(0, donor, math.nan),
+        Observation(math.inf, donor, 1.0),
+        Observation(1, donor, 2.0),  # the only usable one
     ]
-    expected = explore(winner, SPACE, (0.8, 1.2), 0.25, np.random.default_rng(0))
-    assert pb2_explore(winner, SPACE, bad, 2, np.random.default_rng(0)) == expected
+    expected = explore(donor, SPACE, (0.8, 1.2), 0.25, np.random.default_rng(0))
+    assert pb2_explore(donor, SPACE, bad, 2, np.random.default_rng(0)) == expected
     space = parse_space({"batch": "choice:32,64,128", "gamma": "const:0.9"})
-    winner = {"batch": 64, "gamma": 0.9}
-    obs = [Observation(0, winner, 1.0), Observation(0, winner, 2.0)]
-    expected = explore(winner, space, (0.8, 1.2), 0.25, np.random.default_rng(0))
-    assert pb2_explore(winner, space, obs, 1, np.random.default_rng(0)) == expected
+    donor = {"batch": 64, "gamma": 0.9}
+    obs = [Observation(0, donor, 1.0), Observation(0, donor, 2.0)]
+    expected = explore(donor, space, (0.8, 1.2), 0.25, np.random.default_rng(0))
+    assert pb2_explore(donor, space, obs, 1, np.random.default_rng(0)) == expected
 
 
 def test_bad_input():
     with pytest.raises(ValueError, match="lack gamma"):
         pb2_explore({"lr": 1e-3, "clip": 0.2, "epochs": 3, "batch": 32}, SPACE, [], 0, np.random.default_rng(0))
-    winner = sample_hparams(SPACE, np.random.default_rng(0))
+    donor = sample_hparams(SPACE, np.random.default_rng(0))
     with pytest.raises(ValueError, match="beta"):
-        pb2_explore(winner, SPACE, _observations(8, 0), 1, np.random.default_rng(0), beta=-1.0)
+        pb2_explore(donor, SPACE, _observations(8, 0), 1, np.random.default_rng(0), beta=-1.0)
 
 
 def test_pending_points_push_choices_apart():
@@ -116,13 +116,13 @@ def test_pending_points_push_choices_apart():
     rng = np.random.default_rng(0)
     # a flat, noisy landscape: the pick is driven by uncertainty
     obs = [Observation(g, {"x": float(rng.random()), "y": float(rng.random())}, float(rng.normal())) for g in range(12)]
-    winner = {"x": 0.5, "y": 0.5}
+    donor = {"x": 0.5, "y": 0.5}
     for seed in range(10):
-        first = pb2_explore(winner, space, obs, 12, np.random.default_rng(seed))
-        second = pb2_explore(winner, space, obs, 12, np.random.default_rng(seed), pending=[first])
+        first = pb2_explore(donor, space, obs, 12, np.random.default_rng(seed))
+        second = pb2_explore(donor, space, obs, 12, np.random.default_rng(seed), pending=[first])
         assert second != first
         # the same candidate set: without the pending point the same seed repeats the first pick
-        assert pb2_explore(winner, space, obs, 12, np.random.default_rng(seed)) == first
+        assert pb2_explore(donor, space, obs, 12, np.random.default_rng(seed)) == first
 
 
 def test_exploits_the_model_with_beta_zero():
@@ -224,17 +224,17 @@ def _toy_pbt(method, seed, population=8, generations=15):
             observations.append(Observation(g, dict(hparams[m]), r))
         if g == generations - 1:
             break
-        plan = truncation(score, 0.25, np.random.default_rng([seed, g]))
+        donors = truncation(score, 0.25, np.random.default_rng([seed, g]))
         new = [dict(h) for h in hparams]
         chosen = []
-        for loser, winner in sorted(plan.items()):
+        for loser, donor in sorted(donors.items()):
             erng = np.random.default_rng([seed, g, loser, 1])
             if method == "pb2":
-                new[loser] = pb2_explore(hparams[winner], BENCH_SPACE, observations, g + 1, erng, pending=chosen)
+                new[loser] = pb2_explore(hparams[donor], BENCH_SPACE, observations, g + 1, erng, pending=chosen)
                 chosen.append(new[loser])
             else:
-                new[loser] = explore(hparams[winner], BENCH_SPACE, (0.8, 1.2), 0.25, erng)
-            score[loser] = score[winner]
+                new[loser] = explore(hparams[donor], BENCH_SPACE, (0.8, 1.2), 0.25, erng)
+            score[loser] = score[donor]
         hparams = new
     return float(score.max())
 
@@ -265,7 +265,7 @@ def test_one_kernel_fit_per_generation_gives_the_same_picks(monkeypatch, seed, n
     observations.append(Observation(0, observations[0].hparams, math.nan))  # dropped by both paths
     rng = np.random.default_rng(seed + 1)
     hparams = [sample_hparams(SPACE, rng) for _ in range(population)]
-    plan = {population - 1 - k: k for k in range(losers)}  # the last members copy the first ones
+    donors = {population - 1 - k: k for k in range(losers)}  # the last members copy the first ones
     time = float(n_obs // population + 1)
     fits = []
     real_fit = pb2.fit_kernel
@@ -274,10 +274,10 @@ def test_one_kernel_fit_per_generation_gives_the_same_picks(monkeypatch, seed, n
     def generation(shared):
         params = fit_observations(observations, SPACE) if shared else None
         chosen = []
-        for loser in sorted(plan):
+        for loser in sorted(donors):
             erng = np.random.default_rng([seed, loser])
             chosen.append(
-                pb2_explore(hparams[plan[loser]], SPACE, observations, time, erng, pending=chosen, params=params)
+                pb2_explore(hparams[donors[loser]], SPACE, observations, time, erng, pending=chosen, params=params)
             )
         return chosen
 
