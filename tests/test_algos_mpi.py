@@ -1,4 +1,4 @@
-"""Exact resume and layout independence hold for every algorithm, with real mpiexec runs.
+"""Exact resume and layout independence hold for every algorithm, with real mpiexec runs (DDPG through TD3).
 
 Every run also evolves its networks (architecture and weight mutation from 32-32 or 64-64), so
 members of different sizes move between ranks, resume and rebuild for every algorithm.
@@ -9,7 +9,7 @@ import signal
 
 import gymnasium
 import pytest
-from stable_baselines3 import A2C, DDPG, DQN, PPO, SAC, TD3
+from stable_baselines3 import A2C, DQN, PPO, SAC, TD3
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from evo_mpi import checkpoint
@@ -29,11 +29,13 @@ ARGS = {
     # SAC also moves and resumes VecNormalize statistics and whole replay buffers
     "sac": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2", "--normalize", "--copy-replay-buffer"],
     "td3": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2"],
-    "ddpg": ["--env-id", "Pendulum-v1", *OFF_POLICY, "--fitness-window", "2"],
 }
+#: DDPG is left out here: SB3 implements it as TD3's class with other defaults (no policy delay, no
+#: target noise), so its state packs, moves and resumes through exactly TD3's path; test_algos.py
+#: trains, exploits and reloads it in one process like every algorithm.
 GENERATIONS = 3
 POPULATION = 4
-CLASSES = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3, "ddpg": DDPG}
+CLASSES = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC, "td3": TD3}
 EVOLVING = ["--search-space", "net_arch=arch:1:3:16:96", "--mutation-probs", "hparams=1,arch=2,weights=1"]
 
 

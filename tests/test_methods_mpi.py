@@ -20,8 +20,7 @@ METHODS = {
     "tournament-elitism": ["--selection", "tournament", "--tournament-size", "3", "--elitism"],
     "ttest": ["--selection", "ttest", "--ttest-alpha", "0.3"],
     "pb2": ["--selection", "truncation", "--explore", "pb2"],
-    "none": ["--selection", "none"],
-}
+}  # ``none`` (random search) moves nothing between ranks: test_selection.py and test_step.py check it
 FOUR_GENERATIONS = [*TINY, "--generations", "4"]
 
 
@@ -69,8 +68,6 @@ def test_history_same_on_every_layout_and_plan_recomputes(method_runs):
             returns = [np.array(r["returns"], dtype=float) for r in recs]
             assert all(len(r) > 0 for r in returns)
             assert parents == ttest(returns, fitness, 0.3, rng)
-        elif name == "none":
-            assert parents == {}
         else:
             n = 1  # truncation q = 0.25 of 4
             order = rank_order(fitness).tolist()
@@ -86,18 +83,17 @@ def test_history_same_on_every_layout_and_plan_recomputes(method_runs):
             want = recs[m]["hparams"]
             if m in parents:
                 rng = seeding.stream(CFG.seed, seeding.EXPLORE, g, m)
-                winner = recs[parents[m]]["hparams"]
+                donor = recs[parents[m]]["hparams"]
                 if name == "pb2":
-                    want = pb2_explore(winner, space, observations, float(g + 1), rng, pending=chosen)
+                    want = pb2_explore(donor, space, observations, float(g + 1), rng, pending=chosen)
                     chosen.append(want)
                 else:
-                    want = explore(winner, space, CFG.perturb_factors, CFG.resample_probability, rng)
+                    want = explore(donor, space, CFG.perturb_factors, CFG.resample_probability, rng)
             assert gens[g + 1][m]["hparams"] == want, (g, m)
         start = fitness.copy()
         for m, p in parents.items():
             start[m] = fitness[p]
-    if name != "none":
-        assert exploits > 0, "the run must exercise the exploit path"
+    assert exploits > 0, "the run must exercise the exploit path"
 
 
 def test_lineage_file_lists_every_exploit(method_runs):

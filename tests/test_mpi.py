@@ -31,9 +31,10 @@ def test_backends_move_state_bit_for_bit(n, per_rank):
         assert line.startswith(f"OK {n * per_rank - 1} transfers") and f"backend {backend}, {n} ranks" in line, line
 
 
+#: The collective backend at -n 4 moves the same bytes as p2p (test_backends_move_state_bit_for_bit);
+#: here it runs at -n 2 x 2, the layout where a broadcast also reaches a rank's second member.
 LAYOUTS = {
     "n4-p2p": (4, ["--agents-per-rank", "1", "--backend", "p2p"]),
-    "n4-collective": (4, ["--agents-per-rank", "1", "--backend", "collective"]),
     "n2x2-collective": (2, ["--agents-per-rank", "2", "--backend", "collective"]),
     "n1x4-noMPI": (None, ["--agents-per-rank", "4", "--backend", "p2p"]),
 }
@@ -126,7 +127,7 @@ def test_wta_plan_matches_fitness(tmp_path):
 
 
 def test_outputs_models_and_progress(runs):
-    run_dir, proc = runs["n4-collective"]
+    run_dir, proc = runs["n4-p2p"]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("gen ")]
     assert len(lines) == 3 and "steps/s" in lines[0] and "eta" in lines[0] and "exploits" in lines[0]
     assert "done: champion member" in proc.stdout
