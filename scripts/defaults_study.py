@@ -183,22 +183,31 @@ def roots(rows: list[dict[str, Any]]) -> list[int]:
     return counts
 
 
+def _leaders(rows: list[dict[str, Any]]) -> tuple[int, int]:
+    """The member with the best fitness (the objective) and the one with the best mean return in ``rows``."""
+    by_objective = max(rows, key=lambda r: -math.inf if r["fitness"] is None else r["fitness"])["member"]
+    by_return = max(rows, key=lambda r: np.mean(r["returns"]) if r["returns"] else -math.inf)["member"]
+    return int(by_objective), int(by_return)
+
+
 def objective_lines(env: str, runs: dict[str, dict[int, dict[str, Any]]]) -> list[str]:
     """For an arm with ``--fitness info:KEY``: how often its final top member differs from the return's."""
     lines = []
     for arm, got in runs.items():
         if "--fitness" not in ARMS[arm]["args"]:
             continue
-        differ = []
+        differ, generations = [], []
         for seed in sorted(got):
             rows = history(env, arm, seed)
-            last = [r for r in rows if r["generation"] == max(q["generation"] for q in rows)]
-            by_objective = max(last, key=lambda r: -math.inf if r["fitness"] is None else r["fitness"])["member"]
-            by_return = max(last, key=lambda r: np.mean(r["returns"]) if r["returns"] else -math.inf)["member"]
-            differ.append(by_objective != by_return)
+            leaders = [
+                _leaders([r for r in rows if r["generation"] == g]) for g in sorted({r["generation"] for r in rows})
+            ]
+            differ.append(leaders[-1][0] != leaders[-1][1])
+            generations += [a != b for a, b in leaders]
         lines.append(
             f"`{arm}`: in {sum(differ)} of {len(differ)} runs the member the objective ranks first in the last "
-            "generation is not the one the (shaped) return ranks first."
+            f"generation is not the one the (shaped) return ranks first; over all generations of these runs, "
+            f"in {sum(generations)} of {len(generations)}."
         )
     return lines
 
