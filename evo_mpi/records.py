@@ -199,7 +199,7 @@ class IntervalFields:
             delta=number(data.get("delta")),
             since_exploit=None if data.get("since_exploit") is None else int(data["since_exploit"]),
             seen=[int(s) for s in data.get("seen", [])],
-            parent_step=data.get("parent_interval", data.get("parent_generation")),
+            parent_step=parent_step_of(data),
             parent_fitness=number(data.get("parent_fitness")),
             fetch_s=data.get("fetch_s"),
             new_hparams=dict(data.get("new_hparams", data.get("hparams", {}))),
