@@ -23,7 +23,9 @@ training fitness predicts the test score.
 A finished run keeps its small outputs under ``docs/data/zoo/<env>/<arm>/seed<k>/`` (config,
 history, champion, timings and ``summary.json``; never models or checkpoints); with ``--commit``
 the script commits them at once, so a later session skips every run whose ``summary.json`` is
-committed and resumes an unfinished one from its checkpoint under ``--out``.
+committed and resumes an unfinished one from its checkpoint under ``--out``. ``summary.json`` names
+the commit of evo_mpi the run's first launch ran (``commit``; runs before 2026-12-05 lack it), so
+arms run before and after a change of defaults can be told apart.
 """
 
 from __future__ import annotations
@@ -237,12 +239,20 @@ def run_one(out: str, env: str, arm: str, seed: int, commit: bool) -> None:
     path = os.path.join(out, env, arm, f"seed{seed}")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     child = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    code = path + ".commit"  # beside the run dir, as its log is
+    if not os.path.exists(code):  # the code of the first launch; a resume after a code change keeps it
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        with open(code, "w", encoding="utf-8") as fh:
+            fh.write(head.stdout.strip() or "unknown")
     if not os.path.exists(os.path.join(path, "best.zip")) and not launch(path, command(env, arm, seed, path), child):
         raise SystemExit(1)
     wall = launch_wall(path)
+    with open(code, encoding="utf-8") as fh:
+        ran = fh.read().strip()
     summary = {"env": env, "arm": arm, "seed": seed, "generations": ENVS[env]["generations"],
                "steps_per_member": ENVS[env]["generations"] * ENVS[env]["steps"], "population": RANKS * PER_RANK,
-               "launch_wall_s": wall, **score(path, env)}  # fmt: skip
+               "launch_wall_s": wall, "commit": ran,
+               **score(path, env)}  # fmt: skip
     message = f"zoo study: {env} {arm} seed {seed} (small outputs; test {summary['test_mean']:.1f})"
     keep(path, target, summary, SMALL_FILES, REPO, message if commit else "")
     print(f"{env} {arm:14s} seed {seed}: test {summary['test_mean']:7.1f} ({wall / 60:.1f} min)", flush=True)
