@@ -212,6 +212,57 @@ def objective_lines(env: str, runs: dict[str, dict[int, dict[str, Any]]]) -> lis
     return lines
 
 
+#: The arms that may become the defaults (``pbt-margin`` ran seed 0 only: its history equals ``pbt``'s).
+CANDIDATES = ("pbt", "pbt-ready", "pbt-margin3", "mfpbt")
+CURRENT = "pbt"  # today's defaults
+DECIDING_ENVS = ("Pendulum-v1", "Acrobot-v1")
+
+
+def verdict(tests: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """Which arm the defaults follow, by the rule fixed on 2026-12-05 with seeds 0-4 in (before 5-9 ran).
+
+    ``tests`` maps env -> arm -> seed -> test return. An arm *qualifies* when it has all of
+    :data:`SEEDS` on both :data:`DECIDING_ENVS`, its mean is at or above ``random``'s on both and
+    none of its Pendulum runs collapsed. Today's defaults (``pbt``) stay if they qualify and no
+    other qualifying arm has a higher mean on both envs; a change needs evidence on both. Otherwise
+    the defaults move to the qualifying arm with the best sum of per-env ranks among those that
+    beat them on both (all qualifying arms when ``pbt`` does not qualify), ties to the better
+    Pendulum mean. No qualifying arm: say so.
+    """
+    missing = [
+        f"{env} {arm} {len(tests.get(env, {}).get(arm, {}))}/{len(SEEDS)}"
+        for env in DECIDING_ENVS
+        for arm in (*CANDIDATES, "random")
+        if set(tests.get(env, {}).get(arm, {})) < set(SEEDS)
+    ]
+    if missing:
+        return [f"Verdict: not yet, seeds missing ({', '.join(missing)})."]
+    mean = {env: {arm: float(np.mean(list(tests[env][arm].values()))) for arm in (*CANDIDATES, "random")}
+            for env in DECIDING_ENVS}  # fmt: skip
+    floor = ENVS["Pendulum-v1"]["collapse"]
+    qualify = [
+        arm
+        for arm in CANDIDATES
+        if all(mean[env][arm] >= mean[env]["random"] for env in DECIDING_ENVS)
+        and not any(v < floor for v in tests["Pendulum-v1"][arm].values())
+    ]
+    said = ", ".join(
+        f"`{a}` {mean['Pendulum-v1'][a]:.1f} / {mean['Acrobot-v1'][a]:.1f}" for a in (*CANDIDATES, "random")
+    )
+    head = f"Means (Pendulum-v1 / Acrobot-v1): {said}. Qualify: {', '.join(f'`{a}`' for a in qualify) or 'none'}."
+    if not qualify:
+        return [head, "Verdict: no arm is at or above random search on both envs without a Pendulum collapse."]
+    if CURRENT in qualify:
+        rivals = [a for a in qualify if a != CURRENT and all(mean[e][a] > mean[e][CURRENT] for e in DECIDING_ENVS)]
+        if not rivals:
+            return [head, f"Verdict: the defaults stay (`{CURRENT}`): no qualifying arm beats it on both envs."]
+    else:
+        rivals = qualify
+    rank = {a: sum(sorted(rivals, key=lambda b: -mean[e][b]).index(a) for e in DECIDING_ENVS) for a in rivals}
+    best = min(rivals, key=lambda a: (rank[a], -mean["Pendulum-v1"][a]))
+    return [head, f"Verdict: the defaults move to `{best}`."]
+
+
 def report() -> int:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -270,6 +321,8 @@ def report() -> int:
         lineage.set_ylabel("distinct root ancestors (mean over seeds)", fontsize=8)
         lineage.legend(fontsize=7)
         lines += [*objective_lines(env, runs), ""]
+    tests = {env: {arm: {s: r["test_mean"] for s, r in got.items()} for arm, got in load(env).items()} for env in envs}
+    lines += [*verdict(tests), ""]
     zoo_study.save_report(fig, FIGURE, DATA, lines)
     return 0
 
