@@ -282,12 +282,13 @@ def report() -> int:
             "",
             f"Test: the run's final pick on {len(zoo_study.TEST_SEEDS)} held-out episodes of {test_env}. Diff: mean of "
             f"the per-seed difference to `{baseline}` over the seeds both arms have, with a paired bootstrap 95 % "
-            f"interval (blank below {zoo_study.MIN_BOOTSTRAP_SEEDS} common seeds)."
+            f"interval (blank below {zoo_study.MIN_BOOTSTRAP_SEEDS} common seeds). Median member: the population's "
+            f"median final member on the first {zoo_study.MEMBER_TEST_EPISODES} of those episodes, mean over seeds."
             + (f" Collapse: final pick below {floor:.0f}." if floor is not None else ""),
             "",
-            f"| arm | seeds | test (mean +- sd) | diff to {baseline} [95 % CI] | collapses | roots left (mean) "
-            "| exploits per run | min per run |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| arm | seeds | test (mean +- sd) | diff to {baseline} [95 % CI] | collapses | median member "
+            "| roots left (mean) | exploits per run | min per run |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         scores = fig.add_subplot(len(envs), 2, 2 * row + 1)
         lineage = fig.add_subplot(len(envs), 2, 2 * row + 2)
@@ -303,8 +304,9 @@ def report() -> int:
             counts = [roots(history(env, arm, s)) for s in sorted(got)]
             exploits = [sum(r.get("parent") is not None for r in history(env, arm, s)) for s in sorted(got)]
             diff = "" if math.isnan(d) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            median = np.mean([np.median([m["test_mean"] for m in r["members"]]) for r in got.values()])
             lines.append(
-                f"| {arm} | {v.size} | {v.mean():.1f} +- {sd:.1f} | {diff} | {collapses} "
+                f"| {arm} | {v.size} | {v.mean():.1f} +- {sd:.1f} | {diff} | {collapses} | {median:.1f} "
                 f"| {np.mean([c[-1] for c in counts]):.1f} | {np.mean(exploits):.1f} "
                 f"| {np.mean([r['launch_wall_s'] for r in got.values()]) / 60:.1f} |"
             )
