@@ -271,8 +271,10 @@ def report() -> int:
     fig = Figure(figsize=(11, 3.6 * max(1, len(envs))))
     FigureCanvasAgg(fig)
     lines: list[str] = []
+    tests: dict[str, dict[str, dict[int, float]]] = {}
     for row, env in enumerate(envs):
         runs = load(env)
+        tests[env] = {arm: {s: r["test_mean"] for s, r in got.items()} for arm, got in runs.items()}
         floor = ENVS[env]["collapse"]
         baseline = ENVS[env].get("baseline", BASELINE)
         base = {s: r["test_mean"] for s, r in runs.get(baseline, {}).items()}
@@ -323,7 +325,6 @@ def report() -> int:
         lineage.set_ylabel("distinct root ancestors (mean over seeds)", fontsize=8)
         lineage.legend(fontsize=7)
         lines += [*objective_lines(env, runs), ""]
-    tests = {env: {arm: {s: r["test_mean"] for s, r in got.items()} for arm, got in load(env).items()} for env in envs}
     lines += [*verdict(tests), ""]
     zoo_study.save_report(fig, FIGURE, DATA, lines)
     return 0
