@@ -299,6 +299,32 @@ def lineages(env: str, arm: str, seed: int) -> list[int]:
     return counts
 
 
+def pick_hparams(env: str, arm: str, seed: int) -> dict[str, float]:
+    """The hyperparameters the run's final pick (``champion.json``'s member) trained with last."""
+    with open(os.path.join(kept(env, arm, seed), "champion.json"), encoding="utf-8") as fh:
+        member = json.load(fh)["member"]
+    last = [r for r in history(env, arm, seed) if r["member"] == member][-1]
+    return dict(last["hparams"])
+
+
+def hparam_lines(env: str, runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """A table of the final picks' hyperparameters per arm (median over seeds); ``zoo``'s are the zoo's values."""
+    rows = {arm: [pick_hparams(env, arm, int(r["seed"])) for r in got] for arm, got in runs.items() if got}
+    if "zoo" not in rows or len(rows) < 2:
+        return []
+    names = sorted(rows["zoo"][0])
+    lines = [
+        "Where the final picks' hyperparameters went: per arm, the median over seeds of the values the final "
+        "pick trained with last (the `zoo` arm's are the zoo's values).",
+        "",
+        f"| arm | {' | '.join(names)} |",
+        "|---|" + "---|" * len(names),
+    ]
+    for arm, picks in rows.items():
+        lines.append(f"| {arm} | {' | '.join(f'{float(np.median([p[n] for p in picks])):.3g}' for n in names)} |")
+    return [*lines, ""]
+
+
 #: Fewest seeds both arms need for a bootstrap interval: from two differences a percentile bootstrap
 #: only spans the two, which reads like an interval and is not one.
 MIN_BOOTSTRAP_SEEDS = 3
@@ -389,7 +415,7 @@ def report() -> int:
             ax.set_ylabel(f"{env}: best training return", fontsize=8)
             ax.axhline(mean, color="grey", linestyle=":", linewidth=1)
             ax.legend(fontsize=7)
-        lines.append("")
+        lines += ["", *hparam_lines(env, runs)]
     save_report(fig, FIGURE, DATA, lines)
     return 0
 
