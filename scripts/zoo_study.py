@@ -374,7 +374,9 @@ def report() -> int:
             "held-out seeds. Diff: mean of the per-seed difference to the `zoo` arm over the seeds both have, "
             f"with a paired bootstrap 95 % interval (blank below {MIN_BOOTSTRAP_SEEDS} common seeds); p: Welch's "
             "t-test of the per-seed means against `zoo`. "
-            "Corr: Spearman's rank correlation of each member's final training fitness with its test score.",
+            "Corr: Spearman's rank correlation of each member's final training fitness with its test score. "
+            "Wall: each launch's wall time; some runs shared the machine with other jobs, so walls do not "
+            "compare the arms' costs (every arm trains the same env steps).",
             "",
             "| arm | test return (mean +- sd over seeds) | per seed | diff to zoo [95 % CI] | p vs zoo "
             "| wall min (mean) | corr(train fitness, test) per member | lineages left |",
@@ -382,7 +384,8 @@ def report() -> int:
         ]
         zoo = [r["test_mean"] for r in runs.get("zoo", [])]
         zoo_by_seed = {int(r["seed"]): r["test_mean"] for r in runs.get("zoo", [])}
-        by_steps, by_wall = fig.add_subplot(len(envs), 2, 2 * row + 1), fig.add_subplot(len(envs), 2, 2 * row + 2)
+        by_steps, by_test = fig.add_subplot(len(envs), 2, 2 * row + 1), fig.add_subplot(len(envs), 2, 2 * row + 2)
+        shown: list[str] = []
         for arm in ARMS:
             got = runs.get(arm, [])
             if not got:
@@ -406,15 +409,20 @@ def report() -> int:
             )
             grid = np.linspace(0, ENVS[env]["generations"] * ENVS[env]["steps"], 60)[1:]
             rows = [np.interp(grid, *curve(env, arm, r["seed"]), left=np.nan) for r in got]
-            by_steps.plot(grid, np.nanmean(rows, axis=0), label=arm)
-            walls = np.array([r["launch_wall_s"] for r in got]) / 60
-            by_wall.plot(grid / grid[-1] * walls.mean(), np.nanmean(rows, axis=0), label=arm)
+            color, x = f"C{ARMS.index(arm)}", len(shown)  # one colour per arm on every env
+            by_steps.plot(grid, np.nanmean(rows, axis=0), label=arm, color=color)
+            by_test.plot([x] * len(values), values, "o", color=color, alpha=0.7)
+            by_test.plot([x - 0.25, x + 0.25], [np.mean(values)] * 2, color=color, linewidth=2)
+            shown.append(arm)
         by_steps.set_xlabel("env steps per member")
-        by_wall.set_xlabel("wall minutes (mean of the seeds; runs spread evenly over their wall time)")
-        for ax in (by_steps, by_wall):
-            ax.set_ylabel(f"{env}: best training return", fontsize=8)
-            ax.axhline(mean, color="grey", linestyle=":", linewidth=1)
-            ax.legend(fontsize=7)
+        by_steps.set_ylabel(f"{env}: best training return", fontsize=8)
+        by_steps.legend(fontsize=7)
+        by_test.set_xticks(range(len(shown)), shown, fontsize=7)
+        by_test.set_ylabel(f"{env}: test return of the final pick", fontsize=8)
+        by_test.set_title("one dot per seed, bar: mean", fontsize=8)
+        for ax in (by_steps, by_test):
+            ax.axhline(mean, color="grey", linestyle=":", linewidth=1, label=f"RL Zoo, {budget}")
+        by_test.legend(fontsize=7)
         lines += ["", *hparam_lines(env, runs)]
     save_report(fig, FIGURE, DATA, lines)
     return 0
