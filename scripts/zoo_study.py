@@ -31,6 +31,7 @@ arms run before and after a change of defaults can be told apart.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import json
 import math
@@ -270,9 +271,10 @@ def load(env: str) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
-def history(env: str, arm: str, seed: int) -> list[dict[str, Any]]:
+@functools.cache  # the report reads a run's history for its curve, lineages and final pick: parse it once
+def history(env: str, arm: str, seed: int) -> tuple[dict[str, Any], ...]:
     with open(os.path.join(kept(env, arm, seed), "history.jsonl"), encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        return tuple(json.loads(line) for line in fh if line.strip())
 
 
 def curve(env: str, arm: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
