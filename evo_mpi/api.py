@@ -352,6 +352,7 @@ def execute(
         say(f"evo-mpi: the run in {run_dir} already finished ({cfg.generations} generations); nothing to do")
         return _result(ALREADY_FINISHED, cfg, run_dir, comm.rank)
     placement = _set_threads(comm, cfg, say)
+    _set_determinism(cfg.deterministic)
     device, devices = _place_device(comm, cfg, say)
     ctx = RunContext(
         echo=say,
@@ -457,6 +458,22 @@ def _set_threads(comm: Comm, cfg: Config, say: Callable[[str], None]) -> Placeme
     return placement
 
 
+def _set_determinism(on: bool) -> None:
+    """``--deterministic``: torch's deterministic algorithms, before any member (or cuBLAS handle) exists.
+
+    cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when its first handle is made, so
+    setting it here, before any model, covers every member of this process.
+    Off, torch's own defaults are left alone (so an API caller's choice stands).
+    """
+    if not on:
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 def _place_device(comm: Comm, cfg: Config, say: Callable[[str], None]) -> tuple[str, list[dict[str, Any]]]:
     """The torch device of this rank (``--device`` and its node-local rank) and every rank's device record.
 
@@ -474,7 +491,8 @@ def _place_device(comm: Comm, cfg: Config, say: Callable[[str], None]) -> tuple[
     local = comm.local_rank()
     seen = os.environ.get("CUDA_VISIBLE_DEVICES")
     count = torch.cuda.device_count() if cfg.device != "cpu" else 0
-    record: dict[str, Any] = {"local_rank": local, "device": "cpu", "gpu": None, "cuda_visible_devices": seen}
+    record: dict[str, Any] = {"local_rank": local, "device": "cpu", "gpu": None, "cuda_visible_devices": seen,
+                              "deterministic": torch.are_deterministic_algorithms_enabled()}  # fmt: skip
     launcher = launcher_local_rank(os.environ)
     if launcher is not None:
         record["launcher_local_rank"] = {launcher[0]: launcher[1]}

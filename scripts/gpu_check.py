@@ -7,9 +7,11 @@ Steps (each prints one line and lands in OUT/gpu_check.json):
    logged (exit 75, a complete checkpoint);
 2. ``--resume`` of that run with ``--device cpu``: it must finish (exit 0),
    and placement.jsonl must show DEVICE then cpu;
-3. SB3 PPO env steps per second on the CPU and on DEVICE, for ``MlpPolicy`` on
+3. how far two runs of one seed drift on DEVICE: a short CNN run twice without and twice with
+   ``--deterministic`` (histories equal or not, the largest fitness gap, each run's wall);
+4. SB3 PPO env steps per second on the CPU and on DEVICE, for ``MlpPolicy`` on
    CartPole-v1 and ``CnnPolicy`` on DotTarget (1 torch thread, one process);
-4. ``pytest tests/test_devices.py`` (its GPU test runs where CUDA exists).
+5. ``pytest tests/test_devices.py`` (its GPU tests run where CUDA exists).
 
 Usage::
 
@@ -101,6 +103,36 @@ def stop_and_resume(out: Path, device: str) -> dict[str, Any]:
     }
 
 
+def _history(run_dir: Path) -> list[tuple[Any, ...]]:
+    rows = [json.loads(x) for x in (run_dir / "history.jsonl").read_text().splitlines() if x.strip()]
+    return [(r["generation"], r["member"], r["fitness"], json.dumps(r["hparams"], sort_keys=True)) for r in rows]
+
+
+def repeat_runs(out: Path, device: str) -> dict[str, Any]:
+    """Step 3: one seed twice without and twice with ``--deterministic`` on ``device``; do the histories repeat?"""
+    short = [*CNN_RUN, "--generations", "2", "--agents-per-rank", "1"]  # later flags win
+    report: dict[str, Any] = {}
+    for flag in ("off", "on"):
+        histories, walls = [], []
+        for k in (0, 1):
+            run_dir = out / f"repeat-{flag}-{k}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "evo_mpi.run", *short, "--device", device,
+                   "--run-dir", str(run_dir), *(["--deterministic"] if flag == "on" else [])]  # fmt: skip
+            t0 = time.monotonic()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
+            walls.append(round(time.monotonic() - t0, 1))
+            if proc.returncode != 0:
+                report[flag] = {"exit": proc.returncode, "stderr_tail": proc.stderr[-2000:]}
+                break
+            histories.append(_history(run_dir))
+        else:
+            gaps = [abs(a[2] - b[2]) for a, b in zip(*histories, strict=True) if a[2] is not None and b[2] is not None]
+            report[flag] = {"equal": histories[0] == histories[1], "max_fitness_gap": max(gaps, default=0.0),
+                            "rows": len(histories[0]), "wall_s": walls}  # fmt: skip
+    return report
+
+
 def steps_per_second(policy: str, device: str, steps: int) -> float:
     """SB3 PPO env steps per second of ``learn(steps)`` after a warm-up rollout (one process, 1 torch thread)."""
     import torch
@@ -144,6 +176,8 @@ def main() -> int:
     }
     report["stop_resume"] = stop_and_resume(args.out, args.device)
     print("stop on", args.device, "and resume on cpu:", report["stop_resume"], flush=True)
+    report["repeat"] = repeat_runs(args.out, args.device)
+    print("same seed twice on", args.device, "without/with --deterministic:", report["repeat"], flush=True)
     report["steps_per_s"] = {}
     for policy in ("MlpPolicy", "CnnPolicy"):
         for device in dict.fromkeys(("cpu", args.device)):
@@ -160,7 +194,8 @@ def main() -> int:
     print(f"\n| policy | CPU steps/s | {args.device} steps/s |\n|---|---:|---:|")
     for policy in ("MlpPolicy", "CnnPolicy"):
         print(f"| {policy} | {rates[f'{policy}@cpu']:.0f} | {rates[f'{policy}@{args.device}']:.0f} |")
-    return 0 if report["stop_resume"]["ok"] and report.get("tests", {"exit": 0})["exit"] == 0 else 1
+    ran = all("equal" in r for r in report["repeat"].values())  # whether they repeat is a finding, not a failure
+    return 0 if report["stop_resume"]["ok"] and ran and report.get("tests", {"exit": 0})["exit"] == 0 else 1
 
 
 if __name__ == "__main__":

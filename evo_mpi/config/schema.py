@@ -201,6 +201,13 @@ class Config:
         "GPU is visible, else cpu). State moves and is checkpointed as CPU tensors, so a run may resume on "
         "another device. May change on resume.",
     )
+    deterministic: bool = _f(
+        False,
+        "Ask torch for deterministic algorithms (torch.use_deterministic_algorithms, cuDNN autotuning off, "
+        "CUBLAS_WORKSPACE_CONFIG=:4096:8 where unset) so that GPU runs of the same seed can repeat, at some speed "
+        "cost; an op with no deterministic version then fails its member with torch's error. CPU runs are "
+        "reproducible without it. May change on resume.",
+    )
     search_space: dict[str, str] = _f(
         {},
         "Search-space overrides NAME=PRIOR, e.g. learning_rate=loguniform:1e-5:1e-3, "
@@ -293,6 +300,7 @@ RESUME_OVERRIDABLE = (
     "backend",
     "torch_threads",
     "device",
+    "deterministic",
     "checkpoint_every",
     "keep_checkpoints",
     "max_failures",
