@@ -43,7 +43,10 @@ for comparison.
 
 Every run is an ordinary evo_mpi run dir, so an interrupted experiment resumes by
 re-running the same command: finished runs are skipped, unfinished ones resume
-from their last checkpoint, evaluations are cached in ``eval.json``. Writes
+from their last checkpoint, evaluations are cached in ``eval.json``. A finished
+run's small outputs (config, history, champion, evaluation; never models) are
+copied to ``docs/data/<study>/``, so a later session that has them committed
+skips the run and rebuilds the table and figure from them. Writes
 ``summary.json``, ``table.md`` and ``curves.png`` into OUT.
 """
 
@@ -154,7 +157,8 @@ def evaluate(path: str, env: str, seed: int) -> dict[str, Any]:
 
     def held_out(member: int) -> list[float]:
         model_path = os.path.join(path, "final", f"member_{member:02d}.zip")
-        model = algorithms.get(algo).model_class().load(model_path, device="cpu")
+        model_class: Any = algorithms.get(algo).model_class()
+        model = model_class.load(model_path, device="cpu")
         venv = make_vec_env(env, n_envs=1, seed=HELD_OUT_SEED + seed)
         returns, _ = evaluate_policy(
             model, venv, n_eval_episodes=EVAL_EPISODES, deterministic=True, return_episode_rewards=True
@@ -301,6 +305,10 @@ ASYNC_ENV = "Pendulum-v1"
 def mode_run(out: str, mode: str, seed: int) -> dict[str, Any]:
     """Run (or resume, or skip) one sync or async Pendulum run on 2 ranks, then evaluate it."""
     path = os.path.join(out, ASYNC_ENV, mode, f"seed{seed}")
+    kept = kept_result("async", out, path)
+    if kept is not None:
+        with open(os.path.join(kept_dir("async", out, path), "study_wall.json"), encoding="utf-8") as fh:
+            return {**kept, "wall_s": json.load(fh)["wall_s"]}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     wall_file = os.path.join(path, "study_wall.json")
     if not os.path.exists(os.path.join(path, "best.zip")):
@@ -323,6 +331,7 @@ def mode_run(out: str, mode: str, seed: int) -> dict[str, Any]:
             with open(wall_file, "w", encoding="utf-8") as fh:
                 json.dump({"wall_s": time.time() - t0}, fh)
     result = evaluate(path, ASYNC_ENV, seed)
+    keep("async", out, path)
     with open(wall_file, encoding="utf-8") as fh:
         result["wall_s"] = json.load(fh)["wall_s"]
     print(
@@ -365,7 +374,8 @@ def async_study(out: str, seeds: list[int]) -> int:
     ax = fig.add_subplot(1, 1, 1)
     grid = np.linspace(STEPS_PER_GENERATION, GENERATIONS[ASYNC_ENV] * STEPS_PER_GENERATION, 60)
     for mode in MODES:
-        rows = np.array([population_curve(os.path.join(out, ASYNC_ENV, mode, f"seed{s}"), grid)[1] for s in seeds])
+        paths = [readable("async", out, os.path.join(out, ASYNC_ENV, mode, f"seed{s}")) for s in seeds]
+        rows = np.array([population_curve(path, grid)[1] for path in paths])
         mean, sd = np.nanmean(rows, axis=0), np.nanstd(rows, axis=0)
         ax.plot(grid, mean, label=mode)
         ax.fill_between(grid, mean - sd, mean + sd, alpha=0.15)
@@ -424,6 +434,10 @@ def share_run(out: str, env: str, mode: str, seed: int) -> dict[str, Any]:
     """Run (or resume, or skip) one off-policy run with or without --share-experience, then evaluate it."""
     spec = SHARE_RUNS[env]
     path = os.path.join(out, env, mode, f"seed{seed}")
+    kept = kept_result("share", out, path)
+    if kept is not None:
+        history = read_history(kept_dir("share", out, path))
+        return {**kept, "first_target_steps": first_reach(history, spec["target"], spec["steps"])}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t0 = time.time()
     if not os.path.exists(os.path.join(path, "best.zip")):
@@ -436,6 +450,7 @@ def share_run(out: str, env: str, mode: str, seed: int) -> dict[str, Any]:
             cmd.append("--share-experience")
         run_logged(path, cmd)
     result = evaluate(path, env, seed)
+    keep("share", out, path)
     history = read_history(path)
     result["first_target_steps"] = first_reach(history, spec["target"], spec["steps"])
     print(f"{env:12s} {mode:6s} seed {seed}: eval {result['eval_mean']:8.1f}, target at "
@@ -479,7 +494,9 @@ def share_study(out: str, seeds: list[int], jobs: int) -> int:
                 f"| {env} ({spec['algo']}) | {mode} | {np.mean(values):.1f} +- {sd:.1f} | "
                 f"{', '.join(f'{v:.1f}' for v in values)} | {', '.join('-' if r is None else str(r) for r in reach)} |"
             )
-            rows = np.array([best_curve(os.path.join(out, env, mode, f"seed{s}")) for s in seeds])
+            rows = np.array(
+                [best_curve(readable("share", out, os.path.join(out, env, mode, f"seed{s}"))) for s in seeds]
+            )
             mean, low, high = np.nanmean(rows, axis=0), np.nanmin(rows, axis=0), np.nanmax(rows, axis=0)
             ax.plot(steps, mean, label=mode)
             ax.fill_between(steps, low, high, alpha=0.15)
@@ -658,6 +675,10 @@ ARCH_MODES: dict[str, list[str]] = {
 def arch_run(out: str, mode: str, seed: int) -> dict[str, Any]:
     """Run (or resume, or skip) one PBT run with or without architecture mutation, then evaluate it."""
     path = os.path.join(out, ARCH_ENV, mode, f"seed{seed}")
+    kept = kept_result("arch", out, path)
+    if kept is not None:
+        latest = latest_records(kept_dir("arch", out, path))
+        return {**kept, "final_arch": latest[kept["member"]]["hparams"].get("net_arch", "64-64")}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t0 = time.time()
     if not os.path.exists(os.path.join(path, "best.zip")):
@@ -668,6 +689,7 @@ def arch_run(out: str, mode: str, seed: int) -> dict[str, Any]:
         ]  # fmt: skip
         run_logged(path, cmd)
     result = evaluate(path, ARCH_ENV, seed)
+    keep("arch", out, path)
     latest = latest_records(path)
     result["final_arch"] = latest[result["member"]]["hparams"].get("net_arch", "64-64")
     print(f"{ARCH_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:7.1f}, picked member's net_arch "
@@ -692,7 +714,9 @@ def arch_study(out: str, seeds: list[int], jobs: int) -> int:
         lines.append(
             f"| {mode} | {np.mean(values):.1f} +- {sd:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {archs} |"
         )
-        rows = np.array([best_curve(os.path.join(out, ARCH_ENV, mode, f"seed{s}")) for s in seeds])
+        rows = np.array(
+            [best_curve(readable("arch", out, os.path.join(out, ARCH_ENV, mode, f"seed{s}"))) for s in seeds]
+        )
         ax.plot(steps, np.nanmean(rows, axis=0), label=mode)
         ax.fill_between(steps, np.nanmin(rows, axis=0), np.nanmax(rows, axis=0), alpha=0.15)
     ax.set_title(f"{ARCH_ENV}, PPO (ReLU), {ARCH_POPULATION} members: best training return", fontsize=9)
@@ -702,7 +726,7 @@ def arch_study(out: str, seeds: list[int], jobs: int) -> int:
     ax = fig.add_subplot(1, 2, 2)
     markers = {1: "v", 2: "o", 3: "^"}
     for i, s in enumerate(seeds):
-        history = read_history(os.path.join(out, ARCH_ENV, "arch", f"seed{s}"))
+        history = read_history(readable("arch", out, os.path.join(out, ARCH_ENV, "arch", f"seed{s}")))
         for depth, marker in markers.items():
             points = [
                 (r["timesteps"] + (i - 1) * ARCH_STEPS * 0.12, sum(int(n) for n in r["hparams"]["net_arch"].split("-")))
