@@ -19,6 +19,12 @@ Usage::
     python scripts/gpu_check.py --out /tmp/gpu-check --device cpu --steps 2048   # dry run on a CPU
 
 A markdown table for docs/benchmarks.md (section 10) is printed at the end.
+
+On a GPU machine that cannot reach PyPI and lacks SB3, gymnasium and an MPI,
+``scripts/gpu_wheels.sh`` (run beforehand where PyPI is reachable) puts their
+wheels in ``.whl/`` and its header gives the three lines that install them
+there and run this script; that recipe was checked end to end on a CPU image
+holding only torch, numpy, scipy, matplotlib, tensorboard, pandas and pytest.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # examples.image_env, also where evo_mpi is not installed (a GPU machine's image)
 
 #: A CNN run small enough for minutes: 2 ranks x 2 members, 4 generations of 1024 steps.
 CNN_RUN = [
