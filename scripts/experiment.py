@@ -355,7 +355,7 @@ def population_curve(path: str, grid: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def async_study(out: str, seeds: list[int]) -> int:
     results = {(mode, seed): mode_run(out, mode, seed) for seed in seeds for mode in MODES}
     lines = [
-        "| mode | final best return (mean +- sd) | per seed | wall s (mean) |",
+        "| mode | champion's held-out return (mean +- sd) | per seed | wall s (mean) |",
         "|---|---|---|---|",
     ]
     for mode in MODES:
@@ -479,7 +479,8 @@ def share_study(out: str, seeds: list[int], jobs: int) -> int:
     todo = [(out, env, mode, seed) for env in SHARE_RUNS for seed in seeds for mode in SHARE_MODES]
     results = {job[1:]: result for job, result in run_all(share_run, todo, jobs).items()}
     lines = [
-        "| env (algo) | replay | final best return (mean +- sd) | per seed | steps/member to target (per seed) |",
+        "| env (algo) | replay | champion's held-out return (mean +- sd) | per seed "
+        "| steps/member to target (per seed) |",
         "|---|---|---|---|---|",
     ]
     fig = study_figure(10)
@@ -694,7 +695,7 @@ def arch_run(out: str, mode: str, seed: int) -> dict[str, Any]:
     keep("arch", out, path)
     latest = latest_records(path)
     result["final_arch"] = latest[result["member"]]["hparams"].get("net_arch", "64-64")
-    print(f"{ARCH_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:7.1f}, picked member's net_arch "
+    print(f"{ARCH_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:7.1f}, champion's net_arch "
           f"{result['final_arch']} ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
     return result
 
@@ -703,7 +704,7 @@ def arch_study(out: str, seeds: list[int], jobs: int) -> int:
     todo = [(out, mode, seed) for seed in seeds for mode in ARCH_MODES]
     results = {job[1:]: result for job, result in run_all(arch_run, todo, jobs).items()}
     lines = [
-        "| arm | final best return (mean +- sd) | per seed | net_arch of the picked member (per seed) "
+        "| arm | champion's held-out return (mean +- sd) | per seed | net_arch of the champion (per seed) "
         f"| steps/member to {ARCH_TARGET:.0f} (per seed) |",
         "|---|---|---|---|---|",
     ]
