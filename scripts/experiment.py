@@ -305,10 +305,15 @@ ASYNC_ENV = "Pendulum-v1"
 def mode_run(out: str, mode: str, seed: int) -> dict[str, Any]:
     """Run (or resume, or skip) one sync or async Pendulum run on 2 ranks, then evaluate it."""
     path = os.path.join(out, ASYNC_ENV, mode, f"seed{seed}")
-    kept = kept_result("async", out, path)
-    if kept is not None:
-        with open(os.path.join(kept_dir("async", out, path), "study_wall.json"), encoding="utf-8") as fh:
-            return {**kept, "wall_s": json.load(fh)["wall_s"]}
+    result = kept_result("async", out, path)
+    if result is None:
+        result = _mode_run(out, path, mode, seed)
+    with open(os.path.join(readable("async", out, path), "study_wall.json"), encoding="utf-8") as fh:
+        return {**result, "wall_s": json.load(fh)["wall_s"]}
+
+
+def _mode_run(out: str, path: str, mode: str, seed: int) -> dict[str, Any]:
+    """Run (or resume) one sync or async run, evaluate it and keep its small outputs."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     wall_file = os.path.join(path, "study_wall.json")
     if not os.path.exists(os.path.join(path, "best.zip")):
@@ -332,11 +337,7 @@ def mode_run(out: str, mode: str, seed: int) -> dict[str, Any]:
                 json.dump({"wall_s": time.time() - t0}, fh)
     result = evaluate(path, ASYNC_ENV, seed)
     keep("async", out, path)
-    with open(wall_file, encoding="utf-8") as fh:
-        result["wall_s"] = json.load(fh)["wall_s"]
-    print(
-        f"{ASYNC_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:8.1f}, wall {result['wall_s']:.0f} s", flush=True
-    )
+    print(f"{ASYNC_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:8.1f}", flush=True)
     return result
 
 
@@ -434,10 +435,16 @@ def share_run(out: str, env: str, mode: str, seed: int) -> dict[str, Any]:
     """Run (or resume, or skip) one off-policy run with or without --share-experience, then evaluate it."""
     spec = SHARE_RUNS[env]
     path = os.path.join(out, env, mode, f"seed{seed}")
-    kept = kept_result("share", out, path)
-    if kept is not None:
-        history = read_history(kept_dir("share", out, path))
-        return {**kept, "first_target_steps": first_reach(history, spec["target"], spec["steps"])}
+    result = kept_result("share", out, path)
+    if result is None:
+        result = _share_run(out, path, env, mode, seed)
+    history = read_history(readable("share", out, path))
+    return {**result, "first_target_steps": first_reach(history, spec["target"], spec["steps"])}
+
+
+def _share_run(out: str, path: str, env: str, mode: str, seed: int) -> dict[str, Any]:
+    """Run (or resume) one off-policy run, evaluate it and keep its small outputs."""
+    spec = SHARE_RUNS[env]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t0 = time.time()
     if not os.path.exists(os.path.join(path, "best.zip")):
@@ -451,10 +458,7 @@ def share_run(out: str, env: str, mode: str, seed: int) -> dict[str, Any]:
         run_logged(path, cmd)
     result = evaluate(path, env, seed)
     keep("share", out, path)
-    history = read_history(path)
-    result["first_target_steps"] = first_reach(history, spec["target"], spec["steps"])
-    print(f"{env:12s} {mode:6s} seed {seed}: eval {result['eval_mean']:8.1f}, target at "
-          f"{result['first_target_steps']} steps/member ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+    print(f"{env:12s} {mode:6s} seed {seed}: eval {result['eval_mean']:8.1f} ({time.time() - t0:.0f} s)", flush=True)
     return result
 
 
@@ -678,10 +682,15 @@ ARCH_MODES: dict[str, list[str]] = {
 def arch_run(out: str, mode: str, seed: int) -> dict[str, Any]:
     """Run (or resume, or skip) one PBT run with or without architecture mutation, then evaluate it."""
     path = os.path.join(out, ARCH_ENV, mode, f"seed{seed}")
-    kept = kept_result("arch", out, path)
-    if kept is not None:
-        latest = latest_records(kept_dir("arch", out, path))
-        return {**kept, "final_arch": latest[kept["member"]]["hparams"].get("net_arch", "64-64")}
+    result = kept_result("arch", out, path)
+    if result is None:
+        result = _arch_run(out, path, mode, seed)
+    latest = latest_records(readable("arch", out, path))
+    return {**result, "final_arch": latest[result["member"]]["hparams"].get("net_arch", "64-64")}
+
+
+def _arch_run(out: str, path: str, mode: str, seed: int) -> dict[str, Any]:
+    """Run (or resume) one arch-study run, evaluate it and keep its small outputs."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     t0 = time.time()
     if not os.path.exists(os.path.join(path, "best.zip")):
@@ -693,10 +702,7 @@ def arch_run(out: str, mode: str, seed: int) -> dict[str, Any]:
         run_logged(path, cmd)
     result = evaluate(path, ARCH_ENV, seed)
     keep("arch", out, path)
-    latest = latest_records(path)
-    result["final_arch"] = latest[result["member"]]["hparams"].get("net_arch", "64-64")
-    print(f"{ARCH_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:7.1f}, champion's net_arch "
-          f"{result['final_arch']} ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+    print(f"{ARCH_ENV} {mode:5s} seed {seed}: eval {result['eval_mean']:7.1f} ({time.time() - t0:.0f} s)", flush=True)
     return result
 
 
@@ -721,9 +727,7 @@ def arch_study(out: str, seeds: list[int], jobs: int) -> int:
             f"| {mode} | {np.mean(values):.1f} +- {sd:.1f} | {', '.join(f'{v:.1f}' for v in values)} | {archs} | "
             f"{', '.join('-' if r is None else str(r) for r in reach)} |"
         )
-        rows = np.array(
-            [best_curve(readable("arch", out, os.path.join(out, ARCH_ENV, mode, f"seed{s}"))) for s in seeds]
-        )
+        rows = np.array([best_curve(path) for path in paths])
         ax.plot(steps, np.nanmean(rows, axis=0), label=mode)
         ax.fill_between(steps, np.nanmin(rows, axis=0), np.nanmax(rows, axis=0), alpha=0.15)
     ax.set_title(f"{ARCH_ENV}, PPO (ReLU), {ARCH_POPULATION} members: best training return", fontsize=9)
