@@ -78,11 +78,15 @@ def launcher_mismatch(world_size: int) -> str | None:
 
 
 # Poll without sleeping this long before backing off. Synchronisation points
-# (where a rank may wait seconds for slower peers) back off almost at once; data
-# movement happens after such a point, and MPI only progresses multi-step
-# protocols (rendezvous, pipelined broadcasts) while it is polled, so it spins longer.
+# (where a rank may wait seconds for slower peers) back off almost at once. Data
+# movement happens after such a point, so its waits are the transfer itself, and
+# MPI only progresses multi-step protocols (rendezvous, pipelined shared-memory
+# copies, broadcast trees) while it is polled: a rank that sleeps mid-transfer
+# stalls every chunk by its sleep. So a move polls (yielding the core) for up to
+# 10 s, long enough for a 1 GB state at 100 MB/s. With 50 ms, one 120 MB state
+# between 2 of 4 ranks on 2 cores took 2.9 s; now 68 ms (docs/benchmarks.md §6).
 _SPIN_S = 2e-4
-_MOVE_SPIN_S = 5e-2
+_MOVE_SPIN_S = 10.0
 _MAX_SLEEP_S = 2e-3
 
 
