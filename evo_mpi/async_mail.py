@@ -92,7 +92,7 @@ class AsyncMail(EngineBase):
                 self._take_record(obj)
             elif tag == SNAPSHOT_REQUEST:
                 wire = self._wire(int(obj))
-                self.box.send_buffer(source, SNAPSHOT, wire)
+                self.box.deliver_buffer(source, SNAPSHOT, wire)
                 self.served.append(
                     {
                         "served": int(obj),

@@ -387,6 +387,7 @@ class Mailbox:
         self.rank, self.size = comm.rank, comm.size
         self._comm = comm._comm.Dup() if comm.uses_mpi else None
         self._sends: list[tuple[Any, np.ndarray]] = []
+        self._receiving = 0  # > 0 inside receive_buffer: this rank is itself waiting for a message
 
     def send(self, dest: int, tag: int, obj: Any) -> None:
         """Send a small picklable object without waiting."""
@@ -397,6 +398,21 @@ class Mailbox:
         assert self._comm is not None, "no other rank to send to"
         self._sends.append((self._comm.Isend(buf, dest=dest, tag=tag), buf))
         self._reap()
+
+    def deliver_buffer(self, dest: int, tag: int, buf: np.ndarray) -> None:
+        """Send a buffer that ``dest`` is waiting for in :meth:`receive_buffer`, and see it through.
+
+        MPI moves a large message in chunks, and only while the sender polls:
+        left to the sender's polls between training steps, a 25 MB snapshot took
+        0.4-0.7 s. So the sender polls until it is sent, unless this rank is
+        itself waiting for a message (then it may be serving a rank that serves
+        it, and both would poll their sends): then the send goes on without waiting.
+        """
+        if self._receiving:
+            self.send_buffer(dest, tag, buf)
+            return
+        assert self._comm is not None, "no other rank to send to"
+        _wait([self._comm.Isend(buf, dest=dest, tag=tag)], _MOVE_SPIN_S)
 
     def _reap(self) -> None:
         if self._sends:
@@ -441,13 +457,17 @@ class Mailbox:
         """The next buffer from ``source`` with ``tag``, of whatever size it has; calls ``while_waiting`` meanwhile."""
         assert self._comm is not None, "no other rank to receive from"
         delay = 1e-5
-        while True:
-            buf, _ = self._take(source, tag)
-            if buf is not None:
-                return buf
-            while_waiting()
-            time.sleep(delay)
-            delay = min(delay * 2, _MAX_SLEEP_S / 2)
+        self._receiving += 1
+        try:
+            while True:
+                buf, _ = self._take(source, tag)
+                if buf is not None:
+                    return buf
+                while_waiting()
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_SLEEP_S / 2)
+        finally:
+            self._receiving -= 1
 
     def receive(self, source: int, tag: int, while_waiting: Callable[[], object]) -> Any:
         """The next object from ``source`` with ``tag`` (see :meth:`receive_buffer`)."""

@@ -118,3 +118,13 @@ def test_async_resume_with_other_thread_count_warns(tmp_path):
     assert proc.returncode == 75
     warned = run_evo(["--resume", str(run_dir), "--torch-threads", "2"], None)
     assert "warning: member(s) [0, 1] trained with [1] torch thread(s) per rank and resume with [2]" in warned.stdout
+
+
+@pytest.mark.openmpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_snapshot_mail_neither_hangs_nor_returns_before_the_buffer_is_sent(n):
+    """Async snapshots of 16 MB: ranks that serve each other while waiting finish; a delivery is whole on return."""
+    cmd = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / "tests" / "mpi_mailbox_check.py")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=child_env(), cwd=ROOT)
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    assert f"OK {n} ranks: ring of {n} buffers of 16777216 bytes, then a delivery seen through" in proc.stdout
