@@ -1,0 +1,103 @@
+"""Async snapshot fetches against a raw MPI transfer of the same bytes (one invocation).
+
+An exploit in async mode fetches the donor's snapshot from the rank that owns it,
+which serves it between its own training steps. For a small (64,64) and a large
+(1024,1024) PPO policy on CartPole-v1, ``mpiexec -n 2 --mode async``, this prints
+the remote fetch times the history records (``fetch_s``: request, the owner's
+answer, the transfer) next to a raw ``Send``/``Recv`` of as many bytes between two
+ranks, and the largest share of a rank's wall time that its fetches took.
+
+    python scripts/bench_fetch.py          # ~1 minute on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import textwrap
+
+import benchlib as bl
+
+SIZES = {"64,64": "120 KB", "1024,1024": "25 MB"}
+
+RAW = textwrap.dedent(
+    """
+    import statistics, sys, time
+    import numpy as np
+    from mpi4py import MPI
+    world = MPI.COMM_WORLD
+    buf = np.zeros(int(sys.argv[1]), dtype=np.uint8)
+    times = []
+    for _ in range(7):
+        world.Barrier()
+        t0 = time.perf_counter()
+        if world.rank == 0:
+            world.Send(buf, dest=1, tag=1)
+        else:
+            world.Recv(buf, source=0, tag=1)
+        times.append(world.allreduce(time.perf_counter() - t0, op=MPI.MAX))
+    if world.rank == 0:
+        print(statistics.median(times))
+    """
+)
+
+
+def raw_send_s(nbytes: int) -> float:
+    """Median of 7 raw ``Send``/``Recv`` of ``nbytes`` from rank 0 to rank 1."""
+    cmd = [bl.mpiexec(), "-n", "2", sys.executable, "-c", RAW, str(nbytes)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=bl.child_env(), check=True).stdout
+    return float(out.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generations", type=int, default=8)
+    args = parser.parse_args()
+    bl.header("bench_fetch: async snapshot fetches vs raw MPI", sys.argv)
+    rows = []
+    for arch, label in SIZES.items():
+        job = [
+            "--mode", "async", "--net-arch", arch, "--generations", str(args.generations),
+            "--steps-per-generation", "1024", "--n-envs", "4", "--n-steps", "128",
+            "--search-space", "n_epochs=const:1", "--seed", "1",
+        ]  # fmt: skip
+        run = bl.run_evo(2, job)
+        print(bl.launched(run), flush=True)
+        served = [r for r in run.records if "served" in r]
+        fetches = [
+            float(r["fetch_s"])
+            for r in run.history
+            if r.get("parent") is not None and r["parent"] != r["member"] and r.get("fetch_s")
+        ]
+        if not served or not fetches:
+            rows.append([arch, label, "-", "no remote exploit in this run", "", "", ""])
+            continue
+        nbytes = int(served[0]["bytes"])
+        raw = raw_send_s(nbytes)
+        wall = {s["rank"]: s["end_unix"] - s["first_train_unix"] for s in run.records if s.get("summary")}
+        waited = {rank: 0.0 for rank in wall}
+        for r in run.history:  # one member per rank: member k is on rank k
+            if r.get("parent") is not None and r["parent"] != r["member"] and r.get("fetch_s"):
+                waited[r["member"]] += float(r["fetch_s"])
+        median = statistics.median(fetches)
+        rows.append(
+            [
+                arch,
+                f"{nbytes / 1e6:.2f} MB",
+                str(len(fetches)),
+                f"{1e3 * median:.1f} / {1e3 * max(fetches):.1f}",
+                f"{1e3 * raw:.2f}",
+                f"{median / raw:.1f}",
+                f"{100 * max(waited[k] / wall[k] for k in wall):.1f} %",
+            ]
+        )
+    print()
+    headers = ["net_arch", "snapshot", "fetches", "fetch ms (median / max)", "raw Send ms", "median / raw"]
+    headers.append("of a rank's wall (max)")
+    print(bl.table(headers, rows))
+
+
+if __name__ == "__main__":
+    main()
