@@ -377,10 +377,12 @@ class Mailbox:
     Small control messages (records, requests, tickets) are pickled; member
     snapshots travel as raw ``uint8`` buffers whose size the receiver learns
     from the matched message (``Improbe``), so snapshots of different sizes
-    need no agreement beforehand. Sends never block: their buffers are kept
-    alive until MPI reports them complete. Nothing here waits without calling
-    ``while_waiting`` (the engine serves its own requests from it), so two
-    ranks fetching from each other cannot deadlock.
+    need no agreement beforehand. Sends do not wait: their buffers are kept
+    alive until MPI reports them complete; the one exception is a snapshot
+    delivered to a rank that waits for it (:meth:`deliver_buffer`). Nothing
+    here waits for a message without calling ``while_waiting`` (the engine
+    serves its own requests from it), so two ranks fetching from each other
+    cannot deadlock.
     """
 
     def __init__(self, comm: Comm) -> None:
@@ -404,9 +406,10 @@ class Mailbox:
 
         MPI moves a large message in chunks, and only while the sender polls:
         left to the sender's polls between training steps, a 25 MB snapshot took
-        0.4-0.7 s. So the sender polls until it is sent, unless this rank is
-        itself waiting for a message (then it may be serving a rank that serves
-        it, and both would poll their sends): then the send goes on without waiting.
+        0.4-1.0 s (docs/benchmarks.md §8). So the sender polls until it is sent,
+        unless this rank is itself waiting for a message (then it may be serving
+        a rank that serves it, and both would poll their sends): then the send
+        goes on without waiting.
         """
         if self._receiving:
             self.send_buffer(dest, tag, buf)
