@@ -322,7 +322,7 @@ class AsyncEngine(AsyncMail):
         )
         checkpoint.write_interval(
             self.run_dir, m, k, member.checkpoint_tensors(), state, {"snapshot": snap.state, "snapshot_aux": snap.aux},
-            keep=self.cfg.keep_checkpoints,
+            keep=self.cfg.keep_checkpoints, between=self.serve,
         )  # fmt: skip
 
     def _decide(self, m: int, k: int) -> tuple[int | None, Held | None, list[int]]:

@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,10 +289,13 @@ def write_interval(
     meta: IntervalState,
     arrays: Mapping[str, Any],
     keep: int,
+    between: Callable[[], object] | None = None,
 ) -> None:
     """Write one member's checkpoint after ``interval`` atomically (temporary dir, then rename), prune old ones.
 
     ``arrays`` are uint8 numpy arrays saved with ``numpy.save`` (loaded without pickle).
+    ``between``, if given, is called after each large file (the async engine
+    serves its peers there: a large member's files take a while to write).
     """
     import numpy as np
     import torch
@@ -306,9 +309,12 @@ def write_interval(
     from .torchstate import cpu_tensors
 
     cpu = cpu_tensors(dict(tensors))  # as write_member: CPU tensors, loadable on any machine
+    pause = between or (lambda: None)
     write_synced(os.path.join(tmp, "member.pt"), lambda fh: torch.save(cpu, fh))
+    pause()
     for key, array in arrays.items():
         write_synced(os.path.join(tmp, key + ".npy"), functools.partial(np.save, arr=array, allow_pickle=False))
+        pause()
     _write_json(os.path.join(tmp, "member.json"), meta.to_json())
     fsync_dir(tmp)
     _crash_point(f"interval:{member}:{interval}")

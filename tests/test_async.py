@@ -355,3 +355,33 @@ def test_async_ttest_and_pb2(tmp_path, rule):
             assert rec["new_hparams"]["batch_size"] in (32, 64, 128)
             assert 1 <= rec["new_hparams"]["n_epochs"] <= 3
             assert rec["new_hparams"] != rec["hparams"]
+
+
+def test_interval_checkpoint_lets_the_engine_serve_between_its_large_files(tmp_path):
+    """``between`` runs after member.pt and after each array (the owner answers snapshot requests there);
+    nothing is visible under the checkpoint's name until the whole of it is written."""
+    import numpy as np
+
+    from evo_mpi.checkpoint import IntervalState
+    from evo_mpi.records import HistoryRow
+
+    run_dir = str(tmp_path)
+    seen: list[tuple[list[str], list[int]]] = []
+
+    def between() -> None:
+        tmp = next(p for p in os.listdir(checkpoint.member_root(run_dir, 2)) if p.startswith(".tmp-"))
+        seen.append((sorted(os.listdir(os.path.join(checkpoint.member_root(run_dir, 2), tmp))),
+                     checkpoint.intervals(run_dir, 2)))  # fmt: skip
+
+    tensors = {"w": torch.arange(6, dtype=torch.float32)}
+    arrays = {"snapshot": np.arange(40, dtype=np.uint8), "snapshot_aux": np.arange(8, dtype=np.uint8)}
+    state = IntervalState({"timesteps": 64}, 4, 1.5, 0, HistoryRow(3, 2, 0, 64, 1.5, {"lr": 0.1}, []), 1)
+    checkpoint.write_interval(run_dir, 2, 3, tensors, state, arrays, keep=2, between=between)
+    assert seen == [
+        (["member.pt"], []),
+        (["member.pt", "snapshot.npy"], []),
+        (["member.pt", "snapshot.npy", "snapshot_aux.npy"], []),
+    ]
+    loaded, meta, got = checkpoint.load_interval(run_dir, 2, 3)
+    assert checkpoint.intervals(run_dir, 2) == [3] and meta.to_json() == state.to_json()
+    assert torch.equal(loaded["w"], tensors["w"]) and all(np.array_equal(got[k], arrays[k]) for k in arrays)
