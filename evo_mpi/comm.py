@@ -390,6 +390,7 @@ class Mailbox:
         self._comm = comm._comm.Dup() if comm.uses_mpi else None
         self._sends: list[tuple[Any, np.ndarray]] = []
         self._receiving = 0  # > 0 inside receive_buffer: this rank is itself waiting for a message
+        self._deferred: list[tuple[Any, np.ndarray]] = []  # snapshots delivered meanwhile, still in flight
 
     def send(self, dest: int, tag: int, obj: Any) -> None:
         """Send a small picklable object without waiting."""
@@ -406,20 +407,25 @@ class Mailbox:
 
         MPI moves a large message in chunks, and only while the sender polls:
         left to the sender's polls between training steps, a 25 MB snapshot took
-        0.4-1.0 s (docs/benchmarks.md §8). So the sender polls until it is sent,
-        unless this rank is itself waiting for a message (then it may be serving
-        a rank that serves it, and both would poll their sends): then the send
-        goes on without waiting.
+        0.4-1.0 s (docs/benchmarks.md §8). So the sender polls until it is sent.
+        If this rank is itself waiting in :meth:`receive_buffer` (it may be
+        serving a rank that serves it), the send is finished there instead: that
+        loop polls without sleeping while it is in flight, and sees it through
+        before returning. Receivers of snapshots are always waiting and polling,
+        so neither wait can deadlock.
         """
-        if self._receiving:
-            self.send_buffer(dest, tag, buf)
-            return
         assert self._comm is not None, "no other rank to send to"
-        _wait([self._comm.Isend(buf, dest=dest, tag=tag)], _MOVE_SPIN_S)
+        request = self._comm.Isend(buf, dest=dest, tag=tag)
+        if self._receiving:
+            self._deferred.append((request, buf))
+            return
+        _wait([request], _MOVE_SPIN_S)
 
     def _reap(self) -> None:
         if self._sends:
             self._sends = [(r, b) for r, b in self._sends if not r.Test()]
+        if self._deferred:
+            self._deferred = [(r, b) for r, b in self._deferred if not r.Test()]
 
     def incoming_buffers(self, tag: int) -> list[tuple[int, np.ndarray]]:
         """Every raw buffer message with ``tag`` that has arrived: ``(source, buffer)``."""
@@ -465,12 +471,21 @@ class Mailbox:
             while True:
                 buf, _ = self._take(source, tag)
                 if buf is not None:
-                    return buf
+                    break
                 while_waiting()
+                self._reap()
+                if self._deferred:  # a snapshot we serve is in flight: MPI moves it only while we poll
+                    os.sched_yield()
+                    delay = 1e-5
+                    continue
                 time.sleep(delay)
                 delay = min(delay * 2, _MAX_SLEEP_S / 2)
         finally:
             self._receiving -= 1
+        if self._deferred:  # left to the polls between training steps, they would crawl
+            _wait([r for r, _ in self._deferred], _MOVE_SPIN_S)
+            self._deferred = []
+        return buf
 
     def receive(self, source: int, tag: int, while_waiting: Callable[[], object]) -> Any:
         """The next object from ``source`` with ``tag`` (see :meth:`receive_buffer`)."""
@@ -481,7 +496,7 @@ class Mailbox:
         if self._comm is None:
             return
         delay = 1e-5
-        while self._sends:
+        while self._sends or self._deferred:
             while_waiting()
             self._reap()
             time.sleep(delay)

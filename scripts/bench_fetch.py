@@ -5,7 +5,9 @@ which serves it between its own training steps. For a small (64,64) and a large
 (1024,1024) PPO policy on CartPole-v1, ``mpiexec -n 2 --mode async``, this prints
 the remote fetch times the history records (``fetch_s``: request, the owner's
 answer, the transfer) next to a raw ``Send``/``Recv`` of as many bytes between two
-ranks, and the largest share of a rank's wall time that its fetches took.
+ranks, and the largest share of a rank's wall time that its fetches took. Then two
+ranks fetch 25 MB from each other at once through the engine's ``Mailbox`` alone, the
+case where each serves the other while it waits itself.
 
     python scripts/bench_fetch.py          # ~1 minute on 2 cores
 """
@@ -44,16 +46,61 @@ RAW = textwrap.dedent(
 )
 
 
+MUTUAL = textwrap.dedent(
+    """
+    import statistics, sys, time
+    import numpy as np
+    from mpi4py import MPI
+    from evo_mpi.comm import Comm, Mailbox
+    REQUEST, SNAPSHOT = 11, 12
+    comm = Comm(); box = Mailbox(comm); other = 1 - comm.rank
+    nbytes, repeats = int(sys.argv[1]), int(sys.argv[2])
+    def serve():
+        for source, _tag, _obj in box.incoming([REQUEST]):
+            box.deliver_buffer(source, SNAPSHOT, np.full(nbytes, comm.rank, np.uint8))
+    times = []
+    for rep in range(repeats):
+        MPI.COMM_WORLD.Barrier()
+        if comm.rank == 1:
+            time.sleep(0.002 * (rep % 5))  # the two requests cross at different moments
+        t0 = time.perf_counter()
+        box.send(other, REQUEST, comm.rank)
+        buf = box.receive_buffer(other, SNAPSHOT, serve)
+        times.append(time.perf_counter() - t0)
+        assert (buf == other).all()
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:  # training: the engine serves at most once per ms
+            serve(); box._reap(); time.sleep(0.001)
+    box.barrier(serve)
+    gathered = MPI.COMM_WORLD.gather(times)
+    if comm.rank == 0:
+        flat = sorted(t for ts in gathered for t in ts)
+        print(statistics.median(flat), flat[-1], sum(t > 0.3 for t in flat), len(flat))
+    """
+)
+
+
+def mutual_s(nbytes: int, repeats: int) -> tuple[float, float, int, int]:
+    """Two ranks fetch ``nbytes`` from each other at once, ``repeats`` times: median, max, fetches over 0.3 s, all."""
+    cmd = [bl.mpiexec(), "-n", "2", sys.executable, "-c", MUTUAL, str(nbytes), str(repeats)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=bl.child_env(), cwd=bl.ROOT, check=True)
+    out = proc.stdout
+    median, worst, slow, count = out.split()[-4:]
+    return float(median), float(worst), int(slow), int(count)
+
+
 def raw_send_s(nbytes: int) -> float:
     """Median of 7 raw ``Send``/``Recv`` of ``nbytes`` from rank 0 to rank 1."""
     cmd = [bl.mpiexec(), "-n", "2", sys.executable, "-c", RAW, str(nbytes)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=bl.child_env(), check=True).stdout
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=bl.child_env(), cwd=bl.ROOT, check=True)
+    out = proc.stdout
     return float(out.split()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=8)
+    parser.add_argument("--mutual-repeats", type=int, default=10, help="rounds of the two-way fetch (Mailbox only)")
     args = parser.parse_args()
     bl.header("bench_fetch: async snapshot fetches vs raw MPI", sys.argv)
     rows = []
@@ -97,6 +144,12 @@ def main() -> None:
     headers = ["net_arch", "snapshot", "fetches", "fetch ms (median / max)", "raw Send ms", "median / raw"]
     headers.append("of a rank's wall (max)")
     print(bl.table(headers, rows))
+    nbytes = 25 * 2**20
+    median, worst, slow, count = mutual_s(nbytes, args.mutual_repeats)
+    print(
+        f"\nTwo ranks fetching {nbytes / 1e6:.1f} MB from each other at once, each then training (serving once per"
+        f" ms), {count} fetches: median {1e3 * median:.1f} ms, max {1e3 * worst:.1f} ms, {slow} over 300 ms"
+    )
 
 
 if __name__ == "__main__":

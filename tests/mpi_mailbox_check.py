@@ -2,7 +2,8 @@
 
 1. A ring: every rank asks the next one for a 16 MB buffer and serves requests while it waits,
    so every rank is asked while it is itself waiting (with K = 2, two ranks serve each other).
-   Nobody may hang, and every buffer must arrive whole.
+   Nobody may hang, and every buffer must arrive whole, although each rank overwrites what it
+   served as soon as its own buffer is in: ``receive_buffer`` sees those sends through first.
 2. Rank 0 asks rank 1, which waits for nothing: ``deliver_buffer`` must have sent the whole buffer
    when it returns, so rank 1 overwrites it at once and rank 0 must still get the old bytes.
 
@@ -21,6 +22,7 @@ comm = Comm()
 box = Mailbox(comm)
 rank, size = comm.rank, comm.size
 served: list[int] = []
+delivered: list[np.ndarray] = []
 
 
 def payload(value: int) -> np.ndarray:
@@ -35,6 +37,7 @@ def serve(value: int, overwrite: bool = False) -> None:
         if overwrite:
             buf[:] = 0  # allowed only once the send is complete
         served.append(source)
+        delivered.append(buf)
 
 
 def check(buf: np.ndarray, value: int, what: str) -> None:
@@ -48,6 +51,8 @@ def check(buf: np.ndarray, value: int, what: str) -> None:
 ahead = (rank + 1) % size
 box.send(ahead, REQUEST, rank)
 check(box.receive_buffer(ahead, SNAPSHOT, lambda: serve(10 + rank)), 10 + ahead, f"ring, from rank {ahead}")
+for buf in delivered:
+    buf[:] = 0  # allowed only once the send is complete
 box.barrier(lambda: serve(10 + rank))
 assert len(served) == 1, f"rank {rank} served {served} in the ring"
 
