@@ -67,11 +67,7 @@ def measure(run: bl.Run, mode: str) -> dict[str, Any]:
 
 def service_delays(history: list[dict[str, Any]], per_rank: int) -> list[float]:
     """Fetch times of exploits whose donor is on another rank."""
-    return [
-        float(r["fetch_s"])
-        for r in history
-        if r.get("parent") is not None and r["parent"] // per_rank != r["member"] // per_rank and r.get("fetch_s")
-    ]
+    return [float(r["fetch_s"]) for r in bl.remote_fetches(history, per_rank)]
 
 
 def interval_times(history: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[float]:

@@ -80,21 +80,24 @@ MUTUAL = textwrap.dedent(
 )
 
 
+def two_ranks(code: str, *args: object, timeout: float) -> list[str]:
+    """Run ``code`` under ``mpiexec -n 2`` from the repository root (its evo_mpi, not the caller's); rank 0's words."""
+    cmd = [bl.mpiexec(), "-n", "2", sys.executable, "-c", code, *map(str, args)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=bl.child_env(), cwd=bl.ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:4])} -c ... exited {proc.returncode}\n{proc.stderr}")
+    return proc.stdout.split()
+
+
 def mutual_s(nbytes: int, repeats: int) -> tuple[float, float, int, int]:
     """Two ranks fetch ``nbytes`` from each other at once, ``repeats`` times: median, max, fetches over 0.3 s, all."""
-    cmd = [bl.mpiexec(), "-n", "2", sys.executable, "-c", MUTUAL, str(nbytes), str(repeats)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=bl.child_env(), cwd=bl.ROOT, check=True)
-    out = proc.stdout
-    median, worst, slow, count = out.split()[-4:]
+    median, worst, slow, count = two_ranks(MUTUAL, nbytes, repeats, timeout=300)[-4:]
     return float(median), float(worst), int(slow), int(count)
 
 
 def raw_send_s(nbytes: int) -> float:
     """Median of 7 raw ``Send``/``Recv`` of ``nbytes`` from rank 0 to rank 1."""
-    cmd = [bl.mpiexec(), "-n", "2", sys.executable, "-c", RAW, str(nbytes)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=bl.child_env(), cwd=bl.ROOT, check=True)
-    out = proc.stdout
-    return float(out.split()[-1])
+    return float(two_ranks(RAW, nbytes, timeout=120)[-1])
 
 
 def main() -> None:
@@ -113,11 +116,8 @@ def main() -> None:
         run = bl.run_evo(2, job)
         print(bl.launched(run), flush=True)
         served = [r for r in run.records if "served" in r]
-        fetches = [
-            float(r["fetch_s"])
-            for r in run.history
-            if r.get("parent") is not None and r["parent"] != r["member"] and r.get("fetch_s")
-        ]
+        remote = bl.remote_fetches(run.history, 1)
+        fetches = [float(r["fetch_s"]) for r in remote]
         if not served or not fetches:
             rows.append([arch, label, "-", "no remote exploit in this run", "", "", ""])
             continue
@@ -125,9 +125,8 @@ def main() -> None:
         raw = raw_send_s(nbytes)
         wall = {s["rank"]: s["end_unix"] - s["first_train_unix"] for s in run.records if s.get("summary")}
         waited = {rank: 0.0 for rank in wall}
-        for r in run.history:  # one member per rank: member k is on rank k
-            if r.get("parent") is not None and r["parent"] != r["member"] and r.get("fetch_s"):
-                waited[r["member"]] += float(r["fetch_s"])
+        for r, fetch_s in zip(remote, fetches, strict=True):  # one member per rank: member k is on rank k
+            waited[r["member"]] += fetch_s
         median = statistics.median(fetches)
         rows.append(
             [

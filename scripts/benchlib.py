@@ -144,6 +144,15 @@ def mean(values: Iterable[float]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def remote_fetches(history: Sequence[dict[str, Any]], per_rank: int) -> list[dict[str, Any]]:
+    """Async history rows of exploits whose donor is on another rank (their ``fetch_s`` is a real fetch)."""
+    return [
+        r
+        for r in history
+        if r.get("parent") is not None and r["parent"] // per_rank != r["member"] // per_rank and r.get("fetch_s")
+    ]
+
+
 def phase(record: dict[str, Any], name: str, kind: str = "wall") -> float:
     """Seconds of phase ``name`` in one timings record (0 if the phase did not occur)."""
     return float(record[kind].get(name, 0.0))
